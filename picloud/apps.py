@@ -1,0 +1,15 @@
+from django.apps import AppConfig
+
+
+class PicloudConfig(AppConfig):
+    name = "picloud"
+    verbose_name = "PiCloud platform"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from picloud import signals
+        from picloud.config import validate_environment
+
+        signals.connect()
+        # A bad PICLOUD_* value must stop start-up, not surface at first use.
+        validate_environment()

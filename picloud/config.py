@@ -1,0 +1,184 @@
+"""Typed configuration read from PICLOUD_* environment variables.
+
+Each config is a frozen dataclass built by ``from_env()``, which reads the
+environment when called (never at import time, so tests and processes can set
+variables first) and validates every value. A bad value raises ``ConfigError``
+whose message is one line naming the variable, the value given and what is
+allowed; ``PicloudConfig.ready()`` builds each config once so a bad value stops
+start-up.
+
+An unset or empty variable means "use the default".
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from django.core.exceptions import ImproperlyConfigured
+
+MS_PER_DAY = 86_400_000
+MIB = 1024 * 1024
+
+
+class ConfigError(ImproperlyConfigured):
+    """A PICLOUD_* variable holds a value that is malformed or out of range."""
+
+
+def _raw(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return None
+    return value.strip()
+
+
+def env_int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
+    """An integer variable in [low, high]."""
+    allowed = f"an integer from {low} to {high}"
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw, 10)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not valid: allowed is {allowed}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={raw!r} is out of range: allowed is {allowed}")
+    return value
+
+
+def env_float(
+    env: Mapping[str, str], name: str, default: float, *, low: float, high: float
+) -> float:
+    """A decimal variable in [low, high]."""
+    allowed = f"a number from {low:g} to {high:g}"
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not valid: allowed is {allowed}") from None
+    if not (low <= value <= high):  # also rejects nan
+        raise ConfigError(f"{name}={raw!r} is out of range: allowed is {allowed}")
+    return value
+
+
+def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """A boolean variable: true/false, 1/0, yes/no, on/off."""
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(
+        f"{name}={raw!r} is not valid: allowed is one of true, false, 1, 0, yes, no, on, off"
+    )
+
+
+@dataclass(frozen=True)
+class SandboxCeiling:
+    """Hard limits every script execution runs under, whatever its runtime."""
+
+    timeout_ms: int = 30_000  # wall-clock limit of one execution
+    max_payload_bytes: int = 1 * MIB  # event/request body, checked before sending
+    max_result_bytes: int = 1 * MIB  # handler result / webhook response body
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SandboxCeiling:
+        env = os.environ if env is None else env
+        d = cls()
+        return cls(
+            timeout_ms=env_int(
+                env, "PICLOUD_SANDBOX_TIMEOUT_MS", d.timeout_ms, low=1, high=15 * 60_000
+            ),
+            max_payload_bytes=env_int(
+                env,
+                "PICLOUD_SANDBOX_MAX_PAYLOAD_BYTES",
+                d.max_payload_bytes,
+                low=1,
+                high=64 * MIB,
+            ),
+            max_result_bytes=env_int(
+                env,
+                "PICLOUD_SANDBOX_MAX_RESULT_BYTES",
+                d.max_result_bytes,
+                low=1,
+                high=64 * MIB,
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter: attempt n waits base * 2**(n-1), capped."""
+
+    max_attempts: int = 5  # total executions, the first one included
+    base_delay_ms: int = 1_000
+    max_delay_ms: int = 300_000
+    jitter: float = 0.2  # fraction of the delay that is randomised, 0..1
+
+
+@dataclass(frozen=True)
+class TriggerConfig:
+    """Limits and retention of the triggers framework."""
+
+    max_trigger_depth: int = 8  # deepest cascade of script-made writes that still fans out
+    retry: RetryPolicy = RetryPolicy()
+    dead_letter_retention_days: int = 30  # resolved dead letters older than this are swept
+    abandoned_executions_retention_days: int = 7
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> TriggerConfig:
+        env = os.environ if env is None else env
+        d = cls()
+        r = d.retry
+        base = env_int(
+            env, "PICLOUD_TRIGGER_RETRY_BASE_DELAY_MS", r.base_delay_ms, low=1, high=MS_PER_DAY
+        )
+        max_delay = env_int(
+            env, "PICLOUD_TRIGGER_RETRY_MAX_DELAY_MS", r.max_delay_ms, low=1, high=MS_PER_DAY
+        )
+        if max_delay < base:
+            raise ConfigError(
+                f"PICLOUD_TRIGGER_RETRY_MAX_DELAY_MS={str(max_delay)!r} is out of range: allowed is "
+                f"an integer from PICLOUD_TRIGGER_RETRY_BASE_DELAY_MS ({base}) to {MS_PER_DAY}"
+            )
+        retry = RetryPolicy(
+            max_attempts=env_int(
+                env, "PICLOUD_TRIGGER_RETRY_MAX_ATTEMPTS", r.max_attempts, low=1, high=100
+            ),
+            base_delay_ms=base,
+            max_delay_ms=max_delay,
+            jitter=env_float(env, "PICLOUD_TRIGGER_RETRY_JITTER", r.jitter, low=0.0, high=1.0),
+        )
+        return cls(
+            max_trigger_depth=env_int(
+                env, "PICLOUD_MAX_TRIGGER_DEPTH", d.max_trigger_depth, low=0, high=100
+            ),
+            retry=retry,
+            dead_letter_retention_days=env_int(
+                env,
+                "PICLOUD_DEAD_LETTER_RETENTION_DAYS",
+                d.dead_letter_retention_days,
+                low=1,
+                high=3650,
+            ),
+            abandoned_executions_retention_days=env_int(
+                env,
+                "PICLOUD_ABANDONED_EXECUTIONS_RETENTION_DAYS",
+                d.abandoned_executions_retention_days,
+                low=1,
+                high=3650,
+            ),
+        )
+
+
+def validate_environment(env: Mapping[str, str] | None = None) -> None:
+    """Build every config once; raises ConfigError on the first bad variable."""
+    SandboxCeiling.from_env(env)
+    TriggerConfig.from_env(env)

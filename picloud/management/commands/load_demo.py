@@ -1,0 +1,19 @@
+from django.core.management.base import BaseCommand
+
+from picloud.demo import load_demo
+
+
+class Command(BaseCommand):
+    help = "Create or refresh the demo data and print the demo superuser's credentials."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--password", help="use this password instead of a random one")
+
+    def handle(self, *args, password=None, **options):
+        creds = load_demo(password=password)
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Demo data ready: app '{creds.app_slug}'. Log in at /admin/ as "
+                f"username '{creds.username}', password '{creds.password}'"
+            )
+        )

@@ -1,0 +1,65 @@
+"""Run the web server and the django-q2 cluster together in the foreground."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+STOP_GRACE = 15.0  # seconds each child gets to exit after SIGTERM before SIGKILL
+
+
+class Command(BaseCommand):
+    help = "Start the web server and `manage.py qcluster` together; Ctrl-C stops both."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--addr", default="127.0.0.1:8000", help="host:port to serve on")
+
+    def handle(self, *args, addr: str, **options):
+        manage = str(Path(settings.BASE_DIR) / "manage.py")
+        commands = {
+            "web": [sys.executable, manage, "runserver", addr, "--noreload"],
+            "cluster": [sys.executable, manage, "qcluster"],
+        }
+        children = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}
+        self.stdout.write(
+            f"picloud: web on http://{addr}/admin/ and qcluster started; Ctrl-C stops both"
+        )
+
+        stopping = False
+
+        def request_stop(signum, frame):
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+        failed = None
+        try:
+            while not stopping:
+                for name, proc in children.items():
+                    if proc.poll() is not None:
+                        failed = (name, proc.returncode)
+                        stopping = True
+                time.sleep(0.2)  # supervision tick; nothing time-critical waits on it
+        finally:
+            self._stop(children)
+        if failed:
+            raise CommandError(f"{failed[0]} exited with status {failed[1]}; stopped the rest")
+
+    def _stop(self, children: dict[str, subprocess.Popen]) -> None:
+        for proc in children.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        for proc in children.values():
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -1,0 +1,129 @@
+"""Django settings for PiCloud.
+
+Everything an operator sets comes from the environment (django-environ).
+DATABASE_URL selects the database; without it an embedded PostgreSQL is
+started under .pgdata/ (see picloud/embedded_db.py).
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+
+SECRET_KEY = env.str(
+    "DJANGO_SECRET_KEY",
+    # Only good for local development; production must set DJANGO_SECRET_KEY.
+    default="picloud-insecure-development-key-set-DJANGO_SECRET_KEY-in-production",
+)
+DEBUG = env.bool("DJANGO_DEBUG", default=True)
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.postgres",
+    "django_q",
+    "picloud",
+    "triggers",
+    "outbox",
+    "deadletters",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "picloud.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "picloud.wsgi.application"
+ASGI_APPLICATION = "picloud.asgi.application"
+
+
+def _database() -> dict:
+    if "DATABASE_URL" in os.environ:
+        db = env.db_url("DATABASE_URL")
+        where = f"PostgreSQL at {db.get('HOST') or 'local socket'}:{db.get('PORT') or 5432}/{db['NAME']}"
+    else:
+        from picloud.embedded_db import DEFAULT_PGDATA, ensure_running
+
+        db = ensure_running()
+        where = f"embedded PostgreSQL (data in {DEFAULT_PGDATA.name}/, socket {db['HOST']})"
+    # Announce once per process tree: children (autoreloader, qcluster
+    # workers) inherit the marker and stay quiet.
+    if not os.environ.get("PICLOUD_DATABASE_ANNOUNCED"):
+        os.environ["PICLOUD_DATABASE_ANNOUNCED"] = "1"
+        print(f"picloud: database: {where}", file=sys.stderr)
+    db.setdefault("CONN_MAX_AGE", 0)
+    return db
+
+
+DATABASES = {"default": _database()}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "static"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# django-q2 hosts the dispatcher loops and the daily sweeps; it is not the
+# per-row transport (see docs/decisions.md).
+Q_CLUSTER = {
+    "name": "picloud",
+    "orm": "default",
+    "workers": env.int("PICLOUD_QCLUSTER_WORKERS", default=2),
+    "timeout": 600,  # seconds a task may run before the cluster kills it
+    "retry": 900,  # seconds before an unacknowledged task is re-delivered; > timeout
+    "catch_up": False,
+    "max_attempts": 1,
+    "save_limit": 100,
+    "ack_failures": True,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("PICLOUD_LOG_LEVEL", default="INFO")},
+    "loggers": {"pgserver": {"level": "WARNING"}},
+}

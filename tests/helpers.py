@@ -1,0 +1,54 @@
+"""Small helpers shared by tests: waiting with a deadline, subprocess env."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import quote
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def wait_for(condition: Callable[[], object], *, timeout: float, what: str, interval=0.05):
+    """Poll `condition` until it returns something truthy; fail with `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def database_url(settings_dict: dict) -> str:
+    """A DATABASE_URL for a Django settings dict (Unix-socket hosts included)."""
+    user = quote(settings_dict["USER"] or "", safe="")
+    password = quote(settings_dict.get("PASSWORD") or "", safe="")
+    host = settings_dict.get("HOST") or ""
+    port = settings_dict.get("PORT") or ""
+    name = settings_dict["NAME"]
+    if host.startswith("/"):
+        return f"postgres://{user}:{password}@/{name}?host={host}" + (
+            f"&port={port}" if port else ""
+        )
+    netloc = host + (f":{port}" if port else "")
+    return f"postgres://{user}:{password}@{netloc}/{name}"
+
+
+def subprocess_env(settings_dict: dict, **extra: str) -> dict[str, str]:
+    """Environment for a child process that must use the test database."""
+    env = dict(os.environ)
+    env["DATABASE_URL"] = database_url(settings_dict)
+    env["PICLOUD_DATABASE_ANNOUNCED"] = ""
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,123 @@
+import subprocess
+import sys
+
+import pytest
+
+from picloud.config import ConfigError, RetryPolicy, SandboxCeiling, TriggerConfig
+from tests.helpers import PROJECT_DIR
+
+# variable -> (config class, attribute path, a valid value, its parsed form)
+VARIABLES = {
+    "PICLOUD_SANDBOX_TIMEOUT_MS": (SandboxCeiling, "timeout_ms", "1500", 1500),
+    "PICLOUD_SANDBOX_MAX_PAYLOAD_BYTES": (SandboxCeiling, "max_payload_bytes", "2048", 2048),
+    "PICLOUD_SANDBOX_MAX_RESULT_BYTES": (SandboxCeiling, "max_result_bytes", "4096", 4096),
+    "PICLOUD_MAX_TRIGGER_DEPTH": (TriggerConfig, "max_trigger_depth", "3", 3),
+    "PICLOUD_TRIGGER_RETRY_MAX_ATTEMPTS": (TriggerConfig, "retry.max_attempts", "9", 9),
+    "PICLOUD_TRIGGER_RETRY_BASE_DELAY_MS": (TriggerConfig, "retry.base_delay_ms", "250", 250),
+    "PICLOUD_TRIGGER_RETRY_MAX_DELAY_MS": (TriggerConfig, "retry.max_delay_ms", "60000", 60000),
+    "PICLOUD_TRIGGER_RETRY_JITTER": (TriggerConfig, "retry.jitter", "0.5", 0.5),
+    "PICLOUD_DEAD_LETTER_RETENTION_DAYS": (TriggerConfig, "dead_letter_retention_days", "90", 90),
+    "PICLOUD_ABANDONED_EXECUTIONS_RETENTION_DAYS": (
+        TriggerConfig,
+        "abandoned_executions_retention_days",
+        "14",
+        14,
+    ),
+}
+
+# Values each variable must refuse: malformed, negative, out of range.
+BAD_VALUES = {
+    "PICLOUD_SANDBOX_TIMEOUT_MS": ["abc", "-1", "0", "1.5", "900001"],
+    "PICLOUD_SANDBOX_MAX_PAYLOAD_BYTES": ["1MB", "-5", "0", "67108865"],
+    "PICLOUD_SANDBOX_MAX_RESULT_BYTES": ["x", "-5", "0", "67108865"],
+    "PICLOUD_MAX_TRIGGER_DEPTH": ["deep", "-1", "101", "2.0"],
+    "PICLOUD_TRIGGER_RETRY_MAX_ATTEMPTS": ["many", "-3", "0", "101"],
+    "PICLOUD_TRIGGER_RETRY_BASE_DELAY_MS": ["1s", "-1", "0", "86400001"],
+    "PICLOUD_TRIGGER_RETRY_MAX_DELAY_MS": ["5m", "-1", "0", "86400001"],
+    "PICLOUD_TRIGGER_RETRY_JITTER": ["lots", "-0.1", "1.01", "nan"],
+    "PICLOUD_DEAD_LETTER_RETENTION_DAYS": ["forever", "-1", "0", "3651"],
+    "PICLOUD_ABANDONED_EXECUTIONS_RETENTION_DAYS": ["week", "-7", "0", "3651"],
+}
+
+
+def _get(obj, path):
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def test_defaults_are_documented_values():
+    assert SandboxCeiling.from_env({}) == SandboxCeiling()
+    config = TriggerConfig.from_env({})
+    assert config == TriggerConfig()
+    assert config.abandoned_executions_retention_days == 7
+    assert config.retry == RetryPolicy(
+        max_attempts=5, base_delay_ms=1000, max_delay_ms=300_000, jitter=0.2
+    )
+
+
+def test_every_variable_has_bad_values_listed():
+    assert set(BAD_VALUES) == set(VARIABLES)
+
+
+@pytest.mark.parametrize("name", sorted(VARIABLES))
+def test_valid_value_is_read(name):
+    cls, path, raw, parsed = VARIABLES[name]
+    assert _get(cls.from_env({name: raw}), path) == parsed
+
+
+@pytest.mark.parametrize("name", sorted(VARIABLES))
+def test_empty_value_means_default(name):
+    cls, path, _, _ = VARIABLES[name]
+    assert _get(cls.from_env({name: "  "}), path) == _get(cls(), path)
+
+
+@pytest.mark.parametrize(
+    ("name", "bad"), [(name, bad) for name, values in sorted(BAD_VALUES.items()) for bad in values]
+)
+def test_bad_value_names_variable_value_and_what_is_allowed(name, bad):
+    cls = VARIABLES[name][0]
+    with pytest.raises(ConfigError) as excinfo:
+        cls.from_env({name: bad})
+    message = str(excinfo.value)
+    assert "\n" not in message, "the error must be one line"
+    assert name in message, f"the error must name the variable: {message}"
+    assert repr(bad) in message, f"the error must quote the value given: {message}"
+    assert "allowed is" in message, f"the error must say what is allowed: {message}"
+
+
+def test_max_delay_below_base_delay_is_refused():
+    with pytest.raises(ConfigError, match=r"PICLOUD_TRIGGER_RETRY_MAX_DELAY_MS='100' .*BASE_DELAY"):
+        TriggerConfig.from_env(
+            {
+                "PICLOUD_TRIGGER_RETRY_BASE_DELAY_MS": "500",
+                "PICLOUD_TRIGGER_RETRY_MAX_DELAY_MS": "100",
+            }
+        )
+
+
+def test_configs_are_frozen():
+    with pytest.raises(AttributeError):
+        SandboxCeiling().timeout_ms = 1  # type: ignore[misc]
+
+
+def test_bad_value_stops_start_up_with_one_line():
+    """`manage.py check` (any command) refuses to start and prints one line."""
+    import os
+
+    env = dict(os.environ, PICLOUD_TRIGGER_RETRY_JITTER="2")
+    proc = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=PROJECT_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0, "start-up must fail on a bad variable"
+    error_lines = [line for line in proc.stderr.splitlines() if "configuration error" in line]
+    assert error_lines == [
+        "picloud: configuration error: PICLOUD_TRIGGER_RETRY_JITTER='2' is out of range: "
+        "allowed is a number from 0 to 1"
+    ], proc.stderr
+    assert "Traceback" not in proc.stderr
