@@ -1,0 +1,84 @@
+"""OutboxRepo in memory, for fast dispatcher tests; held to the same contract."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from django.utils import timezone
+
+from outbox.repository import (
+    MAX_ERRORS_KEPT,
+    NewOutboxRow,
+    OutboxRow,
+    bounded_error,
+    check_claim_args,
+    check_new_row,
+)
+
+
+class MemoryOutboxRepo:
+    def __init__(self, clock: Callable[[], datetime] = timezone.now) -> None:
+        self.clock = clock
+        self.rows: dict[uuid.UUID, OutboxRow] = {}
+        self._lock = threading.Lock()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.rows.clear()
+
+    def insert(self, row: NewOutboxRow) -> OutboxRow:
+        check_new_row(row)
+        now = self.clock()
+        record = OutboxRow(
+            id=uuid.uuid4(),
+            app_id=row.app_id,
+            source_kind=row.source_kind,
+            trigger_id=row.trigger_id,
+            script_id=row.script_id,
+            run_as_principal=row.run_as_principal,
+            payload=row.payload,
+            depth=row.depth,
+            attempts=0,
+            due_at=row.due_at or now,
+            reply_to=row.reply_to,
+            last_error=None,
+            errors=(),
+            created_at=now,
+        )
+        with self._lock:
+            self.rows[record.id] = record
+        return record
+
+    def get(self, row_id: uuid.UUID) -> OutboxRow | None:
+        return self.rows.get(row_id)
+
+    def claim_due(self, limit: int, lease: float) -> list[OutboxRow]:
+        check_claim_args(limit, lease)
+        with self._lock:
+            now = self.clock()
+            due = sorted((r for r in self.rows.values() if r.due_at <= now), key=lambda r: r.due_at)
+            claimed = [
+                replace(r, attempts=r.attempts + 1, due_at=now + timedelta(seconds=lease))
+                for r in due[:limit]
+            ]
+            for r in claimed:
+                self.rows[r.id] = r
+        return claimed
+
+    def delete(self, row_ids: Sequence[uuid.UUID]) -> int:
+        with self._lock:
+            return sum(self.rows.pop(i, None) is not None for i in set(row_ids))
+
+    def reschedule(self, row_id: uuid.UUID, due_at: datetime, error: str) -> bool:
+        error = bounded_error(error)
+        with self._lock:
+            current = self.rows.get(row_id)
+            if current is None:
+                return False
+            errors = (*current.errors, error)[-MAX_ERRORS_KEPT:]
+            self.rows[row_id] = replace(current, due_at=due_at, last_error=error, errors=errors)
+        return True

@@ -1,0 +1,46 @@
+"""The outbox table (outbox/sql/0001_outbox.sql), mirrored for the ORM and admin."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.utils import timezone
+
+from picloud.models import App, Principal, Script
+from triggers.kinds import SourceKind
+from triggers.models import Trigger
+
+
+class OutboxEntry(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="outbox_entries")
+    source_kind = models.CharField(max_length=20, choices=SourceKind.choices)
+    trigger = models.ForeignKey(
+        Trigger, on_delete=models.CASCADE, null=True, blank=True, related_name="outbox_entries"
+    )
+    script = models.ForeignKey(Script, on_delete=models.CASCADE, related_name="outbox_entries")
+    run_as_principal = models.ForeignKey(
+        Principal,
+        on_delete=models.SET_NULL,
+        null=True,
+        db_column="run_as_principal",
+        related_name="+",
+    )
+    payload = models.JSONField(default=dict)
+    depth = models.IntegerField(default=0)
+    attempts = models.IntegerField(default=0)
+    due_at = models.DateTimeField(default=timezone.now)
+    reply_to = models.UUIDField(null=True, blank=True)
+    last_error = models.TextField(null=True, blank=True)
+    errors = models.JSONField(default=list)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "outbox"
+        verbose_name = "outbox entry"
+        verbose_name_plural = "outbox"
+        indexes = [models.Index(fields=["due_at"], name="outbox_due_at_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.source_kind} {self.id}"

@@ -1,0 +1,60 @@
+"""OutboxRepo on PostgreSQL: named queries from outbox/sql/queries.sql."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from outbox.repository import (
+    MAX_ERRORS_KEPT,
+    NewOutboxRow,
+    OutboxRow,
+    bounded_error,
+    check_claim_args,
+    check_new_row,
+)
+from picloud.sqlexec import execute, fetch_all, fetch_one, from_json, to_json
+from picloud.sqlfiles import load_queries
+
+Q = load_queries("outbox")
+
+
+def _record(row: dict[str, Any]) -> OutboxRow:
+    return OutboxRow(
+        **{
+            **row,
+            "payload": from_json(row["payload"]),
+            "errors": tuple(from_json(row["errors"])),
+        }
+    )
+
+
+class PgOutboxRepo:
+    def insert(self, row: NewOutboxRow) -> OutboxRow:
+        check_new_row(row)
+        params = {**row.__dict__, "payload": to_json(row.payload)}
+        return _record(fetch_one(Q["insert"], params))  # type: ignore[arg-type]
+
+    def get(self, row_id: uuid.UUID) -> OutboxRow | None:
+        row = fetch_one(Q["get"], {"id": row_id})
+        return _record(row) if row else None
+
+    def claim_due(self, limit: int, lease: float) -> list[OutboxRow]:
+        check_claim_args(limit, lease)
+        return [_record(r) for r in fetch_all(Q["claim_due"], {"limit": limit, "lease": lease})]
+
+    def delete(self, row_ids: Sequence[uuid.UUID]) -> int:
+        if not row_ids:
+            return 0
+        return execute(Q["delete"], {"ids": list(row_ids)})
+
+    def reschedule(self, row_id: uuid.UUID, due_at: datetime, error: str) -> bool:
+        params = {
+            "id": row_id,
+            "due_at": due_at,
+            "error": bounded_error(error),
+            "max_errors": MAX_ERRORS_KEPT,
+        }
+        return execute(Q["reschedule"], params) > 0

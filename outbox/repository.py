@@ -1,0 +1,100 @@
+"""The OutboxRepo contract: what every outbox store guarantees.
+
+Implementations: ``PgOutboxRepo`` (pg_repository.py) and ``MemoryOutboxRepo``
+(memory_repository.py); tests/contract holds them to the same behaviour.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from triggers.kinds import SourceKind
+
+MAX_ERROR_CHARS = 2_000  # one attempt's error, as kept on the row
+MAX_ERRORS_KEPT = 100  # attempts whose errors are kept (= the highest max_attempts)
+
+
+@dataclass(frozen=True)
+class NewOutboxRow:
+    app_id: uuid.UUID
+    source_kind: str
+    script_id: uuid.UUID
+    run_as_principal: uuid.UUID | None
+    payload: dict[str, Any] = field(default_factory=dict)
+    trigger_id: uuid.UUID | None = None
+    depth: int = 0
+    reply_to: uuid.UUID | None = None
+    due_at: datetime | None = None  # None: due now
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: uuid.UUID
+    app_id: uuid.UUID
+    source_kind: str
+    trigger_id: uuid.UUID | None
+    script_id: uuid.UUID
+    run_as_principal: uuid.UUID | None
+    payload: dict[str, Any]
+    depth: int
+    attempts: int
+    due_at: datetime
+    reply_to: uuid.UUID | None
+    last_error: str | None
+    errors: tuple[str, ...]
+    created_at: datetime
+
+
+class OutboxRepo(Protocol):
+    def insert(self, row: NewOutboxRow) -> OutboxRow:
+        """Add a row, due at `row.due_at` (default now), attempts 0.
+
+        Joins the caller's transaction, so an event and its rows commit or
+        roll back together. ValueError for an unknown source kind or a
+        negative depth.
+        """
+
+    def get(self, row_id: uuid.UUID) -> OutboxRow | None:
+        """The row, or None."""
+
+    def claim_due(self, limit: int, lease: float) -> list[OutboxRow]:
+        """Atomically take up to `limit` rows whose due_at has passed, oldest
+        due first: bump their attempts and push due_at `lease` seconds ahead
+        (the visibility timeout), and return them as updated.
+
+        Concurrent callers never receive the same row while its lease runs; a
+        row whose lease ran out (its worker died) is claimable again. Must be
+        called outside a transaction so the claim commits before execution.
+        """
+
+    def delete(self, row_ids: Sequence[uuid.UUID]) -> int:
+        """Acknowledge rows: delete them in one statement; returns how many existed."""
+
+    def reschedule(self, row_id: uuid.UUID, due_at: datetime, error: str) -> bool:
+        """Make the row due at `due_at`, record `error` as last_error and append
+        it (truncated to MAX_ERROR_CHARS) to errors, keeping the last
+        MAX_ERRORS_KEPT. False if the row is gone."""
+
+
+def check_new_row(row: NewOutboxRow) -> None:
+    if row.source_kind not in SourceKind.values:
+        raise ValueError(
+            f"unknown source kind {row.source_kind!r}; allowed: {', '.join(SourceKind.values)}"
+        )
+    if row.depth < 0:
+        raise ValueError(f"depth must be >= 0, got {row.depth}")
+
+
+def check_claim_args(limit: int, lease: float) -> None:
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    if not lease > 0:
+        raise ValueError(f"lease must be > 0 seconds, got {lease}")
+
+
+def bounded_error(error: str) -> str:
+    return error if len(error) <= MAX_ERROR_CHARS else error[: MAX_ERROR_CHARS - 1] + "…"

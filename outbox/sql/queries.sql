@@ -1,0 +1,48 @@
+-- Named queries of the outbox repository (loaded by picloud.sqlfiles).
+
+-- insert --
+INSERT INTO outbox (app_id, source_kind, trigger_id, script_id, run_as_principal,
+                    payload, depth, reply_to, due_at)
+VALUES (%(app_id)s, %(source_kind)s, %(trigger_id)s, %(script_id)s, %(run_as_principal)s,
+        %(payload)s::jsonb, %(depth)s, %(reply_to)s, COALESCE(%(due_at)s, NOW()))
+RETURNING *;
+
+-- get --
+SELECT * FROM outbox WHERE id = %(id)s;
+
+-- claim_due --
+-- One statement, so one short transaction: lock up to `limit` due rows that
+-- no other claimer holds (SKIP LOCKED: concurrent claimers take disjoint
+-- rows instead of queueing behind each other), bump attempts and push
+-- due_at forward by the lease. The caller executes after this commits; if
+-- it dies, the row is due again when the lease runs out.
+WITH due AS (
+    SELECT id
+    FROM outbox
+    WHERE due_at <= NOW()
+    ORDER BY due_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE outbox AS o
+SET attempts = o.attempts + 1,
+    due_at = NOW() + make_interval(secs => %(lease)s)
+FROM due
+WHERE o.id = due.id
+RETURNING o.*;
+
+-- delete --
+DELETE FROM outbox WHERE id = ANY (%(ids)s::uuid[]);
+
+-- reschedule --
+-- Keeps the newest %(max_errors)s errors: slice the appended array from the end.
+UPDATE outbox
+SET due_at = %(due_at)s,
+    last_error = %(error)s,
+    errors = (
+        SELECT COALESCE(jsonb_agg(e ORDER BY n), '[]'::jsonb)
+        FROM jsonb_array_elements(errors || jsonb_build_array(%(error)s::text))
+             WITH ORDINALITY AS x(e, n)
+        WHERE n > jsonb_array_length(errors) + 1 - %(max_errors)s
+    )
+WHERE id = %(id)s;

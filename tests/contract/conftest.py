@@ -1,0 +1,68 @@
+"""Fixtures that hand each contract test every implementation of a repository.
+
+The suite runs with committed transactions (transaction=True) so that
+PostgreSQL's NOW() moves between statements, as it does in production; with
+one wrapping test transaction every row would share one timestamp.
+"""
+
+from dataclasses import dataclass
+from uuid import UUID
+
+import pytest
+
+from deadletters.memory_repository import MemoryAbandonedRepo, MemoryDeadLetterRepo
+from deadletters.pg_repository import PgAbandonedRepo, PgDeadLetterRepo
+from outbox.memory_repository import MemoryOutboxRepo
+from outbox.pg_repository import PgOutboxRepo
+from tests.factories import AppFactory, ScriptFactory, UserFactory
+from triggers.memory_repository import MemoryTriggerRepo
+from triggers.pg_repository import PgTriggerRepo
+
+IMPLEMENTATIONS = ["memory", "postgres"]
+
+
+@dataclass(frozen=True)
+class World:
+    """Rows the repositories' foreign keys need (harmless for the memory ones)."""
+
+    app_id: UUID
+    other_app_id: UUID
+    script_id: UUID
+    other_script_id: UUID  # belongs to other_app
+    principal_id: UUID
+
+
+@pytest.fixture
+def world(transactional_db) -> World:
+    app, other = AppFactory(), AppFactory()
+    return World(
+        app_id=app.id,
+        other_app_id=other.id,
+        script_id=ScriptFactory(app=app).id,
+        other_script_id=ScriptFactory(app=other).id,
+        principal_id=UserFactory().principal.id,
+    )
+
+
+def _pick(request, memory_cls, pg_cls):
+    return memory_cls() if request.param == "memory" else pg_cls()
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def trigger_repo(request, transactional_db):
+    return _pick(request, MemoryTriggerRepo, PgTriggerRepo)
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def outbox_repo(request, transactional_db):
+    return _pick(request, MemoryOutboxRepo, PgOutboxRepo)
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def dead_letter_repo(request, transactional_db):
+    return _pick(request, MemoryDeadLetterRepo, PgDeadLetterRepo)
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def abandoned_repo(request, transactional_db):
+    return _pick(request, MemoryAbandonedRepo, PgAbandonedRepo)

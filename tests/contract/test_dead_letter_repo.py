@@ -1,0 +1,177 @@
+"""DeadLetterRepo and AbandonedRepo contracts: PostgreSQL and in-memory agree."""
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from deadletters.repository import (
+    MAX_SUMMARY_CHARS,
+    AlreadyResolved,
+    DeadLetterFilter,
+    DeadLetterNotFound,
+    NewAbandonedExecution,
+    NewDeadLetter,
+)
+
+
+@pytest.fixture
+def new_letter(world):
+    def make(**kw):
+        return NewDeadLetter(
+            app_id=kw.pop("app_id", world.app_id),
+            source_kind=kw.pop("source_kind", "kv"),
+            script_id=world.script_id,
+            trigger_id=kw.pop("trigger_id", None),
+            run_as_principal=world.principal_id,
+            outbox_id=uuid.uuid4(),
+            payload={"key": "k"},
+            last_error=kw.pop("last_error", "boom"),
+            errors=("boom",),
+            attempts=5,
+            depth=0,
+            **kw,
+        )
+
+    return make
+
+
+def test_insert_then_get(dead_letter_repo, new_letter):
+    letter = dead_letter_repo.insert(new_letter())
+    assert not letter.is_resolved
+    assert (letter.resolved_at, letter.resolved_by, letter.note) == (None, None, "")
+    assert letter.errors == ("boom",) and letter.payload == {"key": "k"}
+    assert dead_letter_repo.get(letter.id) == letter
+    assert dead_letter_repo.get(uuid.uuid4()) is None
+
+
+def test_insert_refuses_unknown_source_kind(dead_letter_repo, new_letter):
+    with pytest.raises(ValueError, match="unknown source kind"):
+        dead_letter_repo.insert(new_letter(source_kind="fax"))
+
+
+def test_unresolved_count_per_app_set_and_all(dead_letter_repo, new_letter, world):
+    a = [dead_letter_repo.insert(new_letter()) for _ in range(3)]
+    dead_letter_repo.insert(new_letter(app_id=world.other_app_id))
+    dead_letter_repo.resolve(a[0].id, "ignored", by=world.principal_id)
+    assert dead_letter_repo.unresolved_count(world.app_id) == 2
+    assert dead_letter_repo.unresolved_count(world.other_app_id) == 1
+    assert dead_letter_repo.unresolved_count() == 3
+    assert dead_letter_repo.unresolved_count(app_ids=[world.app_id, world.other_app_id]) == 3
+    assert dead_letter_repo.unresolved_count(app_ids=[]) == 0
+    with pytest.raises(TypeError):
+        dead_letter_repo.unresolved_count(world.app_id, app_ids=[world.app_id])
+
+
+def test_resolve_records_who_when_and_note_once(dead_letter_repo, new_letter, world):
+    letter = dead_letter_repo.insert(new_letter())
+    before = timezone.now()
+    resolved = dead_letter_repo.resolve(letter.id, "replayed", by=world.principal_id, note="fixed")
+    assert resolved.resolution == "replayed" and resolved.note == "fixed"
+    assert resolved.resolved_by == world.principal_id
+    assert resolved.resolved_at >= before - timedelta(seconds=1)
+    with pytest.raises(AlreadyResolved, match="already resolved as 'replayed'"):
+        dead_letter_repo.resolve(letter.id, "ignored", by=world.principal_id)
+    assert dead_letter_repo.get(letter.id) == resolved, "the first resolution stands"
+
+
+def test_resolve_refuses_unknown_resolution_and_missing_letter(dead_letter_repo, new_letter):
+    letter = dead_letter_repo.insert(new_letter())
+    with pytest.raises(
+        ValueError, match="allowed: replayed, ignored, handled_by_script, handler_failed"
+    ):
+        dead_letter_repo.resolve(letter.id, "deleted", by=None)
+    with pytest.raises(DeadLetterNotFound):
+        dead_letter_repo.resolve(uuid.uuid4(), "ignored", by=None)
+
+
+def test_system_resolutions_have_no_principal(dead_letter_repo, new_letter):
+    letter = dead_letter_repo.insert(new_letter())
+    assert dead_letter_repo.resolve(letter.id, "handled_by_script", by=None).resolved_by is None
+
+
+def test_list_filters_and_pages_newest_first(dead_letter_repo, new_letter, world):
+    letters = [dead_letter_repo.insert(new_letter(last_error=f"e{i}")) for i in range(5)]
+    dead_letter_repo.insert(new_letter(app_id=world.other_app_id, source_kind="invoke"))
+    dead_letter_repo.resolve(letters[1].id, "ignored", by=None)
+    mine = DeadLetterFilter(app_ids=[world.app_id])
+
+    page1 = dead_letter_repo.list(mine, limit=2)
+    page2 = dead_letter_repo.list(mine, limit=2, offset=2)
+    page3 = dead_letter_repo.list(mine, limit=2, offset=4)
+    assert [d.last_error for d in page1 + page2 + page3] == ["e4", "e3", "e2", "e1", "e0"]
+
+    unresolved = dead_letter_repo.list(DeadLetterFilter(app_ids=[world.app_id], resolved=False))
+    assert [d.last_error for d in unresolved] == ["e4", "e3", "e2", "e0"]
+    ignored = dead_letter_repo.list(DeadLetterFilter(resolution="ignored"))
+    assert [d.id for d in ignored] == [letters[1].id]
+    assert len(dead_letter_repo.list(DeadLetterFilter(source_kind="invoke"))) == 1
+    assert len(dead_letter_repo.list()) == 6
+    assert dead_letter_repo.list(DeadLetterFilter(created_before=letters[0].created_at)) == []
+    with pytest.raises(ValueError, match="limit"):
+        dead_letter_repo.list(limit=0)
+
+
+def test_gc_deletes_old_resolved_in_batches_and_keeps_unresolved(dead_letter_repo, new_letter):
+    resolved = [dead_letter_repo.insert(new_letter()) for _ in range(5)]
+    for d in resolved:
+        dead_letter_repo.resolve(d.id, "ignored", by=None)
+    open_letter = dead_letter_repo.insert(new_letter())
+    progress = []
+
+    deleted = dead_letter_repo.gc(
+        timezone.now() + timedelta(seconds=5), batch_size=2, on_batch=progress.append
+    )
+
+    assert deleted == 5 and progress == [2, 4, 5]
+    assert dead_letter_repo.get(open_letter.id) is not None
+    assert dead_letter_repo.gc(timezone.now() + timedelta(seconds=5), batch_size=2) == 0
+    assert (
+        dead_letter_repo.gc(
+            timezone.now() + timedelta(seconds=5), batch_size=2, include_unresolved=True
+        )
+        == 1
+    )
+
+
+def test_gc_keeps_recent_resolutions(dead_letter_repo, new_letter):
+    letter = dead_letter_repo.insert(new_letter())
+    dead_letter_repo.resolve(letter.id, "ignored", by=None)
+    assert dead_letter_repo.gc(timezone.now() - timedelta(days=1), batch_size=10) == 0
+    assert dead_letter_repo.get(letter.id) is not None
+
+
+def _abandoned(world, summary="late result"):
+    return NewAbandonedExecution(
+        app_id=world.app_id,
+        outbox_id=uuid.uuid4(),
+        script_id=world.script_id,
+        inbox_id=uuid.uuid4(),
+        status_code=200,
+        result_summary=summary,
+    )
+
+
+def test_abandoned_insert_caps_summary_and_lists_newest_first(abandoned_repo, world):
+    first = abandoned_repo.insert(_abandoned(world, "x" * (MAX_SUMMARY_CHARS * 3)))
+    second = abandoned_repo.insert(_abandoned(world, None))
+    assert len(first.result_summary) == MAX_SUMMARY_CHARS
+    assert second.result_summary is None
+    assert [a.id for a in abandoned_repo.list(world.app_id)] == [second.id, first.id]
+    assert abandoned_repo.list(world.other_app_id) == []
+
+
+def test_abandoned_gc_in_batches(abandoned_repo, world):
+    for _ in range(3):
+        abandoned_repo.insert(_abandoned(world))
+    progress = []
+    assert abandoned_repo.gc(timezone.now() - timedelta(days=1), batch_size=2) == 0
+    assert (
+        abandoned_repo.gc(
+            timezone.now() + timedelta(seconds=5), batch_size=2, on_batch=progress.append
+        )
+        == 3
+    )
+    assert progress == [2, 3]
+    assert abandoned_repo.list() == []

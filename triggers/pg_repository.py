@@ -1,0 +1,137 @@
+"""TriggerRepo on PostgreSQL: named queries from triggers/sql/queries.sql."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.db import IntegrityError, transaction
+
+from picloud.sqlexec import execute, fetch_all, fetch_one
+from picloud.sqlfiles import load_queries
+from triggers.kinds import TriggerKind
+from triggers.repository import (
+    DeadLetterSource,
+    DeadLetterSpec,
+    DuplicateTriggerName,
+    KvSpec,
+    NewTrigger,
+    TriggerNotFound,
+    TriggerRecord,
+    as_new,
+    validate_trigger,
+)
+
+Q = load_queries("triggers")
+NAME_CONSTRAINT = "triggers_app_name_key"
+
+
+def _record(row: dict[str, Any]) -> TriggerRecord:
+    kv = KvSpec(row["collection"], tuple(row["ops"])) if row["collection"] is not None else None
+    dl = (
+        DeadLetterSpec(row["dl_source_kind"], row["dl_source_trigger_id"])
+        if row["has_dead_letter_details"]
+        else None
+    )
+    return TriggerRecord(
+        id=row["id"],
+        app_id=row["app_id"],
+        kind=row["kind"],
+        script_id=row["script_id"],
+        name=row["name"],
+        enabled=row["enabled"],
+        registered_by_principal=row["registered_by_principal"],
+        kv=kv,
+        dead_letter=dl,
+        max_attempts=row["max_attempts"],
+        retry_base_delay_ms=row["retry_base_delay_ms"],
+        retry_max_delay_ms=row["retry_max_delay_ms"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+class PgTriggerRepo:
+    def create(self, new: NewTrigger) -> TriggerRecord:
+        new = validate_trigger(new)
+        trigger_id = uuid.uuid4()
+        params = {**new.__dict__, "id": trigger_id}
+        with _translating_duplicate(new.name), transaction.atomic():
+            execute(Q["insert_trigger"], params)
+            self._write_details(trigger_id, new)
+        return self.get(trigger_id)  # type: ignore[return-value]
+
+    def get(self, trigger_id: uuid.UUID) -> TriggerRecord | None:
+        row = fetch_one(Q["get_trigger"], {"id": trigger_id})
+        return _record(row) if row else None
+
+    def update(self, trigger_id: uuid.UUID, **changes: object) -> TriggerRecord:
+        current = self.get(trigger_id)
+        if current is None:
+            raise TriggerNotFound(trigger_id)
+        new = validate_trigger(as_new(current, changes))
+        with _translating_duplicate(new.name), transaction.atomic():
+            execute(Q["update_trigger"], {**new.__dict__, "id": trigger_id})
+            self._write_details(trigger_id, new)
+        return self.get(trigger_id)  # type: ignore[return-value]
+
+    def delete(self, trigger_id: uuid.UUID) -> bool:
+        return execute(Q["delete_trigger"], {"id": trigger_id}) > 0
+
+    def list_for_app(self, app_id: uuid.UUID, *, kind: str | None = None) -> list[TriggerRecord]:
+        return [_record(r) for r in fetch_all(Q["list_for_app"], {"app_id": app_id, "kind": kind})]
+
+    def list_matching_kv(self, app_id: uuid.UUID, collection: str, op: str) -> list[TriggerRecord]:
+        rows = fetch_all(
+            Q["list_matching_kv"], {"app_id": app_id, "collection": collection, "op": op}
+        )
+        return [_record(r) for r in rows]
+
+    def list_matching_dead_letter(
+        self, app_id: uuid.UUID, dead_letter: DeadLetterSource
+    ) -> list[TriggerRecord]:
+        rows = fetch_all(
+            Q["list_matching_dead_letter"],
+            {
+                "app_id": app_id,
+                "source_kind": dead_letter.source_kind,
+                "trigger_id": dead_letter.trigger_id,
+            },
+        )
+        return [_record(r) for r in rows]
+
+    @staticmethod
+    def _write_details(trigger_id: uuid.UUID, new: NewTrigger) -> None:
+        if new.kind == TriggerKind.KV and new.kv is not None:
+            execute(
+                Q["upsert_kv_details"],
+                {
+                    "trigger_id": trigger_id,
+                    "collection": new.kv.collection,
+                    "ops": list(new.kv.ops),
+                },
+            )
+        if new.kind == TriggerKind.DEAD_LETTER and new.dead_letter is not None:
+            execute(
+                Q["upsert_dead_letter_details"],
+                {
+                    "trigger_id": trigger_id,
+                    "source_kind": new.dead_letter.source_kind,
+                    "source_trigger_id": new.dead_letter.source_trigger_id,
+                },
+            )
+
+
+class _translating_duplicate:
+    """Turn the unique (app_id, name) violation into DuplicateTriggerName."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is IntegrityError and NAME_CONSTRAINT in str(exc):
+            raise DuplicateTriggerName(self.name) from exc
+        return False

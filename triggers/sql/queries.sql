@@ -1,0 +1,62 @@
+-- Named queries of the trigger repository (loaded by picloud.sqlfiles).
+-- Lists sort by name COLLATE "C" (code point order), as the in-memory
+-- repository does, so both agree whatever the database locale.
+-- Reads go through the triggers_with_details view so every query returns
+-- the same row shape.
+
+-- insert_trigger --
+INSERT INTO triggers (id, app_id, kind, script_id, name, enabled, registered_by_principal,
+                      max_attempts, retry_base_delay_ms, retry_max_delay_ms)
+VALUES (%(id)s, %(app_id)s, %(kind)s, %(script_id)s, %(name)s, %(enabled)s,
+        %(registered_by_principal)s, %(max_attempts)s, %(retry_base_delay_ms)s,
+        %(retry_max_delay_ms)s);
+
+-- upsert_kv_details --
+INSERT INTO kv_trigger_details (trigger_id, collection, ops)
+VALUES (%(trigger_id)s, %(collection)s, %(ops)s)
+ON CONFLICT (trigger_id) DO UPDATE SET collection = EXCLUDED.collection, ops = EXCLUDED.ops;
+
+-- upsert_dead_letter_details --
+INSERT INTO dead_letter_trigger_details (trigger_id, source_kind, source_trigger_id)
+VALUES (%(trigger_id)s, %(source_kind)s, %(source_trigger_id)s)
+ON CONFLICT (trigger_id) DO UPDATE
+    SET source_kind = EXCLUDED.source_kind, source_trigger_id = EXCLUDED.source_trigger_id;
+
+-- update_trigger --
+UPDATE triggers
+SET name = %(name)s, enabled = %(enabled)s, script_id = %(script_id)s,
+    max_attempts = %(max_attempts)s, retry_base_delay_ms = %(retry_base_delay_ms)s,
+    retry_max_delay_ms = %(retry_max_delay_ms)s, updated_at = NOW()
+WHERE id = %(id)s;
+
+-- delete_trigger --
+DELETE FROM triggers WHERE id = %(id)s;
+
+-- get_trigger --
+SELECT * FROM triggers_with_details WHERE id = %(id)s;
+
+-- list_for_app --
+SELECT * FROM triggers_with_details
+WHERE app_id = %(app_id)s AND (%(kind)s::text IS NULL OR kind = %(kind)s)
+ORDER BY name COLLATE "C", id;
+
+-- list_matching_kv --
+-- Hot path of every KV write. Mirrors triggers.matching.collection_matches:
+-- '*' matches all; 'p:*' matches names starting with 'p:' (starts_with, never
+-- LIKE, so '%%' and '_' in names are plain characters); else exact equality.
+-- Served by triggers_enabled_app_kind_idx.
+SELECT * FROM triggers_with_details
+WHERE app_id = %(app_id)s AND kind = 'kv' AND enabled
+  AND %(op)s = ANY (ops)
+  AND (collection = '*'
+       OR collection = %(collection)s
+       OR (right(collection, 2) = ':*' AND starts_with(%(collection)s, left(collection, -1))))
+ORDER BY name COLLATE "C", id;
+
+-- list_matching_dead_letter --
+-- Served by triggers_enabled_app_kind_idx; NULL filters match any source.
+SELECT * FROM triggers_with_details
+WHERE app_id = %(app_id)s AND kind = 'dead_letter' AND enabled
+  AND (dl_source_kind IS NULL OR dl_source_kind = %(source_kind)s)
+  AND (dl_source_trigger_id IS NULL OR dl_source_trigger_id = %(trigger_id)s)
+ORDER BY name COLLATE "C", id;
