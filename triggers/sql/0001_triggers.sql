@@ -26,8 +26,12 @@ CREATE TABLE triggers (
     created_at               TIMESTAMPTZ NOT NULL DEFAULT NOW(),
     updated_at               TIMESTAMPTZ NOT NULL DEFAULT NOW(),
     CONSTRAINT triggers_app_name_key UNIQUE (app_id, name),
+    -- Deferred to commit: deleting an app cascades to its scripts and its
+    -- triggers in an order PostgreSQL does not promise, and an immediate
+    -- check could see the script gone before the trigger.
     CONSTRAINT triggers_script_same_app_fkey
-        FOREIGN KEY (script_id, app_id) REFERENCES scripts (id, app_id),
+        FOREIGN KEY (script_id, app_id) REFERENCES scripts (id, app_id)
+        DEFERRABLE INITIALLY DEFERRED,
     CONSTRAINT triggers_retry_delays_ordered
         CHECK (retry_max_delay_ms IS NULL OR retry_base_delay_ms IS NULL
                OR retry_max_delay_ms >= retry_base_delay_ms)
@@ -64,8 +68,10 @@ CREATE TABLE dead_letter_trigger_details (
     source_kind        TEXT
         CHECK (source_kind IN ('kv', 'cron', 'pubsub', 'queue', 'email', 'invoke')),
     -- Deleting a trigger that a dead-letter trigger filters on is refused
-    -- (a silently widened filter would surprise the operator).
-    source_trigger_id  UUID REFERENCES triggers(id)
+    -- (a silently widened filter would surprise the operator). Checked at
+    -- commit, so deleting both in one transaction, or the whole app, works
+    -- whatever order the cascades run in.
+    source_trigger_id  UUID REFERENCES triggers(id) DEFERRABLE INITIALLY DEFERRED
 );
 CREATE INDEX dead_letter_trigger_details_source_trigger_idx
     ON dead_letter_trigger_details (source_trigger_id) WHERE source_trigger_id IS NOT NULL;

@@ -44,19 +44,36 @@ ORDER BY name COLLATE "C", id;
 -- Hot path of every KV write. Mirrors triggers.matching.collection_matches:
 -- '*' matches all; 'p:*' matches names starting with 'p:' (starts_with, never
 -- LIKE, so '%%' and '_' in names are plain characters); else exact equality.
--- Served by triggers_enabled_app_kind_idx.
-SELECT * FROM triggers_with_details
-WHERE app_id = %(app_id)s AND kind = 'kv' AND enabled
-  AND %(op)s = ANY (ops)
-  AND (collection = '*'
-       OR collection = %(collection)s
-       OR (right(collection, 2) = ':*' AND starts_with(%(collection)s, left(collection, -1))))
-ORDER BY name COLLATE "C", id;
+-- The MATERIALIZED CTE pins the plan: first the app's enabled kv triggers
+-- from triggers_enabled_app_kind_idx (an app has few), then each one's
+-- details by primary key. Left to itself the planner may misjudge the
+-- pattern test's selectivity and scan every app's details instead.
+WITH candidates AS MATERIALIZED (
+    SELECT * FROM triggers
+    WHERE app_id = %(app_id)s AND kind = 'kv' AND enabled
+)
+SELECT c.*, k.collection, k.ops,
+       NULL::text AS dl_source_kind, NULL::uuid AS dl_source_trigger_id,
+       FALSE AS has_dead_letter_details
+FROM candidates c
+JOIN kv_trigger_details k ON k.trigger_id = c.id
+WHERE %(op)s = ANY (k.ops)
+  AND (k.collection = '*'
+       OR k.collection = %(collection)s
+       OR (right(k.collection, 2) = ':*' AND starts_with(%(collection)s, left(k.collection, -1))))
+ORDER BY c.name COLLATE "C", c.id;
 
 -- list_matching_dead_letter --
--- Served by triggers_enabled_app_kind_idx; NULL filters match any source.
-SELECT * FROM triggers_with_details
-WHERE app_id = %(app_id)s AND kind = 'dead_letter' AND enabled
-  AND (dl_source_kind IS NULL OR dl_source_kind = %(source_kind)s)
-  AND (dl_source_trigger_id IS NULL OR dl_source_trigger_id = %(trigger_id)s)
-ORDER BY name COLLATE "C", id;
+-- Same shape as list_matching_kv; NULL filters match any source.
+WITH candidates AS MATERIALIZED (
+    SELECT * FROM triggers
+    WHERE app_id = %(app_id)s AND kind = 'dead_letter' AND enabled
+)
+SELECT c.*, NULL::text AS collection, NULL::text[] AS ops,
+       d.source_kind AS dl_source_kind, d.source_trigger_id AS dl_source_trigger_id,
+       TRUE AS has_dead_letter_details
+FROM candidates c
+JOIN dead_letter_trigger_details d ON d.trigger_id = c.id
+WHERE (d.source_kind IS NULL OR d.source_kind = %(source_kind)s)
+  AND (d.source_trigger_id IS NULL OR d.source_trigger_id = %(trigger_id)s)
+ORDER BY c.name COLLATE "C", c.id;
