@@ -70,4 +70,6 @@ def validate_ops(ops: object) -> None:
             code="invalid_ops",
         )
     if len(set(ops)) != len(ops):
-        raise ValidationError(f"Each op may be listed once; allowed: {allowed}.", code="invalid_ops")
+        raise ValidationError(
+            f"Each op may be listed once; allowed: {allowed}.", code="invalid_ops"
+        )
