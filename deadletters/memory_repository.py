@@ -102,6 +102,9 @@ class MemoryDeadLetterRepo:
             if not r.is_resolved and (wanted is None or r.app_id in wanted)
         )
 
+    def exists_for_outbox(self, outbox_id: uuid.UUID) -> bool:
+        return any(r.outbox_id == outbox_id for r in self.rows.values())
+
     def resolve(
         self, dead_letter_id: uuid.UUID, resolution: str, by: uuid.UUID | None, note: str = ""
     ) -> DeadLetterRecord:

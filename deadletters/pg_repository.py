@@ -90,6 +90,9 @@ class PgDeadLetterRepo:
         row = fetch_one(Q["unresolved_count"], {"app_ids": _app_ids(app_id, app_ids)})
         return row["n"]  # type: ignore[index]
 
+    def exists_for_outbox(self, outbox_id: uuid.UUID) -> bool:
+        return fetch_one(Q["dead_letter_exists_for_outbox"], {"outbox_id": outbox_id}) is not None
+
     def resolve(
         self, dead_letter_id: uuid.UUID, resolution: str, by: uuid.UUID | None, note: str = ""
     ) -> DeadLetterRecord:

@@ -107,6 +107,9 @@ class DeadLetterRepo(Protocol):
     ) -> int:
         """Unresolved dead letters of one app, of a set of apps, or of all."""
 
+    def exists_for_outbox(self, outbox_id: uuid.UUID) -> bool:
+        """Whether any dead letter names this outbox row."""
+
     def resolve(
         self,
         dead_letter_id: uuid.UUID,

@@ -7,9 +7,10 @@ class PicloudConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from picloud import signals
+        from picloud import scripts, signals
         from picloud.config import validate_environment
 
         signals.connect()
+        scripts.autodiscover()
         # A bad PICLOUD_* value must stop start-up, not surface at first use.
         validate_environment()

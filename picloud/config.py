@@ -178,7 +178,27 @@ class TriggerConfig:
         )
 
 
+@dataclass(frozen=True)
+class WebhookConfig:
+    """Where webhook scripts may send requests."""
+
+    # Loopback, private, link-local, multicast and reserved destinations are
+    # refused unless this is set (a guard against requests into our network).
+    allow_private: bool = False
+    # Plain-HTTP URLs are refused unless this is set.
+    allow_http: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> WebhookConfig:
+        env = os.environ if env is None else env
+        return cls(
+            allow_private=env_bool(env, "PICLOUD_WEBHOOK_ALLOW_PRIVATE", False),
+            allow_http=env_bool(env, "PICLOUD_WEBHOOK_ALLOW_HTTP", False),
+        )
+
+
 def validate_environment(env: Mapping[str, str] | None = None) -> None:
     """Build every config once; raises ConfigError on the first bad variable."""
     SandboxCeiling.from_env(env)
     TriggerConfig.from_env(env)
+    WebhookConfig.from_env(env)

@@ -81,13 +81,27 @@ class AppMembership(models.Model):
         return f"{self.principal} is {self.role} of {self.app}"
 
 
+class Runtime(models.TextChoices):
+    PYTHON = "python", "Python handler"
+    WEBHOOK = "webhook", "Webhook"
+
+
 class Script(models.Model):
-    """Code an app can run; its runtime (python handler or webhook) comes later."""
+    """Code an app can run: a registered Python handler or a webhook."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="scripts")
     name = models.CharField(max_length=200)
     enabled = models.BooleanField(default=True)
+    runtime = models.CharField(max_length=10, choices=Runtime.choices, default=Runtime.PYTHON)
+    handler = models.CharField(
+        max_length=200, blank=True, help_text="registered handler name (python runtime)"
+    )
+    webhook_url = models.CharField(
+        max_length=2000, blank=True, help_text="HTTPS endpoint (webhook runtime)"
+    )
+    # Never shown after creation and never logged; see docs/webhooks.md.
+    secret = models.CharField(max_length=200, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -99,6 +113,53 @@ class Script(models.Model):
 
     def __str__(self) -> str:
         return f"{self.app}/{self.name}"
+
+    def save(self, *args, **kwargs) -> None:
+        from picloud.scripts import validate_runtime_fields
+
+        if self.runtime == Runtime.WEBHOOK and not self.secret:
+            self.secret = new_webhook_secret()
+        # Saving through the ORM checks the runtime too, not only admin forms.
+        validate_runtime_fields(self)
+        super().save(*args, **kwargs)
+
+    def clean(self) -> None:
+        super().clean()
+        from picloud.scripts import validate_runtime_fields
+
+        validate_runtime_fields(self)
+
+
+def new_webhook_secret() -> str:
+    import secrets
+
+    return "whsec_" + secrets.token_urlsafe(32)
+
+
+class KvEntry(models.Model):
+    """One key's JSON value in an app's collection; writes go through picloud.kv."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="kv_entries")
+    collection = models.TextField()
+    key = models.TextField()
+    value = models.JSONField()
+    version = models.BigIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "kv_entries"
+        verbose_name = "KV entry"
+        verbose_name_plural = "KV entries"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["app", "collection", "key"], name="kv_entries_app_collection_key_key"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.app}:{self.collection}/{self.key}"
 
 
 def principal_for(user) -> Principal:

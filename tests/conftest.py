@@ -9,6 +9,16 @@ def _fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def _stop_handler_threads():
+    # Handler helper threads hold their own database connections; end them
+    # after each test so the test database can be dropped at the end.
+    yield
+    from picloud.sandbox import stop_helper
+
+    stop_helper()
+
+
 @pytest.fixture
 def app(db):
     return AppFactory()

@@ -39,3 +39,5 @@ class ScriptFactory(factory.django.DjangoModelFactory):
 
     app = factory.SubFactory(AppFactory)
     name = factory.Sequence(lambda n: f"script-{n}")
+    runtime = "python"
+    handler = "picloud.noop"

@@ -30,6 +30,10 @@ SELECT count(*) AS n FROM dead_letters
 WHERE resolution IS NULL
   AND (%(app_ids)s::uuid[] IS NULL OR app_id = ANY (%(app_ids)s::uuid[]));
 
+-- dead_letter_exists_for_outbox --
+-- Served by dead_letters_outbox_idx.
+SELECT 1 FROM dead_letters WHERE outbox_id = %(outbox_id)s LIMIT 1;
+
 -- resolve --
 -- "AND resolution IS NULL" makes resolving once atomic: of two concurrent
 -- resolvers the second waits on the row lock, then matches nothing.

@@ -41,7 +41,7 @@ def test_list_matching_kv_uses_an_index_with_10000_triggers_in_100_apps():
         "INSERT INTO apps (slug, name) SELECT 'plan-' || g, 'Plan ' || g FROM generate_series(1, 100) g"
     )
     _sql(
-        "INSERT INTO scripts (app_id, name) SELECT id, 'handler' FROM apps WHERE slug LIKE 'plan-%%'"
+        "INSERT INTO scripts (app_id, name, handler) SELECT id, 'handler', 'picloud.noop' FROM apps WHERE slug LIKE 'plan-%%'"
     )
     _sql(
         """

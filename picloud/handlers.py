@@ -1,0 +1,36 @@
+"""Handlers shipped with PiCloud: small building blocks for demos, tests and benchmarks."""
+
+import time
+
+from picloud.scripts import PermanentError, handler
+
+
+@handler("picloud.noop")
+def noop(event, ctx):
+    return None
+
+
+@handler("picloud.echo")
+def echo(event, ctx):
+    """Return the event: handy to see what a trigger delivers."""
+    return event
+
+
+@handler("picloud.fail")
+def fail(event, ctx):
+    """Always fail (retryably): exercises retries and dead letters."""
+    raise RuntimeError(f"picloud.fail always fails (attempt {ctx.attempt})")
+
+
+@handler("picloud.reject")
+def reject(event, ctx):
+    """Fail permanently: no retries."""
+    raise PermanentError("picloud.reject refuses every event")
+
+
+@handler("picloud.sleep")
+def sleep(event, ctx):
+    """Sleep event["seconds"] (default 0.1), capped by the time left."""
+    seconds = float(event.get("seconds", 0.1)) if isinstance(event, dict) else 0.1
+    time.sleep(max(0.0, min(seconds, ctx.remaining())))
+    return {"slept": seconds}

@@ -1,0 +1,201 @@
+"""The KV store's Python API: per-app collections of JSON values.
+
+    from picloud import kv
+    kv.put(app, "orders", "o-1", {"total": 12}, principal=principal)
+    kv.get(app, "orders", "o-1", principal=principal)   # -> KvItem | None
+
+Every call checks the principal's capability in that app (KvRead / KvWrite)
+and raises PermissionDenied when it is missing. A put or delete fans out to
+the app's matching kv triggers in the same transaction: if the caller's
+transaction rolls back, neither the entry nor the outbox rows exist.
+"""
+
+from __future__ import annotations
+
+import builtins
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from picloud.authz import Capability, require
+from picloud.models import App, Principal, principal_for
+from picloud.sqlexec import fetch_all as _fetch_all
+from picloud.sqlexec import fetch_one, from_json, to_json
+from picloud.sqlfiles import load_queries
+
+MAX_KEY_LENGTH = 1024  # characters
+MAX_COLLECTION_LENGTH = 255  # characters
+MAX_LIST_LIMIT = 1000
+
+Q = load_queries("picloud")
+
+
+@dataclass(frozen=True)
+class KvItem:
+    collection: str
+    key: str
+    value: Any
+    version: int
+    updated_at: datetime
+
+
+def _item(row: dict[str, Any]) -> KvItem:
+    return KvItem(**{**row, "value": from_json(row["value"])})
+
+
+def _app(app: App | uuid.UUID | str) -> App:
+    if isinstance(app, App):
+        return app
+    if isinstance(app, uuid.UUID):
+        return App.objects.get(pk=app)
+    return App.objects.get(slug=app)
+
+
+def _principal(principal) -> Principal | None:
+    if principal is None or isinstance(principal, Principal):
+        return principal
+    return principal_for(principal)  # a Django user
+
+
+def _check_text(what: str, value: object, limit: int) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValidationError(f"{what} must be a non-empty string of at most {limit} characters.")
+    if len(value) > limit:
+        raise ValidationError(
+            f"{what} is {len(value)} characters long; at most {limit} are allowed."
+        )
+    if "\x00" in value:
+        raise ValidationError(f"{what} must not contain the NUL character.")
+    return value
+
+
+def _params(app: App, collection: str, key: str | None = None) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "app_id": app.id,
+        "collection": _check_text("Collection", collection, MAX_COLLECTION_LENGTH),
+    }
+    if key is not None:
+        params["key"] = _check_text("Key", key, MAX_KEY_LENGTH)
+    return params
+
+
+def get(app, collection: str, key: str, *, principal) -> KvItem | None:
+    """The entry, or None. Needs KvRead in the app."""
+    app = _app(app)
+    require(_principal(principal), Capability.KvRead(app.id))
+    row = fetch_one(Q["kv_get"], _params(app, collection, key))
+    return _item(row) if row else None
+
+
+def list(
+    app, collection: str, *, principal, prefix: str | None = None, limit: int = 100
+) -> builtins.list[KvItem]:
+    """Entries of a collection by key (code point order), at most `limit`. Needs KvRead."""
+    app = _app(app)
+    require(_principal(principal), Capability.KvRead(app.id))
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        raise ValidationError(f"limit must be 1..{MAX_LIST_LIMIT}, got {limit}.")
+    params = {**_params(app, collection), "prefix": prefix or None, "limit": limit}
+    return [_item(r) for r in _fetch_all(Q["kv_list"], params)]
+
+
+def put(
+    app,
+    collection: str,
+    key: str,
+    value: Any,
+    *,
+    principal,
+    depth: int = 0,
+    cause: uuid.UUID | None = None,
+) -> KvItem:
+    """Insert or update the entry and fan out to matching triggers. Needs KvWrite.
+
+    `depth` and `cause` are set by the KV client a script receives (its row's
+    depth + 1 and the row's id); leave them alone elsewhere.
+    """
+    app = _app(app)
+    require(_principal(principal), Capability.KvWrite(app.id))
+    params = {**_params(app, collection, key), "value": to_json(value)}
+    with transaction.atomic():
+        while True:
+            old = fetch_one(Q["kv_lock"], params)
+            if old is not None:
+                row, op, old_value = fetch_one(Q["kv_update"], params), "update", old["value"]
+                break
+            row = fetch_one(Q["kv_insert"], params)
+            if row is not None:
+                op, old_value = "insert", None
+                break
+            # Another transaction inserted this key since our lock read: lock it now.
+        item = _item(row)  # type: ignore[arg-type]
+        _fan_out(app, item, op, from_json(old_value), item.value, depth, cause)
+    return item
+
+
+def delete(
+    app, collection: str, key: str, *, principal, depth: int = 0, cause: uuid.UUID | None = None
+) -> bool:
+    """Delete the entry and fan out; a missing key is a no-op that fires nothing. Needs KvWrite."""
+    app = _app(app)
+    require(_principal(principal), Capability.KvWrite(app.id))
+    with transaction.atomic():
+        row = fetch_one(Q["kv_delete"], _params(app, collection, key))
+        if row is None:
+            return False
+        item = _item(row)
+        _fan_out(app, item, "delete", item.value, None, depth, cause)
+    return True
+
+
+def _fan_out(app: App, item: KvItem, op: str, old: Any, new: Any, depth: int, cause) -> None:
+    from triggers.fanout import KvEvent, fan_out_kv
+
+    event = KvEvent(
+        app_id=app.id,
+        app_slug=app.slug,
+        collection=item.collection,
+        key=item.key,
+        op=op,
+        old=old,
+        new=new,
+        version=item.version,
+    )
+    fan_out_kv(event, depth=depth, cause=cause)
+
+
+class KvClient:
+    """The KV API bound to one app and principal; scripts get one as ``ctx.kv``.
+
+    Writes carry the cascade depth and the causing outbox row, so a chain of
+    script-made writes stops at PICLOUD_MAX_TRIGGER_DEPTH.
+    """
+
+    def __init__(self, app: App, principal, *, depth: int = 0, cause: uuid.UUID | None = None):
+        self.app, self.principal, self.depth, self.cause = app, principal, depth, cause
+
+    def get(self, collection: str, key: str) -> KvItem | None:
+        return get(self.app, collection, key, principal=self.principal)
+
+    def list(self, collection: str, *, prefix: str | None = None, limit: int = 100):
+        return list(self.app, collection, principal=self.principal, prefix=prefix, limit=limit)
+
+    def put(self, collection: str, key: str, value: Any) -> KvItem:
+        return put(
+            self.app,
+            collection,
+            key,
+            value,
+            principal=self.principal,
+            depth=self.depth,
+            cause=self.cause,
+        )
+
+    def delete(self, collection: str, key: str) -> bool:
+        return delete(
+            self.app, collection, key, principal=self.principal, depth=self.depth, cause=self.cause
+        )
