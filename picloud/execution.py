@@ -78,7 +78,8 @@ def run_capability(app_id: uuid.UUID) -> Capability.ScriptInvoke:
 
 
 def _size(value: Any) -> int:
-    return len(json.dumps(value, separators=(",", ":"), default=str).encode())
+    """Bytes of `value` as compact JSON; TypeError/ValueError if it is not JSON."""
+    return len(json.dumps(value, separators=(",", ":"), allow_nan=False).encode())
 
 
 def _error(exc: BaseException) -> str:
@@ -184,7 +185,7 @@ def _run_webhook(
     timeout: float,
     config: WebhookConfig | None,
 ) -> Outcome:
-    body = json.dumps(row.payload, separators=(",", ":"), default=str).encode()
+    body = json.dumps(row.payload, separators=(",", ":")).encode()
     headers = webhooks.delivery_headers(script.secret, body, str(row.id))
     try:
         response = webhooks.post(

@@ -41,3 +41,30 @@ class ScriptFactory(factory.django.DjangoModelFactory):
     name = factory.Sequence(lambda n: f"script-{n}")
     runtime = "python"
     handler = "picloud.noop"
+
+
+def kv_trigger(
+    app,
+    script,
+    principal,
+    *,
+    name=None,
+    collection="*",
+    ops=("insert", "update", "delete"),
+    enabled=True,
+):
+    """A kv trigger through the repository (validated as admin would)."""
+    from triggers.pg_repository import PgTriggerRepo
+    from triggers.repository import KvSpec, NewTrigger
+
+    return PgTriggerRepo().create(
+        NewTrigger(
+            app_id=app.id,
+            kind="kv",
+            script_id=script.id,
+            name=name or f"kv-{collection}-{'-'.join(ops)}",
+            registered_by_principal=principal.id,
+            enabled=enabled,
+            kv=KvSpec(collection, tuple(ops)),
+        )
+    )

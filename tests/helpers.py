@@ -52,3 +52,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def drain_outbox(max_rows: int = 1_000):
+    """Run every due outbox row once, in order of claiming; return [(row, outcome)].
+
+    A stand-in for the dispatcher in tests of what scripts do: rows are
+    deleted after one execution whatever the outcome.
+    """
+    from outbox.pg_repository import PgOutboxRepo
+    from picloud.execution import execute_row
+
+    repo = PgOutboxRepo()
+    ran = []
+    while len(ran) < max_rows:
+        rows = repo.claim_due(limit=50, lease=300)
+        if not rows:
+            return ran
+        for row in rows:
+            ran.append((row, execute_row(row)))
+            repo.delete([row.id])
+    raise AssertionError(f"the outbox did not drain within {max_rows} rows")

@@ -1,0 +1,124 @@
+"""picloud.kv: semantics and authorization against the real database."""
+
+import threading
+
+import pytest
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import connections
+
+from picloud import kv
+from picloud.authz import Role
+from tests.factories import AppFactory, MembershipFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def writer(app):
+    return MembershipFactory(app=app, role=Role.Developer.value).principal
+
+
+def test_put_inserts_then_updates_with_versions(app, writer):
+    first = kv.put(app, "orders", "o1", {"n": 1}, principal=writer)
+    second = kv.put(app, "orders", "o1", {"n": 2}, principal=writer)
+    assert (first.version, second.version) == (1, 2)
+    got = kv.get(app, "orders", "o1", principal=writer)
+    assert got.value == {"n": 2} and got.version == 2
+
+
+def test_get_missing_is_none_and_delete_missing_is_a_no_op(app, writer):
+    assert kv.get(app, "orders", "nope", principal=writer) is None
+    assert kv.delete(app, "orders", "nope", principal=writer) is False
+    kv.put(app, "orders", "o1", 1, principal=writer)
+    assert kv.delete(app, "orders", "o1", principal=writer) is True
+    assert kv.get(app, "orders", "o1", principal=writer) is None
+
+
+def test_values_are_any_json(app, writer):
+    for value in [None, 0, "text", [1, {"a": None}], {"nested": {"deep": [True]}}]:
+        kv.put(app, "c", "k", value, principal=writer)
+        assert kv.get(app, "c", "k", principal=writer).value == value
+
+
+def test_list_orders_by_key_and_filters_by_literal_prefix(app, writer):
+    for key in ["b", "a%1", "a_2", "ab", "A"]:
+        kv.put(app, "c", key, key, principal=writer)
+    assert [i.key for i in kv.list(app, "c", principal=writer)] == ["A", "a%1", "a_2", "ab", "b"]
+    assert [i.key for i in kv.list(app, "c", principal=writer, prefix="a%")] == ["a%1"]
+    assert [i.key for i in kv.list(app, "c", principal=writer, prefix="a_")] == ["a_2"]
+    assert [i.key for i in kv.list(app, "c", principal=writer, limit=2)] == ["A", "a%1"]
+
+
+def test_apps_have_separate_stores(app, writer):
+    other = AppFactory()
+    MembershipFactory(app=other, principal=writer, role=Role.Developer.value)
+    kv.put(app, "c", "k", "mine", principal=writer)
+    assert kv.get(other, "c", "k", principal=writer) is None
+
+
+def test_accepts_app_id_slug_and_django_user(app, writer):
+    kv.put(app.id, "c", "k", 1, principal=writer.user)
+    assert kv.get(app.slug, "c", "k", principal=writer).value == 1
+
+
+def test_viewer_reads_but_cannot_write(app, writer):
+    viewer = MembershipFactory(app=app, role=Role.Viewer.value).principal
+    kv.put(app, "c", "k", 1, principal=writer)
+    assert kv.get(app, "c", "k", principal=viewer).value == 1
+    with pytest.raises(PermissionDenied, match=r"lacks KvWrite \(scope kv:write\)"):
+        kv.put(app, "c", "k", 2, principal=viewer)
+    with pytest.raises(PermissionDenied):
+        kv.delete(app, "c", "k", principal=viewer)
+    assert kv.get(app, "c", "k", principal=viewer).value == 1
+
+
+def test_outsiders_and_inactive_users_get_nothing(app, writer):
+    outsider = UserFactory().principal
+    with pytest.raises(PermissionDenied, match="lacks KvRead"):
+        kv.get(app, "c", "k", principal=outsider)
+    with pytest.raises(PermissionDenied):
+        kv.list(app, "c", principal=outsider)
+    writer.user.is_active = False
+    writer.user.save()
+    with pytest.raises(PermissionDenied):
+        kv.put(app, "c", "k", 1, principal=writer)
+
+
+@pytest.mark.parametrize(
+    ("collection", "key", "message"),
+    [
+        ("", "k", "Collection"),
+        ("c" * 256, "k", "at most 255"),
+        ("c", "", "Key"),
+        ("c", "k" * 1025, "at most 1024"),
+        ("c\x00", "k", "NUL"),
+    ],
+)
+def test_bad_names_are_refused_with_what_is_allowed(app, writer, collection, key, message):
+    with pytest.raises(ValidationError, match=message):
+        kv.put(app, collection, key, 1, principal=writer)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_first_writes_of_one_key_both_land():
+    app = AppFactory()
+    writer = MembershipFactory(app=app, role=Role.Developer.value).principal
+    start = threading.Barrier(2)
+    errors = []
+
+    def write(n):
+        try:
+            start.wait(timeout=10)
+            kv.put(app, "c", "same", n, principal=writer)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    assert kv.get(app, "c", "same", principal=writer).version == 2
