@@ -46,6 +46,12 @@ def test_insert_then_get(dead_letter_repo, new_letter):
     assert dead_letter_repo.get(uuid.uuid4()) is None
 
 
+def test_exists_for_outbox(dead_letter_repo, new_letter):
+    letter = dead_letter_repo.insert(new_letter())
+    assert dead_letter_repo.exists_for_outbox(letter.outbox_id)
+    assert not dead_letter_repo.exists_for_outbox(uuid.uuid4())
+
+
 def test_insert_refuses_unknown_source_kind(dead_letter_repo, new_letter):
     with pytest.raises(ValueError, match="unknown source kind"):
         dead_letter_repo.insert(new_letter(source_kind="fax"))
