@@ -82,3 +82,34 @@ class MemoryOutboxRepo:
             errors = (*current.errors, error)[-MAX_ERRORS_KEPT:]
             self.rows[row_id] = replace(current, due_at=due_at, last_error=error, errors=errors)
         return True
+
+    def release(self, row_ids: Sequence[uuid.UUID]) -> int:
+        with self._lock:
+            now, released = self.clock(), 0
+            for row_id in set(row_ids):
+                if (row := self.rows.get(row_id)) is not None:
+                    attempts = max(row.attempts - 1, 0)
+                    self.rows[row_id] = replace(row, due_at=now, attempts=attempts)
+                    released += 1
+            return released
+
+    def next_due_at(self) -> datetime | None:
+        return min((r.due_at for r in self.rows.values()), default=None)
+
+    def stats(self) -> tuple[int, datetime | None]:
+        now = self.clock()
+        due = [r.due_at for r in self.rows.values() if r.due_at <= now]
+        return len(due), min(due, default=None)
+
+
+class MemoryCounterStore:
+    def __init__(self) -> None:
+        self.values: dict[str, int] = {}
+
+    def add(self, increments: dict[str, int]) -> None:
+        for name, value in increments.items():
+            if value:
+                self.values[name] = self.values.get(name, 0) + value
+
+    def read(self) -> dict[str, int]:
+        return dict(self.values)

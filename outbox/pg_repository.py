@@ -58,3 +58,28 @@ class PgOutboxRepo:
             "max_errors": MAX_ERRORS_KEPT,
         }
         return execute(Q["reschedule"], params) > 0
+
+    def release(self, row_ids: Sequence[uuid.UUID]) -> int:
+        if not row_ids:
+            return 0
+        return execute(Q["release"], {"ids": list(row_ids)})
+
+    def next_due_at(self) -> datetime | None:
+        return fetch_one(Q["next_due_at"])["due_at"]  # type: ignore[index]
+
+    def stats(self) -> tuple[int, datetime | None]:
+        row = fetch_one(Q["stats"])
+        return row["due"], row["oldest_due_at"]  # type: ignore[index]
+
+
+class PgCounterStore:
+    """Dispatcher counters summed in PostgreSQL across processes and hosts."""
+
+    def add(self, increments: dict[str, int]) -> None:
+        names = [n for n, v in increments.items() if v]
+        if names:
+            values = [increments[n] for n in names]
+            execute(Q["add_counters"], {"names": names, "values": values})
+
+    def read(self) -> dict[str, int]:
+        return {r["name"]: r["value"] for r in fetch_all(Q["read_counters"])}

@@ -79,6 +79,16 @@ class OutboxRepo(Protocol):
         it (truncated to MAX_ERROR_CHARS) to errors, keeping the last
         MAX_ERRORS_KEPT. False if the row is gone."""
 
+    def release(self, row_ids: Sequence[uuid.UUID]) -> int:
+        """Give claimed rows back unexecuted: due now, and the claim's attempt
+        uncounted (attempts - 1, never below 0). Returns how many existed."""
+
+    def next_due_at(self) -> datetime | None:
+        """The earliest due_at of any row (due or not), or None when empty."""
+
+    def stats(self) -> tuple[int, datetime | None]:
+        """(rows due now, the oldest due_at among them or None)."""
+
 
 def check_new_row(row: NewOutboxRow) -> None:
     if row.source_kind not in SourceKind.values:

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from deadletters.repository import DeadLetterRepo, NewDeadLetter
+from deadletters.repository import DeadLetterRecord, DeadLetterRepo, NewDeadLetter
 from outbox.repository import NewOutboxRow, OutboxRepo
 from picloud.config import TriggerConfig
 from triggers.kinds import SourceKind
@@ -93,7 +93,7 @@ class FanOut:
             f"not enqueued for {len(matching)} trigger(s): {names}"
         )
         first = matching[0]
-        self.dead_letters.insert(
+        self.record_dead_letter(
             NewDeadLetter(
                 app_id=app_id,
                 source_kind=SourceKind.KV,
@@ -108,6 +108,47 @@ class FanOut:
                 depth=depth,
             )
         )
+
+
+    def record_dead_letter(self, new: NewDeadLetter) -> DeadLetterRecord:
+        """Insert a dead letter and enqueue the app's matching dead_letter
+        triggers, in the caller's transaction.
+
+        Dead letters about dead-letter handlers are never written (the
+        dispatcher resolves the original as handler_failed instead), so a
+        dead letter can never trigger a handler about itself.
+        """
+        record = self.dead_letters.insert(new)
+        for trigger in self.triggers.list_matching_dead_letter(record.app_id, record):
+            self.outbox.insert(
+                NewOutboxRow(
+                    app_id=record.app_id,
+                    source_kind=SourceKind.DEAD_LETTER,
+                    script_id=trigger.script_id,
+                    run_as_principal=trigger.registered_by_principal,
+                    payload=dead_letter_event(record),
+                    trigger_id=trigger.id,
+                    depth=record.depth + 1,
+                )
+            )
+        return record
+
+
+def dead_letter_event(record: DeadLetterRecord) -> dict[str, Any]:
+    """What a dead_letter handler receives."""
+    return {
+        "dead_letter_id": str(record.id),
+        "app_id": str(record.app_id),
+        "source_kind": record.source_kind,
+        "trigger_id": str(record.trigger_id) if record.trigger_id else None,
+        "script_id": str(record.script_id) if record.script_id else None,
+        "outbox_id": str(record.outbox_id) if record.outbox_id else None,
+        "payload": record.payload,
+        "last_error": record.last_error,
+        "errors": list(record.errors),
+        "attempts": record.attempts,
+        "depth": record.depth,
+    }
 
 
 def default_fan_out() -> FanOut:

@@ -46,3 +46,26 @@ SET due_at = %(due_at)s,
         WHERE n > jsonb_array_length(errors) + 1 - %(max_errors)s
     )
 WHERE id = %(id)s;
+
+-- release --
+-- Hand claimed rows back unexecuted (shutdown, or a batch running late): due
+-- now, and the claim's attempt is not counted.
+UPDATE outbox
+SET due_at = NOW(), attempts = GREATEST(attempts - 1, 0)
+WHERE id = ANY (%(ids)s::uuid[]);
+
+-- next_due_at --
+-- When the earliest row becomes due (served by outbox_due_at_idx).
+SELECT min(due_at) AS due_at FROM outbox;
+
+-- stats --
+-- The backlog: rows due now, and how long the oldest of them has waited.
+SELECT count(*) AS due, min(due_at) AS oldest_due_at FROM outbox WHERE due_at <= NOW();
+
+-- add_counters --
+INSERT INTO dispatcher_counters (name, value)
+SELECT * FROM unnest(%(names)s::text[], %(values)s::bigint[])
+ON CONFLICT (name) DO UPDATE SET value = dispatcher_counters.value + EXCLUDED.value;
+
+-- read_counters --
+SELECT name, value FROM dispatcher_counters;

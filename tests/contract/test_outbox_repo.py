@@ -118,3 +118,46 @@ def test_errors_are_bounded(outbox_repo, new_row):
     errors = outbox_repo.get(row.id).errors
     assert len(errors) == MAX_ERRORS_KEPT
     assert errors[-1] == f"e{MAX_ERRORS_KEPT + 4}" and errors[0] == "e5"
+
+
+def test_release_gives_rows_back_uncounted(outbox_repo, new_row):
+    row = outbox_repo.insert(new_row())
+    (claimed,) = outbox_repo.claim_due(limit=1, lease=LEASE)
+    assert outbox_repo.release([claimed.id, uuid.uuid4()]) == 1
+    again = outbox_repo.claim_due(limit=1, lease=LEASE)
+    assert [r.id for r in again] == [row.id] and again[0].attempts == 1
+    assert outbox_repo.release([]) == 0
+
+
+def test_next_due_at_and_stats(outbox_repo, new_row):
+    assert outbox_repo.next_due_at() is None
+    assert outbox_repo.stats() == (0, None)
+    now = timezone.now()
+    outbox_repo.insert(new_row(due_at=now - timedelta(seconds=30)))
+    outbox_repo.insert(new_row(due_at=now - timedelta(seconds=10)))
+    future = now + timedelta(hours=1)
+    outbox_repo.insert(new_row(due_at=future))
+    assert outbox_repo.next_due_at() == now - timedelta(seconds=30)
+    due, oldest = outbox_repo.stats()
+    assert due == 2 and oldest == now - timedelta(seconds=30)
+    outbox_repo.claim_due(limit=2, lease=LEASE)
+    lease_end = outbox_repo.next_due_at()
+    assert now + timedelta(seconds=LEASE - 5) < lease_end < future, (
+        "leased rows are due again later"
+    )
+    assert outbox_repo.stats() == (0, None)
+
+
+@pytest.fixture(params=["memory", "postgres"])
+def counter_store(request, transactional_db):
+    from outbox.memory_repository import MemoryCounterStore
+    from outbox.pg_repository import PgCounterStore
+
+    return MemoryCounterStore() if request.param == "memory" else PgCounterStore()
+
+
+def test_counters_add_up(counter_store):
+    assert counter_store.read() == {}
+    counter_store.add({"succeeded": 3, "retried": 0})
+    counter_store.add({"succeeded": 2, "dead_lettered": 1})
+    assert counter_store.read() == {"succeeded": 5, "dead_lettered": 1}

@@ -1,0 +1,206 @@
+"""The dispatcher: claim due outbox rows, run them, and settle each outcome.
+
+One ``Dispatcher.run_once`` claims a batch, executes its rows one after the
+other outside any transaction, and settles them: successes are deleted in
+one statement at the end of the batch; retryable failures are rescheduled
+with backoff; the last failure moves the row into a dead letter (one
+transaction: delete the row, insert the dead letter, enqueue dead-letter
+triggers). It reaches the database only through repositories, so its unit
+tests run on the in-memory ones. The loop, threads and wake-ups live in
+outbox/worker.py; the django-q2 wiring in outbox/hosting.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext, suppress
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from django.utils import timezone
+
+from deadletters.models import Resolution
+from deadletters.repository import (
+    AlreadyResolved,
+    DeadLetterNotFound,
+    DeadLetterRepo,
+    NewDeadLetter,
+)
+from outbox.backoff import policy_for, retry_delay
+from outbox.metrics import Counters
+from outbox.repository import OutboxRepo, OutboxRow
+from picloud.config import SandboxCeiling, TriggerConfig
+from picloud.execution import Failure, Outcome, execute_row
+from triggers.fanout import FanOut
+from triggers.kinds import SourceKind
+from triggers.repository import TriggerRecord, TriggerRepo
+
+logger = logging.getLogger("picloud.dispatcher")
+
+LEASE_MARGIN = 30.0  # seconds a lease outlasts the sandbox timeout
+
+
+class ReplySink(Protocol):
+    """Where the outcome of a synchronous invocation (a reply_to row) goes."""
+
+    def deliver(self, row: OutboxRow, outcome: Outcome) -> None: ...
+
+
+class DiscardReplies:
+    """Until sync invocation is wired in, reply_to outcomes go nowhere."""
+
+    def deliver(self, row: OutboxRow, outcome: Outcome) -> None:
+        logger.debug("no reply sink: dropping the reply for %s", row.id)
+
+
+@dataclass
+class BatchReport:
+    claimed: int = 0
+    executed: int = 0
+    released: int = 0
+    execution_seconds: float = 0.0
+    outcomes: list[tuple[uuid.UUID, Outcome]] = field(default_factory=list)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        outbox: OutboxRepo,
+        triggers: TriggerRepo,
+        dead_letters: DeadLetterRepo,
+        atomic: Callable[[], AbstractContextManager] = nullcontext,
+        execute: Callable[[OutboxRow], Outcome] = execute_row,
+        replies: ReplySink | None = None,
+        counters: Counters | None = None,
+        config: TriggerConfig | None = None,
+        ceiling: SandboxCeiling | None = None,
+        clock: Callable[[], datetime] = timezone.now,
+        rand: Callable[[], float] = random.random,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.outbox, self.triggers, self.dead_letters = outbox, triggers, dead_letters
+        self.fan_out = FanOut(triggers, outbox, dead_letters)
+        self.atomic, self.execute = atomic, execute
+        self.replies = replies or DiscardReplies()
+        self.counters = counters or Counters()
+        self.config = config or TriggerConfig.from_env()
+        ceiling = ceiling or SandboxCeiling.from_env()
+        self.timeout = ceiling.timeout_ms / 1000
+        # The lease must outlast one execution, or another claimer could take
+        # a row that is still running.
+        self.lease = self.timeout + LEASE_MARGIN
+        self.clock, self.rand, self.should_stop = clock, rand, should_stop
+        self.fan_out.config = self.config
+
+    def run_once(self, limit: int) -> BatchReport:
+        """Claim up to `limit` due rows and settle every one of them."""
+        report = BatchReport()
+        rows = self.outbox.claim_due(limit, self.lease)
+        report.claimed = len(rows)
+        claimed_at = time.monotonic()
+        done: list[uuid.UUID] = []
+        try:
+            for i, row in enumerate(rows):
+                if self.should_stop() or self._lease_too_short(claimed_at):
+                    # Hand the rest back now rather than let their leases run out.
+                    rest = [r.id for r in rows[i:]]
+                    report.released = self.outbox.release(rest)
+                    break
+                started = time.monotonic()
+                outcome = self._run(row)
+                report.execution_seconds += time.monotonic() - started
+                report.executed += 1
+                report.outcomes.append((row.id, outcome))
+                if self._settle(row, outcome):
+                    done.append(row.id)
+        finally:
+            # Acknowledge successes in one statement, one commit.
+            self.outbox.delete(done)
+        return report
+
+    def _lease_too_short(self, claimed_at: float) -> bool:
+        return time.monotonic() - claimed_at + self.timeout > self.lease - 1.0
+
+    def _run(self, row: OutboxRow) -> Outcome:
+        self.counters.inc("dispatched")
+        if row.reply_to is not None and row.attempts > 1:
+            # A sync invocation gets one attempt; this one's worker was lost.
+            return Failure(
+                "the worker running this invocation was lost", retryable=False, status=504
+            )
+        try:
+            return self.execute(row)
+        except Exception as exc:  # execute_row does not raise for scripts; this is ours
+            logger.exception("executing outbox row %s failed", row.id)
+            return Failure(f"dispatcher error: {type(exc).__name__}: {exc}", retryable=True)
+
+    def _settle(self, row: OutboxRow, outcome: Outcome) -> bool:
+        """Record the outcome; True when the row is done and may be deleted."""
+        if outcome.ok:
+            self.counters.inc("succeeded")
+        elif outcome.unauthorized:
+            self.counters.inc("authorization_failures")
+        if row.reply_to is not None:
+            # No retry, no dead letter: the caller is told the outcome.
+            self.replies.deliver(row, outcome)
+            return True
+        if outcome.ok:
+            if row.source_kind == SourceKind.DEAD_LETTER:
+                self._resolve_handled(row, Resolution.HANDLED_BY_SCRIPT, note="")
+            return True
+        assert isinstance(outcome, Failure)
+        policy = policy_for(self._trigger(row), self.config.retry)
+        if outcome.retryable and row.attempts < policy.max_attempts:
+            delay = retry_delay(row.attempts, policy, self.rand)
+            self.outbox.reschedule(row.id, self.clock() + timedelta(seconds=delay), outcome.error)
+            self.counters.inc("retried")
+            return False
+        self._give_up(row, outcome)
+        return False
+
+    def _give_up(self, row: OutboxRow, outcome: Failure) -> None:
+        with self.atomic():
+            self.outbox.delete([row.id])
+            if row.source_kind == SourceKind.DEAD_LETTER:
+                # Never a dead letter about a dead-letter handler.
+                self._resolve_handled(row, Resolution.HANDLER_FAILED, note=outcome.error)
+                return
+            self.fan_out.record_dead_letter(
+                NewDeadLetter(
+                    app_id=row.app_id,
+                    source_kind=row.source_kind,
+                    script_id=row.script_id,
+                    trigger_id=row.trigger_id,
+                    run_as_principal=row.run_as_principal,
+                    outbox_id=row.id,
+                    payload=row.payload,
+                    last_error=outcome.error,
+                    errors=(*row.errors, outcome.error),
+                    attempts=row.attempts,
+                    depth=row.depth,
+                )
+            )
+        self.counters.inc("dead_lettered")
+
+    def _resolve_handled(self, row: OutboxRow, resolution: str, note: str) -> None:
+        dead_letter_id = row.payload.get("dead_letter_id")
+        if not dead_letter_id:
+            return
+        # An operator (or another handler) may have settled it first; theirs stands.
+        with suppress(AlreadyResolved, DeadLetterNotFound):
+            self.dead_letters.resolve(uuid.UUID(dead_letter_id), resolution, by=None, note=note)
+
+    def _trigger(self, row: OutboxRow) -> TriggerRecord | None:
+        return self.triggers.get(row.trigger_id) if row.trigger_id else None
+
+
+def iter_batches(dispatcher: Dispatcher, limit: int) -> Iterator[BatchReport]:
+    """Run batches until one comes back empty (tests and benchmarks)."""
+    while (report := dispatcher.run_once(limit)).claimed:
+        yield report

@@ -1,0 +1,255 @@
+"""Dispatcher logic on the in-memory repositories: no database."""
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from deadletters.memory_repository import MemoryDeadLetterRepo
+from outbox.dispatcher import Dispatcher, iter_batches
+from outbox.memory_repository import MemoryOutboxRepo
+from outbox.metrics import Counters
+from outbox.repository import NewOutboxRow
+from picloud.config import RetryPolicy, SandboxCeiling, TriggerConfig
+from picloud.execution import Failure, Success
+from triggers.memory_repository import MemoryTriggerRepo
+from triggers.repository import DeadLetterSpec, KvSpec, NewTrigger
+
+APP, SCRIPT, DL_SCRIPT, PRINCIPAL = (uuid.uuid4() for _ in range(4))
+POLICY = RetryPolicy(max_attempts=4, base_delay_ms=1000, max_delay_ms=5000, jitter=0.0)
+
+
+class Clock:
+    def __init__(self):
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += timedelta(seconds=seconds)
+
+
+class FakeExecutor:
+    """Outcomes by script id; records what ran."""
+
+    def __init__(self):
+        self.outcomes = {}
+        self.ran = []
+
+    def __call__(self, row):
+        self.ran.append(row)
+        outcome = self.outcomes.get(row.script_id, Success("ok"))
+        return outcome(row) if callable(outcome) else outcome
+
+
+class Replies:
+    def __init__(self):
+        self.delivered = []
+
+    def deliver(self, row, outcome):
+        self.delivered.append((row.id, outcome))
+
+
+@pytest.fixture
+def world():
+    clock = Clock()
+    outbox, triggers = MemoryOutboxRepo(clock), MemoryTriggerRepo()
+    dead_letters = MemoryDeadLetterRepo(clock)
+    executor, replies, counters = FakeExecutor(), Replies(), Counters()
+    dispatcher = Dispatcher(
+        outbox=outbox,
+        triggers=triggers,
+        dead_letters=dead_letters,
+        execute=executor,
+        replies=replies,
+        counters=counters,
+        config=TriggerConfig(retry=POLICY),
+        ceiling=SandboxCeiling(timeout_ms=1000),
+        clock=clock,
+        rand=lambda: 0.0,
+    )
+
+    class World:
+        pass
+
+    w = World()
+    w.__dict__.update(locals())
+    return w
+
+
+def _enqueue(world, script=SCRIPT, **kw):
+    return world.outbox.insert(
+        NewOutboxRow(APP, kw.pop("source_kind", "kv"), script, PRINCIPAL, {"n": 1}, **kw)
+    )
+
+
+def _drain(world, rounds=20):
+    """Run batches, moving the clock past each backoff, until nothing is left."""
+    for _ in range(rounds):
+        list(iter_batches(world.dispatcher, limit=10))
+        next_due = world.outbox.next_due_at()
+        if next_due is None:
+            return
+        world.clock.now = max(world.clock.now, next_due)
+    raise AssertionError("outbox did not drain")
+
+
+def test_success_deletes_the_row(world):
+    row = _enqueue(world)
+    report = world.dispatcher.run_once(limit=10)
+    assert (report.claimed, report.executed) == (1, 1)
+    assert world.outbox.get(row.id) is None
+    assert world.counters.take()["succeeded"] == 1
+
+
+def test_retryable_failures_back_off_exponentially_then_dead_letter(world):
+    world.executor.outcomes[SCRIPT] = lambda row: Failure(f"boom {row.attempts}", retryable=True)
+    row = _enqueue(world)
+    delays = []
+    for _ in range(POLICY.max_attempts - 1):
+        before = world.clock.now
+        world.dispatcher.run_once(limit=10)
+        due = world.outbox.get(row.id).due_at
+        delays.append((due - before).total_seconds())
+        world.clock.now = due
+    assert delays == [1.0, 2.0, 4.0], "base * 2**(n-1)"
+    world.dispatcher.run_once(limit=10)
+    assert world.outbox.get(row.id) is None
+    (letter,) = world.dead_letters.rows.values()
+    assert letter.errors == ("boom 1", "boom 2", "boom 3", "boom 4")
+    assert letter.last_error == "boom 4" and letter.attempts == 4 and letter.outbox_id == row.id
+    assert len(world.executor.ran) == POLICY.max_attempts
+    counts = world.counters.take()
+    assert (counts["retried"], counts["dead_lettered"], counts["dispatched"]) == (3, 1, 4)
+
+
+def test_delays_are_capped(world):
+    world.executor.outcomes[SCRIPT] = Failure("boom", retryable=True)
+    world.dispatcher.config = TriggerConfig(retry=RetryPolicy(10, 1000, 3000, 0.0))
+    row = _enqueue(world)
+    delays = []
+    for _ in range(5):
+        before = world.clock.now
+        world.dispatcher.run_once(limit=10)
+        world.clock.now = world.outbox.get(row.id).due_at
+        delays.append((world.clock.now - before).total_seconds())
+    assert delays == [1.0, 2.0, 3.0, 3.0, 3.0]
+
+
+def test_a_permanent_failure_is_a_dead_letter_at_once(world):
+    world.executor.outcomes[SCRIPT] = Failure("nope", retryable=False)
+    _enqueue(world)
+    world.dispatcher.run_once(limit=10)
+    assert len(world.dead_letters.rows) == 1 and len(world.executor.ran) == 1
+
+
+def test_an_unauthorized_row_is_counted_and_dead_lettered(world):
+    world.executor.outcomes[SCRIPT] = Failure("unauthorized", retryable=False, unauthorized=True)
+    _enqueue(world)
+    world.dispatcher.run_once(limit=10)
+    assert world.counters.take()["authorization_failures"] == 1
+    assert len(world.dead_letters.rows) == 1
+
+
+def test_per_trigger_max_attempts_overrides_the_default(world):
+    trigger = world.triggers.create(
+        NewTrigger(APP, "kv", SCRIPT, "t", PRINCIPAL, kv=KvSpec("*"), max_attempts=2)
+    )
+    world.executor.outcomes[SCRIPT] = Failure("boom", retryable=True)
+    _enqueue(world, trigger_id=trigger.id)
+    _drain(world)
+    assert len(world.executor.ran) == 2
+    assert len(world.dead_letters.rows) == 1
+
+
+def test_a_reply_to_row_gets_one_attempt_and_no_dead_letter(world):
+    world.executor.outcomes[SCRIPT] = Failure("boom", retryable=True)
+    row = _enqueue(world, reply_to=uuid.uuid4())
+    _drain(world)
+    assert len(world.executor.ran) == 1
+    assert world.outbox.get(row.id) is None and not world.dead_letters.rows
+    assert world.replies.delivered == [(row.id, Failure("boom", retryable=True))]
+
+
+def test_a_reply_to_row_whose_worker_was_lost_is_not_run_again(world):
+    row = _enqueue(world, reply_to=uuid.uuid4())
+    world.outbox.claim_due(limit=1, lease=1)  # a worker claims it, then dies
+    world.clock.advance(2)
+    world.dispatcher.run_once(limit=10)
+    assert world.executor.ran == []
+    ((row_id, outcome),) = world.replies.delivered
+    assert row_id == row.id and not outcome.ok and outcome.status == 504
+
+
+def _dead_letter_trigger(world, **spec):
+    return world.triggers.create(
+        NewTrigger(
+            APP,
+            "dead_letter",
+            DL_SCRIPT,
+            f"dl-{uuid.uuid4()}",
+            PRINCIPAL,
+            dead_letter=DeadLetterSpec(**spec),
+        )
+    )
+
+
+def test_a_dead_letter_fans_out_and_a_succeeding_handler_resolves_it(world):
+    _dead_letter_trigger(world)
+    world.executor.outcomes[SCRIPT] = Failure("nope", retryable=False)
+    _enqueue(world)
+    _drain(world)
+    (letter,) = world.dead_letters.rows.values()
+    handler_rows = [r for r in world.executor.ran if r.script_id == DL_SCRIPT]
+    assert len(handler_rows) == 1
+    assert handler_rows[0].payload["dead_letter_id"] == str(letter.id)
+    assert handler_rows[0].source_kind == "dead_letter"
+    assert letter.resolution == "handled_by_script" and letter.resolved_by is None
+
+
+def test_a_failing_handler_resolves_handler_failed_and_writes_no_dead_letter(world):
+    _dead_letter_trigger(world, source_kind="kv")
+    world.executor.outcomes[SCRIPT] = Failure("nope", retryable=False)
+    world.executor.outcomes[DL_SCRIPT] = Failure("handler broke", retryable=True)
+    _enqueue(world)
+    _drain(world)
+    (letter,) = world.dead_letters.rows.values()
+    assert letter.resolution == "handler_failed" and "handler broke" in letter.note
+    handler_runs = [r for r in world.executor.ran if r.script_id == DL_SCRIPT]
+    assert len(handler_runs) == POLICY.max_attempts, "the handler is retried like any row"
+    assert world.outbox.rows == {}
+
+
+def test_filters_decide_which_dead_letter_triggers_fire(world):
+    _dead_letter_trigger(world, source_kind="invoke")
+    world.executor.outcomes[SCRIPT] = Failure("nope", retryable=False)
+    _enqueue(world)
+    _drain(world)
+    assert [r.script_id for r in world.executor.ran] == [SCRIPT]
+    assert next(iter(world.dead_letters.rows.values())).resolution is None
+
+
+def test_stopping_releases_the_rest_of_the_batch_uncounted(world):
+    rows = [_enqueue(world) for _ in range(5)]
+    executed = []
+    world.dispatcher.should_stop = lambda: len(executed) >= 2
+    world.executor.outcomes[SCRIPT] = lambda row: executed.append(row) or Success(None)
+    report = world.dispatcher.run_once(limit=10)
+    assert (report.executed, report.released) == (2, 3)
+    left = [world.outbox.get(r.id) for r in rows if world.outbox.get(r.id)]
+    assert len(left) == 3 and all(r.attempts == 0 and r.due_at <= world.clock.now for r in left)
+
+
+def test_the_lease_outlasts_the_sandbox_timeout(world):
+    assert world.dispatcher.lease >= world.dispatcher.timeout + 30
+
+
+def test_an_error_inside_the_dispatcher_becomes_a_retryable_failure(world):
+    def broken(row):
+        raise RuntimeError("bug")
+
+    world.dispatcher.execute = broken
+    row = _enqueue(world)
+    world.dispatcher.run_once(limit=10)
+    assert "dispatcher error: RuntimeError: bug" in world.outbox.get(row.id).last_error
