@@ -42,8 +42,6 @@ from triggers.repository import TriggerRecord, TriggerRepo
 
 logger = logging.getLogger("picloud.dispatcher")
 
-LEASE_MARGIN = 30.0  # seconds a lease outlasts the sandbox timeout
-
 
 class ReplySink(Protocol):
     """Where the outcome of a synchronous invocation (a reply_to row) goes."""
@@ -80,6 +78,7 @@ class Dispatcher:
         counters: Counters | None = None,
         config: TriggerConfig | None = None,
         ceiling: SandboxCeiling | None = None,
+        lease_margin: float = 30.0,  # seconds a claim's lease outlasts the sandbox timeout
         clock: Callable[[], datetime] = timezone.now,
         rand: Callable[[], float] = random.random,
         should_stop: Callable[[], bool] = lambda: False,
@@ -94,7 +93,7 @@ class Dispatcher:
         self.timeout = ceiling.timeout_ms / 1000
         # The lease must outlast one execution, or another claimer could take
         # a row that is still running.
-        self.lease = self.timeout + LEASE_MARGIN
+        self.lease = self.timeout + lease_margin
         self.clock, self.rand, self.should_stop = clock, rand, should_stop
         self.fan_out.config = self.config
 
@@ -125,7 +124,8 @@ class Dispatcher:
         return report
 
     def _lease_too_short(self, claimed_at: float) -> bool:
-        return time.monotonic() - claimed_at + self.timeout > self.lease - 1.0
+        # Would the next row, if it ran to the timeout, outlive the claim?
+        return time.monotonic() - claimed_at + self.timeout > self.lease
 
     def _run(self, row: OutboxRow) -> Outcome:
         self.counters.inc("dispatched")

@@ -197,8 +197,46 @@ class WebhookConfig:
         )
 
 
+@dataclass(frozen=True)
+class DispatcherConfig:
+    """How each django-q2 worker process dispatches outbox rows."""
+
+    enabled: bool = True  # false: this cluster runs tasks and schedules only
+    concurrency: int = 4  # dispatch loops per qcluster worker process
+    max_batch: int = 100  # rows one loop claims at most at a time
+    lease_margin_ms: int = 30_000  # how much a claim's lease outlasts the sandbox timeout
+    shutdown_grace_ms: int = 10_000  # how long stopping waits for running scripts
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> DispatcherConfig:
+        env = os.environ if env is None else env
+        d = cls()
+        return cls(
+            enabled=env_bool(env, "PICLOUD_DISPATCHER_ENABLED", d.enabled),
+            concurrency=env_int(
+                env, "PICLOUD_DISPATCHER_CONCURRENCY", d.concurrency, low=1, high=64
+            ),
+            max_batch=env_int(env, "PICLOUD_DISPATCHER_MAX_BATCH", d.max_batch, low=1, high=1000),
+            lease_margin_ms=env_int(
+                env,
+                "PICLOUD_DISPATCHER_LEASE_MARGIN_MS",
+                d.lease_margin_ms,
+                low=100,
+                high=3_600_000,
+            ),
+            shutdown_grace_ms=env_int(
+                env,
+                "PICLOUD_DISPATCHER_SHUTDOWN_GRACE_MS",
+                d.shutdown_grace_ms,
+                low=0,
+                high=600_000,
+            ),
+        )
+
+
 def validate_environment(env: Mapping[str, str] | None = None) -> None:
     """Build every config once; raises ConfigError on the first bad variable."""
     SandboxCeiling.from_env(env)
     TriggerConfig.from_env(env)
     WebhookConfig.from_env(env)
+    DispatcherConfig.from_env(env)

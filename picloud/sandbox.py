@@ -44,12 +44,21 @@ class _Helper:
                 except BaseException as exc:  # handed to the caller, which decides
                     job.error = exc
                 finally:
+                    _drop_broken_connections()
                     job.done.set()
         finally:
             connections.close_all()  # this thread's own connections
 
     def stop(self) -> None:
         self.jobs.put(None)
+
+
+def _drop_broken_connections() -> None:
+    """After a query failed, drop a connection that no longer works (say,
+    PostgreSQL restarted) so the next handler reconnects instead of failing."""
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is not None and conn.errors_occurred and not conn.is_usable():
+            conn.close()
 
 
 _local = threading.local()

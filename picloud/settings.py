@@ -36,6 +36,9 @@ INSTALLED_APPS = [
     "triggers",
     "outbox",
     "deadletters",
+    # More Django apps, e.g. ones that register script handlers in their
+    # handlers.py: PICLOUD_EXTRA_APPS=myproject.orders,myproject.billing
+    *env.list("PICLOUD_EXTRA_APPS", default=[]),
 ]
 
 MIDDLEWARE = [

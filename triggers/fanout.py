@@ -109,7 +109,6 @@ class FanOut:
             )
         )
 
-
     def record_dead_letter(self, new: NewDeadLetter) -> DeadLetterRecord:
         """Insert a dead letter and enqueue the app's matching dead_letter
         triggers, in the caller's transaction.

@@ -1,0 +1,182 @@
+"""Dispatch loops in threads: claim while there is work, sleep until woken.
+
+A ``DispatcherHost`` runs in one process: one LISTEN thread, N loop threads
+(each with its own database connection and dispatcher) and a thread that
+flushes counters. Stopping it lets each loop finish its running row, hands
+claimed-but-unstarted rows back, and waits up to the shutdown grace.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from django.db import DatabaseError, InterfaceError, connections, transaction
+from django.utils import timezone
+
+from outbox.dispatcher import BatchReport, Dispatcher, ReplySink
+from outbox.metrics import Counters, CounterStore
+from outbox.wakeup import Listener, Wakeup
+from picloud.config import DispatcherConfig, SandboxCeiling
+from picloud.sandbox import stop_helper
+
+logger = logging.getLogger("picloud.dispatcher")
+
+MAX_IDLE = 1.0  # seconds an idle loop sleeps at most before looking again
+TARGET_BATCH_SECONDS = 0.05  # size batches so one takes about this long
+FLUSH_EVERY = 1.0  # seconds between counter flushes
+DB_RETRY_DELAY = (0.2, 5.0)  # seconds: first and longest wait after a database error
+
+
+class AdaptiveBatch:
+    """Big batches for fast handlers (fewer commits), small ones for slow
+    handlers (so one loop does not sit on rows others could run)."""
+
+    def __init__(self, max_batch: int) -> None:
+        self.max_batch = max_batch
+        self.per_row: float | None = None  # seconds, moving average
+
+    def limit(self) -> int:
+        if self.per_row is None or self.per_row <= 0:
+            return self.max_batch
+        return max(1, min(self.max_batch, int(TARGET_BATCH_SECONDS / self.per_row)))
+
+    def observe(self, report: BatchReport) -> None:
+        if report.executed:
+            sample = report.execution_seconds / report.executed
+            self.per_row = sample if self.per_row is None else 0.8 * self.per_row + 0.2 * sample
+
+
+def idle_timeout(next_due: datetime | None, now: datetime) -> float:
+    """Sleep until the next row is due, but never longer than MAX_IDLE."""
+    if next_due is None:
+        return MAX_IDLE
+    return min(MAX_IDLE, max(0.0, (next_due - now).total_seconds()))
+
+
+class DispatcherHost:
+    def __init__(
+        self,
+        *,
+        make_dispatcher: Callable[..., Dispatcher],
+        connect_listener: Callable,
+        counter_store: CounterStore,
+        config: DispatcherConfig | None = None,
+    ) -> None:
+        self.config = config or DispatcherConfig.from_env()
+        self.make_dispatcher = make_dispatcher
+        self.counter_store = counter_store
+        self.counters = Counters()
+        self.wakeup = Wakeup()
+        self.stopping = threading.Event()
+        self.listener = Listener(self.wakeup, connect_listener, self.stopping)
+        self.loops = [
+            threading.Thread(target=self._loop, name=f"picloud-dispatch-{i}", daemon=True)
+            for i in range(self.config.concurrency)
+        ]
+        self.flusher = threading.Thread(
+            target=self._flush_loop, name="picloud-counters", daemon=True
+        )
+
+    def start(self) -> None:
+        self.listener.start()
+        for t in self.loops:
+            t.start()
+        self.flusher.start()
+        logger.info("dispatcher started: %d loops", len(self.loops))
+
+    def stop(self, grace: float | None = None) -> None:
+        grace = self.config.shutdown_grace_ms / 1000 if grace is None else grace
+        self.stopping.set()
+        self.wakeup.notify()
+        deadline = time.monotonic() + grace
+        for t in self.loops:
+            t.join(max(0.0, deadline - time.monotonic()))
+        still_running = sum(t.is_alive() for t in self.loops)
+        if still_running:
+            logger.warning(
+                "%d dispatch loops still running after %.1fs; their rows return when the lease ends",
+                still_running,
+                grace,
+            )
+        self.flusher.join(2.0)
+        self.listener.join(2.0)
+        logger.info("dispatcher stopped")
+
+    def _loop(self) -> None:
+        dispatcher = self.make_dispatcher(counters=self.counters, should_stop=self.stopping.is_set)
+        batch = AdaptiveBatch(self.config.max_batch)
+        delay = DB_RETRY_DELAY[0]
+        try:
+            while not self.stopping.is_set():
+                seen = self.wakeup.generation
+                try:
+                    report = dispatcher.run_once(batch.limit())
+                    batch.observe(report)
+                    delay = DB_RETRY_DELAY[0]
+                    if report.claimed:
+                        continue
+                    timeout = idle_timeout(dispatcher.outbox.next_due_at(), timezone.now())
+                except (DatabaseError, InterfaceError) as exc:
+                    # PostgreSQL restarted or the network dropped: reconnect
+                    # on the next query. Claimed rows come back after their lease.
+                    logger.warning(
+                        "dispatch loop: database error (%s); retrying in %.1fs", exc, delay
+                    )
+                    connections.close_all()
+                    self.stopping.wait(delay)
+                    delay = min(delay * 2, DB_RETRY_DELAY[1])
+                    continue
+                self.wakeup.wait(seen, timeout)
+        finally:
+            stop_helper()
+            connections.close_all()
+
+    def _flush_loop(self) -> None:
+        try:
+            while not self.stopping.wait(FLUSH_EVERY):
+                self._flush()
+            self._flush()
+        finally:
+            connections.close_all()
+
+    def _flush(self) -> None:
+        try:
+            self.counters.flush(self.counter_store)
+        except (DatabaseError, InterfaceError) as exc:
+            logger.warning("could not flush dispatcher counters (%s); will retry", exc)
+            connections.close_all()
+
+
+def postgres_host(
+    replies: ReplySink | None = None, config: DispatcherConfig | None = None
+) -> DispatcherHost:
+    """A host wired to the PostgreSQL repositories."""
+    from deadletters.pg_repository import PgDeadLetterRepo
+    from outbox.pg_repository import PgCounterStore, PgOutboxRepo
+    from picloud.pgconn import connect
+    from triggers.pg_repository import PgTriggerRepo
+
+    config = config or DispatcherConfig.from_env()
+
+    def make_dispatcher(**kwargs) -> Dispatcher:
+        return Dispatcher(
+            outbox=PgOutboxRepo(),
+            triggers=PgTriggerRepo(),
+            dead_letters=PgDeadLetterRepo(),
+            atomic=transaction.atomic,
+            replies=replies,
+            ceiling=SandboxCeiling.from_env(),
+            lease_margin=config.lease_margin_ms / 1000,
+            **kwargs,
+        )
+
+    return DispatcherHost(
+        make_dispatcher=make_dispatcher,
+        connect_listener=connect,
+        counter_store=PgCounterStore(),
+        config=config,
+    )

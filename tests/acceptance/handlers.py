@@ -1,0 +1,44 @@
+"""Handlers for the acceptance tests; the qcluster under test imports them
+(tests.acceptance is installed through PICLOUD_EXTRA_APPS)."""
+
+import os
+import time
+
+from picloud.scripts import handler
+
+
+def _record(event, ctx, **extra):
+    ctx.kv.put(
+        "runs",
+        f"{ctx.outbox_id}:{ctx.attempt}",
+        {"pid": os.getpid(), "at": time.time(), "attempt": ctx.attempt, "event": event, **extra},
+    )
+
+
+@handler("acc.record")
+def record(event, ctx):
+    _record(event, ctx)
+    return {"ok": True}
+
+
+@handler("acc.fail")
+def fail(event, ctx):
+    _record(event, ctx)
+    raise RuntimeError(f"acc.fail attempt {ctx.attempt}")
+
+
+@handler("acc.slow_first_attempt")
+def slow_first_attempt(event, ctx):
+    """Sleeps on its first attempt (long enough to be killed), returns on later ones."""
+    _record(event, ctx)
+    if ctx.attempt == 1:
+        time.sleep(float(event.get("seconds", 30)))
+    return {"attempt": ctx.attempt}
+
+
+@handler("acc.dead_letter_handler")
+def dead_letter_handler(event, ctx):
+    _record(event, ctx)
+    if (event["payload"].get("new") or {}).get("handler_should_fail"):
+        raise RuntimeError("dead-letter handler fails on purpose")
+    return {"handled": event["dead_letter_id"]}
