@@ -35,7 +35,7 @@ from outbox.backoff import policy_for, retry_delay
 from outbox.metrics import Counters
 from outbox.repository import OutboxRepo, OutboxRow
 from picloud.config import SandboxCeiling, TriggerConfig
-from picloud.execution import Failure, Outcome, execute_row
+from picloud.execution import Failure, Outcome, RowExecutor
 from triggers.fanout import FanOut
 from triggers.kinds import SourceKind
 from triggers.repository import TriggerRecord, TriggerRepo
@@ -73,7 +73,8 @@ class Dispatcher:
         triggers: TriggerRepo,
         dead_letters: DeadLetterRepo,
         atomic: Callable[[], AbstractContextManager] = nullcontext,
-        execute: Callable[[OutboxRow], Outcome] = execute_row,
+        # Runs one row; may have begin_batch(), called before each batch.
+        execute: Callable[[OutboxRow], Outcome] | None = None,
         replies: ReplySink | None = None,
         counters: Counters | None = None,
         config: TriggerConfig | None = None,
@@ -85,7 +86,8 @@ class Dispatcher:
     ) -> None:
         self.outbox, self.triggers, self.dead_letters = outbox, triggers, dead_letters
         self.fan_out = FanOut(triggers, outbox, dead_letters)
-        self.atomic, self.execute = atomic, execute
+        self.atomic = atomic
+        self.execute = execute or RowExecutor(ceiling)
         self.replies = replies or DiscardReplies()
         self.counters = counters or Counters()
         self.config = config or TriggerConfig.from_env()
@@ -102,6 +104,8 @@ class Dispatcher:
         report = BatchReport()
         rows = self.outbox.claim_due(limit, self.lease)
         report.claimed = len(rows)
+        if rows and (begin_batch := getattr(self.execute, "begin_batch", None)):
+            begin_batch()
         claimed_at = time.monotonic()
         done: list[uuid.UUID] = []
         try:

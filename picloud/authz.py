@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -132,11 +133,17 @@ def role_in_app(principal: Principal, app_id: uuid.UUID) -> Role | None:
     return Role(role) if role in Role._value2member_map_ else None
 
 
-def has_capability(principal: Principal | None, capability: _Capability) -> bool:
+def has_capability(
+    principal: Principal | None,
+    capability: _Capability,
+    *,
+    role_lookup: Callable[[Principal, uuid.UUID], Role | None] | None = None,
+) -> bool:
     """The one answer to "may this principal do this capability?".
 
     Superusers: yes. Missing or inactive principals: no. Otherwise the
-    principal's role in the capability's app decides.
+    principal's role in the capability's app decides. `role_lookup` lets a
+    caller that checks many rows at once read each role once (the dispatcher).
     """
     if principal is None or not principal.is_active:
         return False
@@ -144,7 +151,8 @@ def has_capability(principal: Principal | None, capability: _Capability) -> bool
         return True
     if not isinstance(capability, _AppCapability):
         return False
-    return role_satisfies(role_in_app(principal, capability.app_id), capability)
+    role = (role_lookup or role_in_app)(principal, capability.app_id)
+    return role_satisfies(role, capability)
 
 
 def require(principal: Principal | None, capability: _Capability) -> None:

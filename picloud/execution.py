@@ -21,7 +21,7 @@ from django.core.exceptions import PermissionDenied
 
 from outbox.repository import OutboxRow
 from picloud import webhooks
-from picloud.authz import Capability, has_capability
+from picloud.authz import Capability, Role, has_capability, role_in_app
 from picloud.config import SandboxCeiling, WebhookConfig
 from picloud.kv import KvClient
 from picloud.models import App, Principal, Runtime, Script
@@ -87,24 +87,80 @@ def _error(exc: BaseException) -> str:
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
 
 
+class Lookups:
+    """Scripts, principals and roles read once and reused.
+
+    The dispatcher makes one per batch, so a batch of rows for one script
+    reads the script, principal and role once instead of once per row; a
+    batch lasts a few dozen milliseconds (outbox/worker.py sizes them), which
+    bounds how stale a revoked role can be.
+    """
+
+    def __init__(self) -> None:
+        self._scripts: dict[uuid.UUID, Script | None] = {}
+        self._principals: dict[uuid.UUID, Principal | None] = {}
+        self._roles: dict[tuple[uuid.UUID, uuid.UUID], Role | None] = {}
+
+    def script(self, script_id: uuid.UUID) -> Script | None:
+        if script_id not in self._scripts:
+            self._scripts[script_id] = (
+                Script.objects.select_related("app").filter(pk=script_id).first()
+            )
+        return self._scripts[script_id]
+
+    def principal(self, principal_id: uuid.UUID | None) -> Principal | None:
+        if principal_id is None:
+            return None
+        if principal_id not in self._principals:
+            self._principals[principal_id] = (
+                Principal.objects.select_related("user").filter(pk=principal_id).first()
+            )
+        return self._principals[principal_id]
+
+    def role(self, principal: Principal, app_id: uuid.UUID) -> Role | None:
+        key = (principal.pk, app_id)
+        if key not in self._roles:
+            self._roles[key] = role_in_app(principal, app_id)
+        return self._roles[key]
+
+
+class RowExecutor:
+    """execute_row for the dispatcher: ceilings read once, lookups shared per batch."""
+
+    def __init__(
+        self,
+        ceiling: SandboxCeiling | None = None,
+        webhook_config: WebhookConfig | None = None,
+    ) -> None:
+        self.ceiling = ceiling or SandboxCeiling.from_env()
+        self.webhook_config = webhook_config or WebhookConfig.from_env()
+        self.lookups = Lookups()
+
+    def begin_batch(self) -> None:
+        self.lookups = Lookups()
+
+    def __call__(self, row: OutboxRow) -> Outcome:
+        return execute_row(
+            row, ceiling=self.ceiling, webhook_config=self.webhook_config, lookups=self.lookups
+        )
+
+
 def execute_row(
     row: OutboxRow,
     *,
     ceiling: SandboxCeiling | None = None,
     webhook_config: WebhookConfig | None = None,
+    lookups: Lookups | None = None,
 ) -> Outcome:
     ceiling = ceiling or SandboxCeiling.from_env()
-    script = Script.objects.select_related("app").filter(pk=row.script_id).first()
+    lookups = lookups or Lookups()
+    script = lookups.script(row.script_id)
     if script is None:
         return Failure(f"script {row.script_id} no longer exists", retryable=False, status=404)
     if not script.enabled:
         return Failure(f"script {script} is disabled", retryable=False, status=409)
-    principal = (
-        Principal.objects.select_related("user").filter(pk=row.run_as_principal).first()
-        if row.run_as_principal
-        else None
-    )
-    if not has_capability(principal, run_capability(script.app_id)):
+    principal = lookups.principal(row.run_as_principal)
+    if not has_capability(principal, run_capability(script.app_id), role_lookup=lookups.role):
         who = principal or "a deleted principal"
         return Failure(
             f"unauthorized: {who} may no longer run scripts in app {script.app} "

@@ -7,7 +7,8 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote
+
+from picloud.pgconn import database_url
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -22,21 +23,6 @@ def wait_for(condition: Callable[[], object], *, timeout: float, what: str, inte
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
-
-
-def database_url(settings_dict: dict) -> str:
-    """A DATABASE_URL for a Django settings dict (Unix-socket hosts included)."""
-    user = quote(settings_dict["USER"] or "", safe="")
-    password = quote(settings_dict.get("PASSWORD") or "", safe="")
-    host = settings_dict.get("HOST") or ""
-    port = settings_dict.get("PORT") or ""
-    name = settings_dict["NAME"]
-    if host.startswith("/"):
-        return f"postgres://{user}:{password}@/{name}?host={host}" + (
-            f"&port={port}" if port else ""
-        )
-    netloc = host + (f":{port}" if port else "")
-    return f"postgres://{user}:{password}@{netloc}/{name}"
 
 
 def subprocess_env(settings_dict: dict, **extra: str) -> dict[str, str]:

@@ -1,0 +1,36 @@
+"""The raw SQL floor: a bare psycopg loop claiming 100-row batches with SKIP
+LOCKED and deleting them. No execution, no checks: what PostgreSQL allows.
+
+    python benchmarks/raw_floor.py CONNINFO   (waits for a line on stdin, then drains)
+"""
+
+import sys
+
+import psycopg
+
+CLAIM = """
+WITH due AS (
+    SELECT id FROM outbox WHERE due_at <= NOW() ORDER BY due_at LIMIT 100
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE outbox o SET attempts = o.attempts + 1, due_at = NOW() + interval '60 seconds'
+FROM due WHERE o.id = due.id RETURNING o.id
+"""
+DELETE = "DELETE FROM outbox WHERE id = ANY(%s)"
+
+
+def main(conninfo: str) -> None:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        sys.stdin.readline()  # start together
+        empty = 0
+        while empty < 3:
+            ids = [r[0] for r in conn.execute(CLAIM).fetchall()]
+            if not ids:
+                empty += 1
+                continue
+            empty = 0
+            conn.execute(DELETE, [ids])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
