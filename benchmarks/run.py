@@ -93,6 +93,8 @@ class Bench:
             "PICLOUD_EXTRA_APPS": extra_apps,
             "PICLOUD_BENCH_PROBE": self.receiver.address,
             "PICLOUD_LOG_LEVEL": "WARNING",
+            # As in production: DEBUG makes Django record every query.
+            "DJANGO_DEBUG": "false",
             "PICLOUD_DATABASE_ANNOUNCED": "1",
             "PICLOUD_QCLUSTER_WORKERS": str(args.processes),
             "PICLOUD_DISPATCHER_CONCURRENCY": str(args.concurrency),

@@ -73,7 +73,7 @@ class Dispatcher:
         triggers: TriggerRepo,
         dead_letters: DeadLetterRepo,
         atomic: Callable[[], AbstractContextManager] = nullcontext,
-        # Runs one row; may have begin_batch(), called before each batch.
+        # Runs one row; an executor with run_batch(rows) runs a batch at once.
         execute: Callable[[OutboxRow], Outcome] | None = None,
         replies: ReplySink | None = None,
         counters: Counters | None = None,
@@ -97,52 +97,78 @@ class Dispatcher:
         # a row that is still running.
         self.lease = self.timeout + lease_margin
         self.clock, self.rand, self.should_stop = clock, rand, should_stop
+        self.pending_acks: list[uuid.UUID] = []
         self.fan_out.config = self.config
 
     def run_once(self, limit: int) -> BatchReport:
         """Claim up to `limit` due rows and settle every one of them."""
         report = BatchReport()
-        rows = self.outbox.claim_due(limit, self.lease)
+        acks, self.pending_acks = self.pending_acks, []
+        rows = self.outbox.claim_due(limit, self.lease, ack=acks)
         report.claimed = len(rows)
-        if rows and (begin_batch := getattr(self.execute, "begin_batch", None)):
-            begin_batch()
         claimed_at = time.monotonic()
         done: list[uuid.UUID] = []
-        try:
-            for i, row in enumerate(rows):
-                if self.should_stop() or self._lease_too_short(claimed_at):
-                    # Hand the rest back now rather than let their leases run out.
-                    rest = [r.id for r in rows[i:]]
-                    report.released = self.outbox.release(rest)
-                    break
-                started = time.monotonic()
-                outcome = self._run(row)
-                report.execution_seconds += time.monotonic() - started
-                report.executed += 1
-                report.outcomes.append((row.id, outcome))
-                if self._settle(row, outcome):
-                    done.append(row.id)
-        finally:
-            # Acknowledge successes in one statement, one commit.
-            self.outbox.delete(done)
-        return report
-
-    def _lease_too_short(self, claimed_at: float) -> bool:
-        # Would the next row, if it ran to the timeout, outlive the claim?
-        return time.monotonic() - claimed_at + self.timeout > self.lease
-
-    def _run(self, row: OutboxRow) -> Outcome:
-        self.counters.inc("dispatched")
-        if row.reply_to is not None and row.attempts > 1:
+        unsettled = {r.id: r for r in rows}
+        for row in [r for r in rows if _lost_invocation(r)]:
             # A sync invocation gets one attempt; this one's worker was lost.
-            return Failure(
+            lost = Failure(
                 "the worker running this invocation was lost", retryable=False, status=504
             )
+            self._record(report, row, lost, done, unsettled)
+        runnable = [r for r in rows if r.id in unsettled]
+        run = self._start(runnable)
+        cancelled = False
+        try:
+            for row in runnable:
+                if not cancelled and (self.should_stop() or self._lease_too_short(claimed_at)):
+                    # Run nothing more; still settle what already ran.
+                    run.cancel()
+                    cancelled = True
+                started = time.monotonic()
+                outcome = next(run, None)
+                if outcome is None:
+                    break
+                report.execution_seconds += time.monotonic() - started
+                self._record(report, row, outcome, done, unsettled)
+        finally:
+            run.close()
+            if unsettled:
+                # Hand back what did not run rather than let the leases run out.
+                report.released = self.outbox.release(list(unsettled))
+            if len(rows) == limit and not self.should_stop():
+                # More work is likely: acknowledge with the next claim.
+                self.pending_acks = done
+            else:
+                self.outbox.delete(done)
+        return report
+
+    def _record(self, report, row, outcome, done, unsettled) -> None:
+        self.counters.inc("dispatched")
+        report.executed += 1
+        report.outcomes.append((row.id, outcome))
+        del unsettled[row.id]
+        if self._settle(row, outcome):
+            done.append(row.id)
+
+    def _start(self, rows: list[OutboxRow]):
+        run_batch = getattr(self.execute, "run_batch", None)
+        return run_batch(rows) if run_batch else _CallEach(rows, self._call)
+
+    def _call(self, row: OutboxRow) -> Outcome:
         try:
             return self.execute(row)
         except Exception as exc:  # execute_row does not raise for scripts; this is ours
             logger.exception("executing outbox row %s failed", row.id)
             return Failure(f"dispatcher error: {type(exc).__name__}: {exc}", retryable=True)
+
+    def flush_acks(self) -> None:
+        """Acknowledge successes still waiting for the next claim."""
+        acks, self.pending_acks = self.pending_acks, []
+        self.outbox.delete(acks)
+
+    def _lease_too_short(self, claimed_at: float) -> bool:
+        # Would the next row, if it ran to the timeout, outlive the claim?
+        return time.monotonic() - claimed_at + self.timeout > self.lease
 
     def _settle(self, row: OutboxRow, outcome: Outcome) -> bool:
         """Record the outcome; True when the row is done and may be deleted."""
@@ -202,6 +228,31 @@ class Dispatcher:
 
     def _trigger(self, row: OutboxRow) -> TriggerRecord | None:
         return self.triggers.get(row.trigger_id) if row.trigger_id else None
+
+
+class _CallEach:
+    """The batch protocol (next, cancel, close) over a one-row executor."""
+
+    def __init__(self, rows: list[OutboxRow], call: Callable[[OutboxRow], Outcome]) -> None:
+        self.rows, self.call, self.cancelled = iter(rows), call, False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Outcome:
+        if self.cancelled:
+            raise StopIteration
+        return self.call(next(self.rows))
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def close(self) -> None:
+        self.cancelled = True
+
+
+def _lost_invocation(row: OutboxRow) -> bool:
+    return row.reply_to is not None and row.attempts > 1
 
 
 def iter_batches(dispatcher: Dispatcher, limit: int) -> Iterator[BatchReport]:

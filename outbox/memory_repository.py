@@ -17,6 +17,7 @@ from outbox.repository import (
     bounded_error,
     check_claim_args,
     check_new_row,
+    payload_size,
 )
 
 
@@ -48,6 +49,7 @@ class MemoryOutboxRepo:
             last_error=None,
             errors=(),
             created_at=now,
+            payload_bytes=payload_size(row.payload),
         )
         with self._lock:
             self.rows[record.id] = record
@@ -56,8 +58,11 @@ class MemoryOutboxRepo:
     def get(self, row_id: uuid.UUID) -> OutboxRow | None:
         return self.rows.get(row_id)
 
-    def claim_due(self, limit: int, lease: float) -> list[OutboxRow]:
+    def claim_due(
+        self, limit: int, lease: float, *, ack: Sequence[uuid.UUID] = ()
+    ) -> list[OutboxRow]:
         check_claim_args(limit, lease)
+        self.delete(ack)
         with self._lock:
             now = self.clock()
             due = sorted((r for r in self.rows.values() if r.due_at <= now), key=lambda r: r.due_at)

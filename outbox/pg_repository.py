@@ -14,6 +14,7 @@ from outbox.repository import (
     bounded_error,
     check_claim_args,
     check_new_row,
+    payload_size,
 )
 from picloud.sqlexec import execute, fetch_all, fetch_one, from_json, to_json
 from picloud.sqlfiles import load_queries
@@ -22,11 +23,13 @@ Q = load_queries("outbox")
 
 
 def _record(row: dict[str, Any]) -> OutboxRow:
+    raw = row["payload"]
     return OutboxRow(
         **{
             **row,
-            "payload": from_json(row["payload"]),
+            "payload": from_json(raw),
             "errors": tuple(from_json(row["errors"])),
+            "payload_bytes": len(raw.encode()) if isinstance(raw, str) else payload_size(raw),
         }
     )
 
@@ -41,9 +44,12 @@ class PgOutboxRepo:
         row = fetch_one(Q["get"], {"id": row_id})
         return _record(row) if row else None
 
-    def claim_due(self, limit: int, lease: float) -> list[OutboxRow]:
+    def claim_due(
+        self, limit: int, lease: float, *, ack: Sequence[uuid.UUID] = ()
+    ) -> list[OutboxRow]:
         check_claim_args(limit, lease)
-        return [_record(r) for r in fetch_all(Q["claim_due"], {"limit": limit, "lease": lease})]
+        params = {"limit": limit, "lease": lease, "ack": list(ack)}
+        return [_record(r) for r in fetch_all(Q["claim_due"], params)]
 
     def delete(self, row_ids: Sequence[uuid.UUID]) -> int:
         if not row_ids:

@@ -6,6 +6,7 @@ Implementations: ``PgOutboxRepo`` (pg_repository.py) and ``MemoryOutboxRepo``
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,9 @@ class OutboxRow:
     last_error: str | None
     errors: tuple[str, ...]
     created_at: datetime
+    # Size of the payload as stored (JSON text, bytes): the sandbox's payload
+    # cap reads this instead of encoding every payload again.
+    payload_bytes: int = field(default=0, compare=False)
 
 
 class OutboxRepo(Protocol):
@@ -61,10 +65,13 @@ class OutboxRepo(Protocol):
     def get(self, row_id: uuid.UUID) -> OutboxRow | None:
         """The row, or None."""
 
-    def claim_due(self, limit: int, lease: float) -> list[OutboxRow]:
+    def claim_due(
+        self, limit: int, lease: float, *, ack: Sequence[uuid.UUID] = ()
+    ) -> list[OutboxRow]:
         """Atomically take up to `limit` rows whose due_at has passed, oldest
         due first: bump their attempts and push due_at `lease` seconds ahead
-        (the visibility timeout), and return them as updated.
+        (the visibility timeout), and return them as updated. Rows in `ack`
+        are deleted in the same statement (acknowledging the last batch).
 
         Concurrent callers never receive the same row while its lease runs; a
         row whose lease ran out (its worker died) is claimable again. Must be
@@ -104,6 +111,10 @@ def check_claim_args(limit: int, lease: float) -> None:
         raise ValueError(f"limit must be >= 1, got {limit}")
     if not lease > 0:
         raise ValueError(f"lease must be > 0 seconds, got {lease}")
+
+
+def payload_size(payload: Any) -> int:
+    return len(json.dumps(payload, separators=(",", ":")).encode())
 
 
 def bounded_error(error: str) -> str:

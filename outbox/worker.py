@@ -12,9 +12,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from datetime import datetime
 
-from django.db import DatabaseError, InterfaceError, connections, transaction
+from django.db import DatabaseError, InterfaceError, connection, connections, transaction
 from django.utils import timezone
 
 from outbox.dispatcher import BatchReport, Dispatcher, ReplySink
@@ -91,7 +92,7 @@ class DispatcherHost:
     def stop(self, grace: float | None = None) -> None:
         grace = self.config.shutdown_grace_ms / 1000 if grace is None else grace
         self.stopping.set()
-        self.wakeup.notify()
+        self.wakeup.notify(everyone=True)
         deadline = time.monotonic() + grace
         for t in self.loops:
             t.join(max(0.0, deadline - time.monotonic()))
@@ -114,10 +115,14 @@ class DispatcherHost:
             while not self.stopping.is_set():
                 seen = self.wakeup.generation
                 try:
+                    self.prepare_connection()
                     report = dispatcher.run_once(batch.limit())
                     batch.observe(report)
                     delay = DB_RETRY_DELAY[0]
                     if report.claimed:
+                        if report.claimed >= batch.limit():
+                            # Probably more where that came from: bring in a sibling.
+                            self.wakeup.notify()
                         continue
                     timeout = idle_timeout(dispatcher.outbox.next_due_at(), timezone.now())
                 except (DatabaseError, InterfaceError) as exc:
@@ -132,8 +137,25 @@ class DispatcherHost:
                     continue
                 self.wakeup.wait(seen, timeout)
         finally:
+            with suppress(DatabaseError, InterfaceError):
+                dispatcher.flush_acks()
             stop_helper()
             connections.close_all()
+
+    @staticmethod
+    def prepare_connection() -> None:
+        """Set up this thread's connection once per (re)connect.
+
+        The dispatcher's own writes (claims, acknowledgements, reschedules,
+        dead letters) commit without waiting for the WAL flush: if PostgreSQL
+        crashes and loses the last few, those rows simply run again, which
+        at-least-once delivery allows anyway. Event sources and scripts write
+        on other connections, with the server's durable default.
+        """
+        if connection.connection is None:
+            connection.ensure_connection()
+            with connection.cursor() as cursor:
+                cursor.execute("SET synchronous_commit TO off")
 
     def _flush_loop(self) -> None:
         try:

@@ -15,20 +15,24 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
 
 from outbox.repository import OutboxRow
 from picloud import webhooks
-from picloud.authz import Capability, Role, has_capability, role_in_app
+from picloud.authz import Capability, Role, has_capability
 from picloud.config import SandboxCeiling, WebhookConfig
 from picloud.kv import KvClient
 from picloud.models import App, Principal, Runtime, Script
-from picloud.sandbox import SandboxTimeout, run_with_timeout
+from picloud.sandbox import SandboxTimeout, run_each, run_with_timeout
 from picloud.scripts import PermanentError, get_handler
+from picloud.sqlexec import fetch_one
+from picloud.sqlfiles import load_queries
 
 logger = logging.getLogger("picloud.execution")
+KV_QUERIES = load_queries("picloud")
 
 MAX_ERROR_CHARS = 2_000
 
@@ -56,20 +60,35 @@ Outcome = Success | Failure
 
 @dataclass
 class ExecutionContext:
-    """What a Python handler receives as ``ctx``."""
+    """What a Python handler receives as ``ctx``.
+
+    ``kv`` and ``logger`` are built on first use: most handlers touch neither,
+    and the dispatcher builds a context per row.
+    """
 
     app: App
     principal: Principal
     depth: int
     attempt: int
     outbox_id: uuid.UUID
-    logger: logging.LoggerAdapter
-    kv: KvClient
+    handler: str
     deadline: float  # time.monotonic() by which the handler must return
 
     def remaining(self) -> float:
         """Seconds left before the sandbox timeout."""
         return max(0.0, self.deadline - time.monotonic())
+
+    @cached_property
+    def kv(self) -> KvClient:
+        """The KV API as the run-as principal; writes run at depth + 1."""
+        return KvClient(self.app, self.principal, depth=self.depth + 1, cause=self.outbox_id)
+
+    @cached_property
+    def logger(self) -> logging.LoggerAdapter:
+        return logging.LoggerAdapter(
+            logging.getLogger(f"picloud.scripts.{self.handler}"),
+            {"outbox_id": str(self.outbox_id), "app": self.app.slug},
+        )
 
 
 def run_capability(app_id: uuid.UUID) -> Capability.ScriptInvoke:
@@ -79,6 +98,8 @@ def run_capability(app_id: uuid.UUID) -> Capability.ScriptInvoke:
 
 def _size(value: Any) -> int:
     """Bytes of `value` as compact JSON; TypeError/ValueError if it is not JSON."""
+    if value is None or isinstance(value, bool):
+        return 5  # at most "false": not worth encoding
     return len(json.dumps(value, separators=(",", ":"), allow_nan=False).encode())
 
 
@@ -90,38 +111,78 @@ def _error(exc: BaseException) -> str:
 class Lookups:
     """Scripts, principals and roles read once and reused.
 
-    The dispatcher makes one per batch, so a batch of rows for one script
-    reads the script, principal and role once instead of once per row; a
-    batch lasts a few dozen milliseconds (outbox/worker.py sizes them), which
-    bounds how stale a revoked role can be.
+    One query per (script, run-as principal) reads the script, its app, the
+    principal, its user's flags and its role in the app. The dispatcher makes
+    one Lookups per batch, so a batch of rows for one trigger costs one query;
+    a batch lasts a few dozen milliseconds (outbox/worker.py sizes them),
+    which bounds how stale a revoked role can be.
     """
 
     def __init__(self) -> None:
-        self._scripts: dict[uuid.UUID, Script | None] = {}
-        self._principals: dict[uuid.UUID, Principal | None] = {}
-        self._roles: dict[tuple[uuid.UUID, uuid.UUID], Role | None] = {}
+        self._contexts: dict[tuple, tuple[Script | None, Principal | None, Role | None]] = {}
 
-    def script(self, script_id: uuid.UUID) -> Script | None:
-        if script_id not in self._scripts:
-            self._scripts[script_id] = (
-                Script.objects.select_related("app").filter(pk=script_id).first()
-            )
-        return self._scripts[script_id]
+    def context(
+        self, script_id: uuid.UUID, principal_id: uuid.UUID | None
+    ) -> tuple[Script | None, Principal | None, Role | None]:
+        key = (script_id, principal_id)
+        if key not in self._contexts:
+            self._contexts[key] = _load_context(script_id, principal_id)
+        return self._contexts[key]
 
-    def principal(self, principal_id: uuid.UUID | None) -> Principal | None:
-        if principal_id is None:
-            return None
-        if principal_id not in self._principals:
-            self._principals[principal_id] = (
-                Principal.objects.select_related("user").filter(pk=principal_id).first()
-            )
-        return self._principals[principal_id]
 
-    def role(self, principal: Principal, app_id: uuid.UUID) -> Role | None:
-        key = (principal.pk, app_id)
-        if key not in self._roles:
-            self._roles[key] = role_in_app(principal, app_id)
-        return self._roles[key]
+def _partial(model, values: dict):
+    """A model instance from some of its fields; the others load on first access."""
+    fields = [f.attname for f in model._meta.concrete_fields if f.attname in values]
+    return model.from_db("default", fields, [values[f] for f in fields])
+
+
+def _load_context(script_id, principal_id):
+    from django.contrib.auth import get_user_model
+
+    row = fetch_one(
+        KV_QUERIES["run_context"], {"script_id": script_id, "principal_id": principal_id}
+    )
+    if row is None:
+        return None, None, None
+    app = _partial(
+        App,
+        {
+            "id": row["app_id"],
+            "slug": row["app_slug"],
+            "name": row["app_name"],
+            "created_at": row["app_created_at"],
+        },
+    )
+    script_fields = (
+        "id",
+        "app_id",
+        "name",
+        "enabled",
+        "runtime",
+        "handler",
+        "webhook_url",
+        "secret",
+        "created_at",
+        "updated_at",
+    )
+    script = _partial(Script, {f: row[f] for f in script_fields})
+    script.app = app
+    principal = None
+    if row["principal_id"] is not None:
+        principal = _partial(
+            Principal,
+            {
+                "id": row["principal_id"],
+                "user_id": row["user_id"],
+                "created_at": row["principal_created_at"],
+            },
+        )
+        principal.user = _partial(
+            get_user_model(),
+            {f: row[f] for f in ("username", "is_active", "is_superuser")} | {"id": row["user_id"]},
+        )
+    role = Role(row["role"]) if row["role"] in Role._value2member_map_ else None
+    return script, principal, role
 
 
 class RowExecutor:
@@ -144,6 +205,53 @@ class RowExecutor:
             row, ceiling=self.ceiling, webhook_config=self.webhook_config, lookups=self.lookups
         )
 
+    def run_batch(self, rows: list[OutboxRow]) -> OutcomeRun:
+        """Outcomes of `rows` in order, all executed in one hand-off to the
+        handler thread (see OutcomeRun)."""
+        self.begin_batch()
+        lookups = self.lookups
+
+        def job(row: OutboxRow):
+            return lambda: execute_row(
+                row,
+                ceiling=self.ceiling,
+                webhook_config=self.webhook_config,
+                lookups=lookups,
+                in_sandbox=True,
+            )
+
+        return OutcomeRun(
+            run_each([job(r) for r in rows], self.ceiling.timeout_ms / 1000), self.ceiling
+        )
+
+
+class OutcomeRun:
+    """Iterate for each row's Outcome. After a row overruns the timeout, its
+    outcome is the timeout failure and iteration ends (the rest never run).
+    ``cancel()`` runs no further row; rows already run still yield."""
+
+    def __init__(self, run, ceiling: SandboxCeiling) -> None:
+        self.run, self.ceiling, self.ended = run, ceiling, False
+
+    def __iter__(self) -> OutcomeRun:
+        return self
+
+    def __next__(self) -> Outcome:
+        if self.ended:
+            raise StopIteration
+        try:
+            ok, value = next(self.run)
+        except SandboxTimeout:
+            self.ended = True
+            return _timed_out(self.ceiling)
+        return value if ok else Failure(f"dispatcher error: {_error(value)}", retryable=True)
+
+    def cancel(self) -> None:
+        self.run.cancel()
+
+    def close(self) -> None:
+        self.run.close()
+
 
 def execute_row(
     row: OutboxRow,
@@ -151,16 +259,20 @@ def execute_row(
     ceiling: SandboxCeiling | None = None,
     webhook_config: WebhookConfig | None = None,
     lookups: Lookups | None = None,
+    in_sandbox: bool = False,
 ) -> Outcome:
+    """Run `row`'s script. `in_sandbox`: the caller already runs this in a
+    timed helper thread (RowExecutor.run_batch), so the handler runs inline."""
     ceiling = ceiling or SandboxCeiling.from_env()
     lookups = lookups or Lookups()
-    script = lookups.script(row.script_id)
+    script, principal, role = lookups.context(row.script_id, row.run_as_principal)
     if script is None:
         return Failure(f"script {row.script_id} no longer exists", retryable=False, status=404)
     if not script.enabled:
         return Failure(f"script {script} is disabled", retryable=False, status=409)
-    principal = lookups.principal(row.run_as_principal)
-    if not has_capability(principal, run_capability(script.app_id), role_lookup=lookups.role):
+    if not has_capability(
+        principal, run_capability(script.app_id), role_lookup=lambda _principal, _app: role
+    ):
         who = principal or "a deleted principal"
         return Failure(
             f"unauthorized: {who} may no longer run scripts in app {script.app} "
@@ -169,7 +281,7 @@ def execute_row(
             status=403,
             unauthorized=True,
         )
-    payload_bytes = _size(row.payload)
+    payload_bytes = row.payload_bytes or _size(row.payload)
     if payload_bytes > ceiling.max_payload_bytes:
         return Failure(
             f"payload is {payload_bytes} bytes, over PICLOUD_SANDBOX_MAX_PAYLOAD_BYTES="
@@ -180,11 +292,24 @@ def execute_row(
     timeout = ceiling.timeout_ms / 1000
     if script.runtime == Runtime.WEBHOOK:
         return _run_webhook(script, row, ceiling, timeout, webhook_config)
-    return _run_python(script, principal, row, ceiling, timeout)  # type: ignore[arg-type]
+    return _run_python(script, principal, row, ceiling, timeout, in_sandbox)  # type: ignore[arg-type]
+
+
+def _timed_out(ceiling: SandboxCeiling) -> Failure:
+    return Failure(
+        f"timed out after {ceiling.timeout_ms} ms (PICLOUD_SANDBOX_TIMEOUT_MS)",
+        retryable=True,
+        status=504,
+    )
 
 
 def _run_python(
-    script: Script, principal: Principal, row: OutboxRow, ceiling: SandboxCeiling, timeout: float
+    script: Script,
+    principal: Principal,
+    row: OutboxRow,
+    ceiling: SandboxCeiling,
+    timeout: float,
+    in_sandbox: bool,
 ) -> Outcome:
     fn = get_handler(script.handler)
     if fn is None:
@@ -199,21 +324,16 @@ def _run_python(
         depth=row.depth,
         attempt=row.attempts,
         outbox_id=row.id,
-        logger=logging.LoggerAdapter(
-            logging.getLogger(f"picloud.scripts.{script.handler}"),
-            {"outbox_id": str(row.id), "app": script.app.slug},
-        ),
-        kv=KvClient(script.app, principal, depth=row.depth + 1, cause=row.id),
+        handler=script.handler,
         deadline=time.monotonic() + timeout,
     )
     try:
-        result = run_with_timeout(lambda: fn(row.payload, ctx), timeout)
+        if in_sandbox:
+            result = fn(row.payload, ctx)
+        else:
+            result = run_with_timeout(lambda: fn(row.payload, ctx), timeout)
     except SandboxTimeout:
-        return Failure(
-            f"timed out after {ceiling.timeout_ms} ms (PICLOUD_SANDBOX_TIMEOUT_MS)",
-            retryable=True,
-            status=504,
-        )
+        return _timed_out(ceiling)
     except PermanentError as exc:
         return Failure(_error(exc), retryable=False, status=422)
     except PermissionDenied as exc:

@@ -16,7 +16,14 @@ SELECT * FROM outbox WHERE id = %(id)s;
 -- rows instead of queueing behind each other), bump attempts and push
 -- due_at forward by the lease. The caller executes after this commits; if
 -- it dies, the row is due again when the lease runs out.
-WITH due AS (
+--
+-- It also deletes the rows in %(ack)s: the previous batch's successes ride
+-- along with the next claim, one round trip and one commit instead of two.
+-- (The CTEs share one snapshot; acknowledged rows are leased, so not due.)
+WITH acked AS (
+    DELETE FROM outbox WHERE id = ANY (%(ack)s::uuid[])
+),
+due AS (
     SELECT id
     FROM outbox
     WHERE due_at <= NOW()

@@ -38,3 +38,20 @@ WHERE app_id = %(app_id)s AND collection = %(collection)s
   AND (%(prefix)s::text IS NULL OR starts_with(key, %(prefix)s))
 ORDER BY key COLLATE "C"
 LIMIT %(limit)s;
+
+-- run_context --
+-- Everything execute_row needs to decide whether and how to run a row, in
+-- one round trip: the script and its app, the run-as principal and its user's
+-- flags, and the principal's role in that app (NULL: no membership).
+SELECT s.id, s.app_id, s.name, s.enabled, s.runtime, s.handler, s.webhook_url, s.secret,
+       s.created_at, s.updated_at,
+       a.slug AS app_slug, a.name AS app_name, a.created_at AS app_created_at,
+       p.id AS principal_id, p.user_id, p.created_at AS principal_created_at,
+       u.username, u.is_active, u.is_superuser,
+       m.role
+FROM scripts s
+JOIN apps a ON a.id = s.app_id
+LEFT JOIN principals p ON p.id = %(principal_id)s
+LEFT JOIN auth_user u ON u.id = p.user_id
+LEFT JOIN app_memberships m ON m.app_id = s.app_id AND m.principal_id = p.id
+WHERE s.id = %(script_id)s;

@@ -164,3 +164,12 @@ def test_counters_add_up(counter_store):
     after = counter_store.read()
     delta = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
     assert delta == {"succeeded": 5, "dead_lettered": 1}
+
+
+def test_claim_acknowledges_the_previous_batch_in_the_same_call(outbox_repo, new_row):
+    first = outbox_repo.insert(new_row())
+    (claimed,) = outbox_repo.claim_due(limit=1, lease=LEASE)
+    second = outbox_repo.insert(new_row())
+    again = outbox_repo.claim_due(limit=5, lease=LEASE, ack=[claimed.id])
+    assert [r.id for r in again] == [second.id]
+    assert outbox_repo.get(first.id) is None, "the acknowledged row is gone"

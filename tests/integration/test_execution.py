@@ -62,6 +62,12 @@ def _demote_then_write(event, ctx):
     ctx.kv.put("out", "k", 1)
 
 
+@handler("tests.exec.email")
+def _email(event, ctx):
+    # The run-as user is read with a few columns; the rest load on first access.
+    return ctx.principal.user.email
+
+
 @handler("tests.exec.write_other_app")
 def _write_other_app(event, ctx):
     kv.put(event["other_app"], "out", "k", 1, principal=ctx.principal)
@@ -171,6 +177,11 @@ class TestPythonRuntime:
 
 @pytest.mark.django_db(transaction=True)
 class TestScriptsWriteThroughTheirPrincipal:
+    def test_the_whole_user_is_reachable_from_ctx(self):
+        app = AppFactory()
+        member = MembershipFactory(app=app, role=Role.Developer.value).principal
+        assert execute_row(_row(app, member, "tests.exec.email")) == Success(member.user.email)
+
     def test_ctx_kv_writes_as_the_run_as_principal(self):
         app = AppFactory()
         member = MembershipFactory(app=app, role=Role.Developer.value).principal
@@ -193,3 +204,42 @@ class TestScriptsWriteThroughTheirPrincipal:
         )
         assert isinstance(outcome, Failure) and "lacks KvWrite" in outcome.error
         assert not KvEntry.objects.filter(app=other).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_stops_at_the_first_timeout_and_runs_none_after_it():
+    from deadletters.pg_repository import PgDeadLetterRepo
+    from outbox.dispatcher import Dispatcher
+    from outbox.pg_repository import PgOutboxRepo as Repo
+    from picloud.execution import RowExecutor
+    from triggers.pg_repository import PgTriggerRepo
+
+    app = AppFactory()
+    member = MembershipFactory(app=app, role=Role.Developer.value).principal
+    fast, slow = (
+        ScriptFactory(app=app, handler="tests.exec.write"),
+        ScriptFactory(app=app, handler="tests.exec.slow"),
+    )
+    repo = Repo()
+    now = __import__("django.utils.timezone", fromlist=["now"]).now()
+    from datetime import timedelta
+
+    for i, script in enumerate([fast, slow, fast]):
+        repo.insert(
+            NewOutboxRow(
+                app.id, "kv", script.id, member.id, {"i": i}, due_at=now - timedelta(seconds=10 - i)
+            )
+        )
+    ceiling = SandboxCeiling(timeout_ms=300)
+    dispatcher = Dispatcher(
+        outbox=repo,
+        triggers=PgTriggerRepo(),
+        dead_letters=PgDeadLetterRepo(),
+        execute=RowExecutor(ceiling),
+        ceiling=ceiling,
+    )
+    report = dispatcher.run_once(limit=10)
+    assert (report.claimed, report.executed, report.released) == (3, 2, 1)
+    first, second = (o for _, o in report.outcomes)
+    assert first.ok and not second.ok and "PICLOUD_SANDBOX_TIMEOUT_MS" in second.error
+    assert KvEntry.objects.get(app=app, collection="out").value == {"i": 0}, "the third did not run"

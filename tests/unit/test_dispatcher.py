@@ -253,3 +253,20 @@ def test_an_error_inside_the_dispatcher_becomes_a_retryable_failure(world):
     row = _enqueue(world)
     world.dispatcher.run_once(limit=10)
     assert "dispatcher error: RuntimeError: bug" in world.outbox.get(row.id).last_error
+
+
+def test_a_full_batch_is_acknowledged_with_the_next_claim(world):
+    rows = [_enqueue(world) for _ in range(2)]
+    world.dispatcher.run_once(limit=2)
+    assert all(world.outbox.get(r.id) for r in rows), "kept until the next claim"
+    assert all(world.outbox.get(r.id).due_at > world.clock.now for r in rows), "but leased"
+    report = world.dispatcher.run_once(limit=2)
+    assert report.claimed == 0
+    assert not any(world.outbox.get(r.id) for r in rows)
+
+
+def test_flush_acks_acknowledges_what_waits(world):
+    rows = [_enqueue(world) for _ in range(2)]
+    world.dispatcher.run_once(limit=2)
+    world.dispatcher.flush_acks()
+    assert not any(world.outbox.get(r.id) for r in rows)

@@ -1,0 +1,60 @@
+import threading
+import time
+
+import pytest
+
+from picloud.sandbox import SandboxTimeout, run_each, run_with_timeout
+
+
+def test_results_and_exceptions_come_back_in_order():
+    def boom():
+        raise ValueError("x")
+
+    results = list(run_each([lambda: 1, boom, lambda: 3], timeout=5))
+    assert results[0] == (True, 1) and results[2] == (True, 3)
+    assert results[1][0] is False and isinstance(results[1][1], ValueError)
+
+
+def test_a_timeout_stops_the_batch_and_runs_none_of_the_rest():
+    ran = []
+    release = threading.Event()
+
+    def slow():
+        release.wait(5)
+
+    it = run_each([lambda: ran.append(1), slow, lambda: ran.append(3)], timeout=0.2)
+    assert next(it) == (True, None)
+    started = time.monotonic()
+    with pytest.raises(SandboxTimeout):
+        next(it)
+    assert time.monotonic() - started < 1.0
+    release.set()
+    time.sleep(0.1)
+    assert ran == [1], "nothing after the overrunning callable may run"
+    assert run_with_timeout(lambda: "fresh helper", 1) == "fresh helper"
+
+
+def test_cancel_runs_no_further_callable_but_yields_those_that_ran():
+    ran = []
+    started, gate = threading.Event(), threading.Event()
+
+    def first():
+        ran.append(1)
+        started.set()
+        gate.wait(5)
+
+    run = run_each([first, lambda: ran.append(2), lambda: ran.append(3)], timeout=5)
+    assert started.wait(5)
+    run.cancel()  # while the first is still running
+    gate.set()
+    assert list(run) == [(True, None)], "the first ran, so its result comes back"
+    assert ran == [1]
+    assert run_with_timeout(lambda: 42, 1) == 42, "the helper serves later calls"
+
+
+def test_close_abandons_the_helper_and_later_calls_get_clean_results():
+    gate = threading.Event()
+    run = run_each([lambda: gate.wait(5)], timeout=5)
+    run.close()
+    gate.set()
+    assert run_with_timeout(lambda: 42, 1) == 42
