@@ -1,6 +1,9 @@
 """The raw SQL floor: a bare psycopg loop claiming 100-row batches with SKIP
 LOCKED and deleting them. No execution, no checks: what PostgreSQL allows.
 
+It drains `outbox_floor`, a copy of the outbox table's shape and indexes
+(without its NOTIFY triggers), so a dispatcher running beside it stays idle.
+
     python benchmarks/raw_floor.py CONNINFO   (waits for a line on stdin, then drains)
 """
 
@@ -10,13 +13,13 @@ import psycopg
 
 CLAIM = """
 WITH due AS (
-    SELECT id FROM outbox WHERE due_at <= NOW() ORDER BY due_at LIMIT 100
+    SELECT id FROM outbox_floor WHERE due_at <= NOW() ORDER BY due_at LIMIT 100
     FOR UPDATE SKIP LOCKED
 )
-UPDATE outbox o SET attempts = o.attempts + 1, due_at = NOW() + interval '60 seconds'
+UPDATE outbox_floor o SET attempts = o.attempts + 1, due_at = NOW() + interval '60 seconds'
 FROM due WHERE o.id = due.id RETURNING o.id
 """
-DELETE = "DELETE FROM outbox WHERE id = ANY(%s)"
+DELETE = "DELETE FROM outbox_floor WHERE id = ANY(%s)"
 
 
 def main(conninfo: str) -> None:

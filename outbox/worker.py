@@ -9,6 +9,7 @@ claimed-but-unstarted rows back, and waits up to the shutdown grace.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +30,8 @@ logger = logging.getLogger("picloud.dispatcher")
 MAX_IDLE = 1.0  # seconds an idle loop sleeps at most before looking again
 TARGET_BATCH_SECONDS = 0.05  # size batches so one takes about this long
 FLUSH_EVERY = 1.0  # seconds between counter flushes
-DB_RETRY_DELAY = (0.2, 5.0)  # seconds: first and longest wait after a database error
+DB_RETRY_DELAY = (0.2, 5.0)
+SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the GIL while others wait (default 0.005)  # seconds: first and longest wait after a database error
 
 
 class AdaptiveBatch:
@@ -83,6 +85,11 @@ class DispatcherHost:
         )
 
     def start(self) -> None:
+        # Loops spend most of their time waiting on PostgreSQL; when an answer
+        # arrives, the loop must get the GIL back from a handler thread that
+        # may be busy. Python's default 5 ms switch interval would make every
+        # round trip wait that long behind busy threads (the "convoy effect").
+        sys.setswitchinterval(SWITCH_INTERVAL)
         self.listener.start()
         for t in self.loops:
             t.start()
