@@ -496,7 +496,7 @@ def main() -> None:
     parser.add_argument("--latency-rows", type=int, default=500)
     parser.add_argument("--profile-rows", type=int, default=20_000)
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=1, help="loops (or slots) per process")
     parser.add_argument("--skip-peers", action="store_true", help="only the floor and PiCloud")
     parser.add_argument("--no-write", action="store_true", help="print, do not touch docs/")
     args = parser.parse_args()

@@ -202,7 +202,10 @@ class DispatcherConfig:
     """How each django-q2 worker process dispatches outbox rows."""
 
     enabled: bool = True  # false: this cluster runs tasks and schedules only
-    concurrency: int = 4  # dispatch loops per qcluster worker process
+    # Dispatch loops per qcluster worker process. One keeps noop throughput and
+    # latency best on small machines (no GIL contention); raise it for handlers
+    # that wait on I/O (webhooks, sleeps), which then run side by side.
+    concurrency: int = 1
     max_batch: int = 100  # rows one loop claims at most at a time
     lease_margin_ms: int = 30_000  # how much a claim's lease outlasts the sandbox timeout
     shutdown_grace_ms: int = 10_000  # how long stopping waits for running scripts

@@ -52,7 +52,10 @@ class Cluster:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def stop(self, timeout: float = 60) -> int:
+    def stop(self, timeout: float = 60, *, may_hang: bool = False) -> int:
+        """SIGTERM and wait. `may_hang`: after a worker was SIGKILLed, django-q2's
+        other workers can be stuck on the task queue's lock the dead process held
+        (docs/dispatcher.md), so the cluster may never stop; kill it instead."""
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -60,6 +63,8 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+                if may_hang:
+                    return self.proc.returncode
                 raise AssertionError(
                     f"qcluster did not stop on SIGTERM:\n{self.log()[-3000:]}"
                 ) from None
