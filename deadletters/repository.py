@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from deadletters.models import Resolution
+from picloud.text import truncate
 from triggers.kinds import SourceKind
 
 MAX_SUMMARY_CHARS = 1_000  # abandoned_executions.result_summary, capped at write time
@@ -199,6 +200,4 @@ def check_batch_size(batch_size: int) -> None:
 
 
 def cap_summary(summary: str | None) -> str | None:
-    if summary is None or len(summary) <= MAX_SUMMARY_CHARS:
-        return summary
-    return summary[: MAX_SUMMARY_CHARS - 1] + "…"
+    return None if summary is None else truncate(summary, MAX_SUMMARY_CHARS)

@@ -85,20 +85,19 @@ class Dispatcher:
         should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
         self.outbox, self.triggers, self.dead_letters = outbox, triggers, dead_letters
-        self.fan_out = FanOut(triggers, outbox, dead_letters)
+        self.config = config or TriggerConfig.from_env()
+        self.fan_out = FanOut(triggers, outbox, dead_letters, self.config)
+        ceiling = ceiling or SandboxCeiling.from_env()
         self.atomic = atomic
         self.execute = execute or RowExecutor(ceiling)
         self.replies = replies or DiscardReplies()
         self.counters = counters or Counters()
-        self.config = config or TriggerConfig.from_env()
-        ceiling = ceiling or SandboxCeiling.from_env()
         self.timeout = ceiling.timeout_ms / 1000
         # The lease must outlast one execution, or another claimer could take
         # a row that is still running.
         self.lease = self.timeout + lease_margin
         self.clock, self.rand, self.should_stop = clock, rand, should_stop
         self.pending_acks: list[uuid.UUID] = []
-        self.fan_out.config = self.config
 
     def run_once(self, limit: int) -> BatchReport:
         """Claim up to `limit` due rows and settle every one of them."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from picloud.text import truncate
 from triggers.kinds import SourceKind
 
 MAX_ERROR_CHARS = 2_000  # one attempt's error, as kept on the row
@@ -118,4 +119,4 @@ def payload_size(payload: Any) -> int:
 
 
 def bounded_error(error: str) -> str:
-    return error if len(error) <= MAX_ERROR_CHARS else error[: MAX_ERROR_CHARS - 1] + "…"
+    return truncate(error, MAX_ERROR_CHARS)

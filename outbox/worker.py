@@ -22,7 +22,7 @@ from django.utils import timezone
 from outbox.dispatcher import BatchReport, Dispatcher, ReplySink
 from outbox.metrics import Counters, CounterStore
 from outbox.wakeup import Listener, Wakeup
-from picloud.config import DispatcherConfig, SandboxCeiling
+from picloud.config import DispatcherConfig
 from picloud.sandbox import stop_helper
 
 logger = logging.getLogger("picloud.dispatcher")
@@ -198,7 +198,6 @@ def postgres_host(
             dead_letters=PgDeadLetterRepo(),
             atomic=transaction.atomic,
             replies=replies,
-            ceiling=SandboxCeiling.from_env(),
             lease_margin=config.lease_margin_ms / 1000,
             **kwargs,
         )

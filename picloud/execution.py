@@ -20,7 +20,7 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied
 
-from outbox.repository import OutboxRow
+from outbox.repository import OutboxRow, bounded_error
 from picloud import webhooks
 from picloud.authz import Capability, Role, has_capability
 from picloud.config import SandboxCeiling, WebhookConfig
@@ -30,11 +30,10 @@ from picloud.sandbox import SandboxTimeout, run_each, run_with_timeout
 from picloud.scripts import PermanentError, get_handler
 from picloud.sqlexec import fetch_one
 from picloud.sqlfiles import load_queries
+from picloud.text import truncate
 
 logger = logging.getLogger("picloud.execution")
-KV_QUERIES = load_queries("picloud")
-
-MAX_ERROR_CHARS = 2_000
+QUERIES = load_queries("picloud")
 
 
 @dataclass(frozen=True)
@@ -104,8 +103,7 @@ def _size(value: Any) -> int:
 
 
 def _error(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
+    return bounded_error(f"{type(exc).__name__}: {exc}")
 
 
 class Lookups:
@@ -139,9 +137,7 @@ def _partial(model, values: dict):
 def _load_context(script_id, principal_id):
     from django.contrib.auth import get_user_model
 
-    row = fetch_one(
-        KV_QUERIES["run_context"], {"script_id": script_id, "principal_id": principal_id}
-    )
+    row = fetch_one(QUERIES["run_context"], {"script_id": script_id, "principal_id": principal_id})
     if row is None:
         return None, None, None
     app = _partial(
@@ -270,13 +266,12 @@ def execute_row(
         return Failure(f"script {row.script_id} no longer exists", retryable=False, status=404)
     if not script.enabled:
         return Failure(f"script {script} is disabled", retryable=False, status=409)
-    if not has_capability(
-        principal, run_capability(script.app_id), role_lookup=lambda _principal, _app: role
-    ):
+    needed = run_capability(script.app_id)
+    if not has_capability(principal, needed, role_lookup=lambda _principal, _app: role):
         who = principal or "a deleted principal"
         return Failure(
             f"unauthorized: {who} may no longer run scripts in app {script.app} "
-            f"(needs {run_capability(script.app_id).scope.value})",
+            f"(needs {needed.scope.value})",
             retryable=False,
             status=403,
             unauthorized=True,
@@ -386,7 +381,9 @@ def _run_webhook(
         return Failure(f"webhook connection failed: {_error(exc)}", retryable=True, status=502)
     if 200 <= response.status < 300:
         return Success(webhooks.decode_result(response))
-    body_text = webhooks.truncate(response.body.decode("utf-8", errors="replace"))
+    body_text = truncate(
+        response.body.decode("utf-8", errors="replace"), webhooks.MAX_ERROR_BODY_CHARS
+    )
     # 408, 429 and 5xx may pass; other answers (4xx, 3xx) will not change on retry.
     retryable = response.status in (408, 429) or response.status >= 500
     return Failure(

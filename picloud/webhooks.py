@@ -180,7 +180,3 @@ def decode_result(response: WebhookResponse) -> Any:
         except ValueError:
             return text
     return text
-
-
-def truncate(text: str, limit: int = MAX_ERROR_BODY_CHARS) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"

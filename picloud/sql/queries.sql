@@ -1,4 +1,5 @@
--- Named queries of the KV store (picloud.kv), loaded by picloud.sqlfiles.
+-- Named queries of the platform core (picloud.kv and picloud.execution),
+-- loaded by picloud.sqlfiles.
 
 -- kv_get --
 SELECT collection, key, value, version, updated_at FROM kv_entries
