@@ -11,9 +11,10 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
-from picloud.authz import Role
+from picloud.authz import Role, Scope
 
 
 class App(models.Model):
@@ -160,6 +161,40 @@ class KvEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.app}:{self.collection}/{self.key}"
+
+
+class ApiToken(models.Model):
+    """A principal's credential for the HTTP API: some scopes, maybe one app, an expiry.
+
+    Only a hash of the token is stored; picloud.tokens creates, checks and
+    revokes them.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    principal = models.ForeignKey(Principal, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=200, help_text="what the token is for")
+    prefix = models.CharField(max_length=16, editable=False)
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    scopes = ArrayField(models.TextField(choices=[(s.value, s.value) for s in Scope]))
+    app = models.ForeignKey(
+        App,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="api_tokens",
+        help_text="limit the token to this app (empty: every app the principal's roles reach)",
+    )
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "api_tokens"
+        verbose_name = "API token"
+        indexes = [models.Index(fields=["principal"], name="api_tokens_principal_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
 
 
 def principal_for(user) -> Principal:

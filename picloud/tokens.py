@@ -1,0 +1,130 @@
+"""API tokens: create one (shown once), recognise one, revoke one.
+
+A token is ``pct_`` followed by 43 URL-safe characters (256 random bits). We
+store its SHA-256 only, so a leaked database does not leak usable tokens.
+A token carries a subset of the seven scopes and may be limited to one app;
+what it can do is the intersection of those with its principal's roles
+(``TokenGrant.allows`` and ``has_capability`` both have to say yes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from picloud.authz import Scope, _AppCapability, _Capability
+from picloud.models import ApiToken, App, Principal
+
+TOKEN_PREFIX = "pct_"
+PREFIX_CHARS = 12  # characters of a token kept in clear to tell tokens apart
+DEFAULT_LIFETIME = timedelta(days=90)
+MAX_LIFETIME = timedelta(days=3650)
+
+
+def hash_token(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def parse_scopes(scopes: Iterable[str | Scope]) -> list[str]:
+    """The scope values, checked: at least one, each one of the seven."""
+    values = sorted({str(s) for s in scopes})  # a Scope is a str of its value
+    unknown = [s for s in values if s not in Scope._value2member_map_]
+    if unknown or not values:
+        allowed = ", ".join(s.value for s in Scope)
+        what = f"unknown scope(s) {', '.join(unknown)}" if unknown else "no scope given"
+        raise ValidationError(f"{what}; allowed: {allowed}")
+    return values
+
+
+def create_token(
+    principal: Principal,
+    *,
+    name: str,
+    scopes: Iterable[str | Scope],
+    app: App | None = None,
+    expires_at: datetime | None = None,
+) -> tuple[ApiToken, str]:
+    """Store a new token and return it with its plaintext, which is not kept.
+
+    `expires_at` defaults to DEFAULT_LIFETIME from now; it must lie in the
+    future and within MAX_LIFETIME.
+    """
+    now = timezone.now()
+    expires_at = expires_at or now + DEFAULT_LIFETIME
+    if expires_at <= now:
+        raise ValidationError(f"expires_at {expires_at.isoformat()} is in the past")
+    if expires_at > now + MAX_LIFETIME:
+        raise ValidationError(f"expires_at is more than {MAX_LIFETIME.days} days away")
+    if not name.strip():
+        raise ValidationError("a token needs a name saying what it is for")
+    raw = new_token()
+    token = ApiToken.objects.create(
+        principal=principal,
+        name=name.strip(),
+        prefix=raw[:PREFIX_CHARS],
+        token_hash=hash_token(raw),
+        scopes=parse_scopes(scopes),
+        app=app,
+        expires_at=expires_at,
+    )
+    return token, raw
+
+
+def revoke(token: ApiToken) -> bool:
+    """Revoke now; False if it already was."""
+    changed = ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(
+        revoked_at=timezone.now()
+    )
+    token.refresh_from_db(fields=["revoked_at"])
+    return bool(changed)
+
+
+@dataclass(frozen=True)
+class TokenGrant:
+    """What a presented, valid token lets its principal attempt."""
+
+    token_id: uuid.UUID
+    principal: Principal
+    scopes: frozenset[str]
+    app_id: uuid.UUID | None
+
+    def reaches(self, app_id: uuid.UUID) -> bool:
+        """Whether the token may be used on this app at all."""
+        return self.app_id is None or self.app_id == app_id
+
+    def allows(self, capability: _Capability) -> bool:
+        """The token's half of a check; the principal's role is the other half."""
+        if capability.scope.value not in self.scopes:
+            return False
+        return not isinstance(capability, _AppCapability) or self.reaches(capability.app_id)
+
+
+def authenticate(raw: str | None) -> TokenGrant | None:
+    """The grant of a presented token, or None when it is malformed, unknown,
+    revoked, expired, or its user is inactive."""
+    if not raw or not raw.startswith(TOKEN_PREFIX) or len(raw) > 200:
+        return None
+    token = (
+        ApiToken.objects.select_related("principal__user")
+        .filter(token_hash=hash_token(raw), revoked_at__isnull=True, expires_at__gt=timezone.now())
+        .first()
+    )
+    if token is None or not token.principal.is_active:
+        return None
+    return TokenGrant(
+        token_id=token.pk,
+        principal=token.principal,
+        scopes=frozenset(token.scopes),
+        app_id=token.app_id,
+    )
