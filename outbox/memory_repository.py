@@ -10,10 +10,12 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
+from deadletters.repository import check_batch_size
 from outbox.repository import (
     MAX_ERRORS_KEPT,
     NewOutboxRow,
     OutboxRow,
+    Reply,
     bounded_error,
     check_claim_args,
     check_new_row,
@@ -118,3 +120,54 @@ class MemoryCounterStore:
 
     def read(self) -> dict[str, int]:
         return dict(self.values)
+
+
+class MemoryReplyInbox:
+    """ReplyInbox in memory. `on_deliver` stands in for the notification."""
+
+    def __init__(
+        self,
+        clock: Callable[[], datetime] = timezone.now,
+        on_deliver: Callable[[uuid.UUID], None] | None = None,
+    ) -> None:
+        self.clock, self.on_deliver = clock, on_deliver
+        # inbox id -> (app id, opened at, reply or None)
+        self.inboxes: dict[uuid.UUID, tuple[uuid.UUID, datetime, Reply | None]] = {}
+        self._lock = threading.Lock()
+
+    def open(self, inbox_id: uuid.UUID, app_id: uuid.UUID) -> None:
+        with self._lock:
+            if inbox_id in self.inboxes:
+                raise ValueError(f"inbox {inbox_id} is already open")
+            self.inboxes[inbox_id] = (app_id, self.clock(), None)
+
+    def deliver(self, inbox_id: uuid.UUID, reply: Reply) -> bool:
+        with self._lock:
+            inbox = self.inboxes.get(inbox_id)
+            if inbox is None or inbox[2] is not None:
+                return False
+            self.inboxes[inbox_id] = (inbox[0], inbox[1], reply)
+        if self.on_deliver:
+            self.on_deliver(inbox_id)
+        return True
+
+    def collect(self, inbox_id: uuid.UUID) -> Reply | None:
+        with self._lock:
+            inbox = self.inboxes.get(inbox_id)
+            if inbox is None or inbox[2] is None:
+                return None
+            del self.inboxes[inbox_id]
+            return inbox[2]
+
+    def close(self, inbox_id: uuid.UUID) -> Reply | None:
+        with self._lock:
+            inbox = self.inboxes.pop(inbox_id, None)
+            return inbox[2] if inbox else None
+
+    def gc(self, older_than: datetime, batch_size: int) -> int:
+        check_batch_size(batch_size)
+        with self._lock:
+            old = [i for i, (_, opened, _) in self.inboxes.items() if opened < older_than]
+            for inbox_id in old:
+                del self.inboxes[inbox_id]
+            return len(old)

@@ -7,10 +7,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from deadletters.repository import check_batch_size
 from outbox.repository import (
     MAX_ERRORS_KEPT,
     NewOutboxRow,
     OutboxRow,
+    Reply,
     bounded_error,
     check_claim_args,
     check_new_row,
@@ -89,3 +91,33 @@ class PgCounterStore:
 
     def read(self) -> dict[str, int]:
         return {r["name"]: r["value"] for r in fetch_all(Q["read_counters"])}
+
+
+class PgReplyInbox:
+    """ReplyInbox on the reply_inboxes table; deliveries notify picloud_reply."""
+
+    def open(self, inbox_id: uuid.UUID, app_id: uuid.UUID) -> None:
+        execute(Q["inbox_open"], {"id": inbox_id, "app_id": app_id})
+
+    def deliver(self, inbox_id: uuid.UUID, reply: Reply) -> bool:
+        params = {"id": inbox_id, "status": reply.status, "body": to_json(reply.body)}
+        return bool(fetch_all(Q["inbox_deliver"], params))
+
+    def collect(self, inbox_id: uuid.UUID) -> Reply | None:
+        return _reply(fetch_one(Q["inbox_collect"], {"id": inbox_id}))
+
+    def close(self, inbox_id: uuid.UUID) -> Reply | None:
+        return _reply(fetch_one(Q["inbox_close"], {"id": inbox_id}))
+
+    def gc(self, older_than: datetime, batch_size: int) -> int:
+        check_batch_size(batch_size)
+        total = 0
+        while n := execute(Q["inbox_gc"], {"older_than": older_than, "batch_size": batch_size}):
+            total += n
+        return total
+
+
+def _reply(row: dict[str, Any] | None) -> Reply | None:
+    if row is None or row["status_code"] is None:
+        return None
+    return Reply(status=row["status_code"], body=from_json(row["body"]))

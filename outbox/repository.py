@@ -98,6 +98,42 @@ class OutboxRepo(Protocol):
         """(rows due now, the oldest due_at among them or None)."""
 
 
+@dataclass(frozen=True)
+class Reply:
+    """What a synchronous caller receives: an HTTP status and a JSON body."""
+
+    status: int
+    body: Any
+
+
+class ReplyInbox(Protocol):
+    """Reply inboxes of synchronous invocations; the row that settles the race
+    between a dispatcher delivering and a waiter giving up (see
+    outbox/sql/0003_reply_inboxes.sql). For each inbox exactly one of these
+    holds: ``deliver`` returned True and the waiter's ``collect``/``close``
+    returned the reply, or ``deliver`` returned False (nobody will see it)."""
+
+    def open(self, inbox_id: uuid.UUID, app_id: uuid.UUID) -> None:
+        """Open an inbox; joins the caller's transaction (commit it with the
+        outbox row that names it)."""
+
+    def deliver(self, inbox_id: uuid.UUID, reply: Reply) -> bool:
+        """Store the reply and wake the waiter. False when the inbox is closed
+        or gone (the waiter left) or already holds a reply."""
+
+    def collect(self, inbox_id: uuid.UUID) -> Reply | None:
+        """Take the reply and remove the inbox; None while none has arrived
+        (the inbox stays open)."""
+
+    def close(self, inbox_id: uuid.UUID) -> Reply | None:
+        """The waiter leaves: remove the inbox, returning the reply if it had
+        arrived. After this, ``deliver`` returns False."""
+
+    def gc(self, older_than: datetime, batch_size: int) -> int:
+        """Remove inboxes opened before `older_than` (their waiters died), in
+        batches; returns how many."""
+
+
 def check_new_row(row: NewOutboxRow) -> None:
     if row.source_kind not in SourceKind.values:
         raise ValueError(

@@ -76,3 +76,36 @@ ON CONFLICT (name) DO UPDATE SET value = dispatcher_counters.value + EXCLUDED.va
 
 -- read_counters --
 SELECT name, value FROM dispatcher_counters;
+
+-- inbox_open --
+-- Joins the caller's transaction: the inbox and its outbox row commit together.
+INSERT INTO reply_inboxes (id, app_id) VALUES (%(id)s, %(app_id)s);
+
+-- inbox_deliver --
+-- The dispatcher's half of the race (see 0003_reply_inboxes.sql). One
+-- statement, so the update and its notification commit together; it returns
+-- a row only if the inbox was still open.
+WITH delivered AS (
+    UPDATE reply_inboxes
+    SET delivered_at = NOW(), status_code = %(status)s, body = %(body)s::jsonb
+    WHERE id = %(id)s AND delivered_at IS NULL
+    RETURNING id
+)
+SELECT pg_notify('picloud_reply', id::text) FROM delivered;
+
+-- inbox_collect --
+-- A woken waiter takes its reply, if it has arrived.
+DELETE FROM reply_inboxes
+WHERE id = %(id)s AND delivered_at IS NOT NULL
+RETURNING status_code, body;
+
+-- inbox_close --
+-- The waiter's half of the race: it leaves, taking the reply if it came.
+DELETE FROM reply_inboxes WHERE id = %(id)s RETURNING status_code, body;
+
+-- inbox_gc --
+-- Inboxes left by waiters that died, a batch at a time.
+DELETE FROM reply_inboxes
+WHERE id IN (
+    SELECT id FROM reply_inboxes WHERE created_at < %(older_than)s LIMIT %(batch_size)s
+);

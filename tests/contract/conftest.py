@@ -12,8 +12,8 @@ import pytest
 
 from deadletters.memory_repository import MemoryAbandonedRepo, MemoryDeadLetterRepo
 from deadletters.pg_repository import PgAbandonedRepo, PgDeadLetterRepo
-from outbox.memory_repository import MemoryOutboxRepo
-from outbox.pg_repository import PgOutboxRepo
+from outbox.memory_repository import MemoryOutboxRepo, MemoryReplyInbox
+from outbox.pg_repository import PgOutboxRepo, PgReplyInbox
 from tests.factories import AppFactory, ScriptFactory, UserFactory
 from triggers.memory_repository import MemoryTriggerRepo
 from triggers.pg_repository import PgTriggerRepo
@@ -66,3 +66,8 @@ def dead_letter_repo(request, transactional_db):
 @pytest.fixture(params=IMPLEMENTATIONS)
 def abandoned_repo(request, transactional_db):
     return _pick(request, MemoryAbandonedRepo, PgAbandonedRepo)
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def reply_inbox(request, transactional_db):
+    return _pick(request, MemoryReplyInbox, PgReplyInbox)
