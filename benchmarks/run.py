@@ -344,9 +344,11 @@ class Bench:
         """
         from django.db import transaction
 
-        from deadletters.pg_repository import PgDeadLetterRepo
+        from deadletters.pg_repository import PgAbandonedRepo, PgDeadLetterRepo
         from outbox.dispatcher import Dispatcher
-        from outbox.pg_repository import PgOutboxRepo
+        from outbox.metrics import Counters
+        from outbox.pg_repository import PgOutboxRepo, PgReplyInbox
+        from outbox.replies import InboxReplySink
         from picloud.execution import Lookups, RowExecutor, execute_row
         from triggers.pg_repository import PgTriggerRepo
 
@@ -360,6 +362,7 @@ class Bench:
             outbox=PgOutboxRepo(),
             triggers=PgTriggerRepo(),
             dead_letters=PgDeadLetterRepo(),
+            replies=InboxReplySink(PgReplyInbox(), PgAbandonedRepo(), Counters()),
             atomic=transaction.atomic,
             execute=lambda row: execute_row(
                 row,

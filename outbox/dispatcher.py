@@ -46,14 +46,8 @@ logger = logging.getLogger("picloud.dispatcher")
 class ReplySink(Protocol):
     """Where the outcome of a synchronous invocation (a reply_to row) goes."""
 
-    def deliver(self, row: OutboxRow, outcome: Outcome) -> None: ...
-
-
-class DiscardReplies:
-    """Until sync invocation is wired in, reply_to outcomes go nowhere."""
-
     def deliver(self, row: OutboxRow, outcome: Outcome) -> None:
-        logger.debug("no reply sink: dropping the reply for %s", row.id)
+        """Answer the row's caller, or record that nobody was left to answer."""
 
 
 @dataclass
@@ -72,10 +66,10 @@ class Dispatcher:
         outbox: OutboxRepo,
         triggers: TriggerRepo,
         dead_letters: DeadLetterRepo,
+        replies: ReplySink,
         atomic: Callable[[], AbstractContextManager] = nullcontext,
         # Runs one row; an executor with run_batch(rows) runs a batch at once.
         execute: Callable[[OutboxRow], Outcome] | None = None,
-        replies: ReplySink | None = None,
         counters: Counters | None = None,
         config: TriggerConfig | None = None,
         ceiling: SandboxCeiling | None = None,
@@ -90,7 +84,7 @@ class Dispatcher:
         ceiling = ceiling or SandboxCeiling.from_env()
         self.atomic = atomic
         self.execute = execute or RowExecutor(ceiling)
-        self.replies = replies or DiscardReplies()
+        self.replies = replies
         self.counters = counters or Counters()
         self.timeout = ceiling.timeout_ms / 1000
         # The lease must outlast one execution, or another claimer could take

@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 import threading
-from collections.abc import Callable
-
-import psycopg
-
-logger = logging.getLogger("picloud.dispatcher")
 
 CHANNEL = "picloud_outbox"  # outbox/sql/0002_notify.sql sends on it
-RECONNECT_DELAY = (0.1, 5.0)  # seconds: first and longest wait between reconnects
 
 
 class Wakeup:
@@ -40,41 +33,3 @@ class Wakeup:
         """Wait until the generation moves past `seen` or `timeout` seconds pass."""
         with self._cond:
             return self._cond.wait_for(lambda: self.generation != seen, timeout)
-
-
-class Listener(threading.Thread):
-    """Holds one LISTEN connection per process and turns notifications into wake-ups."""
-
-    def __init__(
-        self,
-        wakeup: Wakeup,
-        connect: Callable[[], psycopg.Connection],
-        stop: threading.Event,
-        poll: float = 0.5,  # seconds between checks of `stop` while nothing arrives
-    ) -> None:
-        super().__init__(name="picloud-listener", daemon=True)
-        self.wakeup, self.connect, self.stop, self.poll = wakeup, connect, stop, poll
-        self.connected = threading.Event()
-
-    def run(self) -> None:
-        delay = RECONNECT_DELAY[0]
-        while not self.stop.is_set():
-            try:
-                with self.connect() as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    if not self.connected.is_set():
-                        logger.info("listening for outbox rows on %s", CHANNEL)
-                    self.connected.set()
-                    delay = RECONNECT_DELAY[0]
-                    # Rows may have arrived while we were not listening.
-                    self.wakeup.notify()
-                    while not self.stop.is_set():
-                        for _ in conn.notifies(timeout=self.poll, stop_after=1):
-                            self.wakeup.notify()
-            except psycopg.Error as exc:
-                self.connected.clear()
-                logger.warning(
-                    "outbox listener lost its connection (%s); retrying in %.1fs", exc, delay
-                )
-                self.stop.wait(delay)
-                delay = min(delay * 2, RECONNECT_DELAY[1])

@@ -19,10 +19,11 @@ from datetime import datetime
 from django.db import DatabaseError, InterfaceError, connection, connections, transaction
 from django.utils import timezone
 
-from outbox.dispatcher import BatchReport, Dispatcher, ReplySink
+from outbox.dispatcher import BatchReport, Dispatcher
 from outbox.metrics import Counters, CounterStore
-from outbox.wakeup import Listener, Wakeup
+from outbox.wakeup import CHANNEL, Wakeup
 from picloud.config import DispatcherConfig
+from picloud.pglisten import Listener
 from picloud.sandbox import stop_helper
 
 logger = logging.getLogger("picloud.dispatcher")
@@ -75,7 +76,15 @@ class DispatcherHost:
         self.counters = Counters()
         self.wakeup = Wakeup()
         self.stopping = threading.Event()
-        self.listener = Listener(self.wakeup, connect_listener, self.stopping)
+        self.listener = Listener(
+            CHANNEL,
+            what="outbox rows",
+            connect=connect_listener,
+            # Rows may have arrived while nobody listened: look once on connect.
+            on_connect=self.wakeup.notify,
+            on_notify=lambda _payload: self.wakeup.notify(),
+            stop=self.stopping,
+        )
         self.loops = [
             threading.Thread(target=self._loop, name=f"picloud-dispatch-{i}", daemon=True)
             for i in range(self.config.concurrency)
@@ -180,24 +189,24 @@ class DispatcherHost:
             connections.close_all()
 
 
-def postgres_host(
-    replies: ReplySink | None = None, config: DispatcherConfig | None = None
-) -> DispatcherHost:
+def postgres_host(config: DispatcherConfig | None = None) -> DispatcherHost:
     """A host wired to the PostgreSQL repositories."""
-    from deadletters.pg_repository import PgDeadLetterRepo
-    from outbox.pg_repository import PgCounterStore, PgOutboxRepo
+    from deadletters.pg_repository import PgAbandonedRepo, PgDeadLetterRepo
+    from outbox.pg_repository import PgCounterStore, PgOutboxRepo, PgReplyInbox
+    from outbox.replies import InboxReplySink
     from picloud.pgconn import connect
     from triggers.pg_repository import PgTriggerRepo
 
     config = config or DispatcherConfig.from_env()
 
-    def make_dispatcher(**kwargs) -> Dispatcher:
+    def make_dispatcher(*, counters: Counters, **kwargs) -> Dispatcher:
         return Dispatcher(
             outbox=PgOutboxRepo(),
             triggers=PgTriggerRepo(),
             dead_letters=PgDeadLetterRepo(),
+            replies=InboxReplySink(PgReplyInbox(), PgAbandonedRepo(), counters),
             atomic=transaction.atomic,
-            replies=replies,
+            counters=counters,
             lease_margin=config.lease_margin_ms / 1000,
             **kwargs,
         )

@@ -237,9 +237,39 @@ class DispatcherConfig:
         )
 
 
+@dataclass(frozen=True)
+class SyncConfig:
+    """Synchronous invocation over HTTP (outbox/invoke.py)."""
+
+    # How long a caller waits for the result; the effective wait is also
+    # capped by the sandbox timeout (``wait_ms``).
+    timeout_ms: int = 30_000
+    # PostgreSQL connections a web process uses for invocations, whatever
+    # the number of waiting requests (plus one that listens for replies).
+    db_connections: int = 4
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SyncConfig:
+        env = os.environ if env is None else env
+        d = cls()
+        return cls(
+            timeout_ms=env_int(
+                env, "PICLOUD_SYNC_TIMEOUT_MS", d.timeout_ms, low=1, high=15 * 60_000
+            ),
+            db_connections=env_int(
+                env, "PICLOUD_SYNC_DB_CONNECTIONS", d.db_connections, low=1, high=100
+            ),
+        )
+
+    def wait_ms(self, ceiling: SandboxCeiling) -> int:
+        """How long a caller waits at most: no longer than a script may run."""
+        return min(self.timeout_ms, ceiling.timeout_ms)
+
+
 def validate_environment(env: Mapping[str, str] | None = None) -> None:
     """Build every config once; raises ConfigError on the first bad variable."""
     SandboxCeiling.from_env(env)
     TriggerConfig.from_env(env)
     WebhookConfig.from_env(env)
     DispatcherConfig.from_env(env)
+    SyncConfig.from_env(env)

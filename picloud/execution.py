@@ -51,6 +51,8 @@ class Failure:
     status: int = 500
     # True when the run-as principal may not run this script: nothing ran.
     unauthorized: bool = False
+    # True when the sandbox stopped the script at PICLOUD_SANDBOX_TIMEOUT_MS.
+    timed_out: bool = False
     ok = False
 
 
@@ -295,6 +297,7 @@ def _timed_out(ceiling: SandboxCeiling) -> Failure:
         f"timed out after {ceiling.timeout_ms} ms (PICLOUD_SANDBOX_TIMEOUT_MS)",
         retryable=True,
         status=504,
+        timed_out=True,
     )
 
 
@@ -374,6 +377,7 @@ def _run_webhook(
             f"webhook timed out after {ceiling.timeout_ms} ms (PICLOUD_SANDBOX_TIMEOUT_MS)",
             retryable=True,
             status=504,
+            timed_out=True,
         )
     except webhooks.ResponseTooLarge as exc:
         return Failure(str(exc), retryable=False, status=502)

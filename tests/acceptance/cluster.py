@@ -42,11 +42,17 @@ class Cluster:
                 start_new_session=True,  # our signals reach the cluster, not pytest
             )
         workers = int(self.env["PICLOUD_QCLUSTER_WORKERS"])
-        wait_for(
-            lambda: self.log().count("listening for outbox rows") >= workers,
-            timeout=timeout,
-            what=f"{workers} dispatchers listening (log: {self.log_path})",
-        )
+        try:
+            wait_for(
+                lambda: self.log().count("listening for outbox rows") >= workers,
+                timeout=timeout,
+                what=f"{workers} dispatchers listening (log: {self.log_path})",
+            )
+        except BaseException:
+            # __exit__ does not run when __enter__ fails: leave no cluster behind.
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            raise
         return self
 
     def log(self) -> str:

@@ -208,9 +208,12 @@ class TestScriptsWriteThroughTheirPrincipal:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_batch_stops_at_the_first_timeout_and_runs_none_after_it():
-    from deadletters.pg_repository import PgDeadLetterRepo
+    from deadletters.pg_repository import PgAbandonedRepo, PgDeadLetterRepo
     from outbox.dispatcher import Dispatcher
+    from outbox.metrics import Counters
     from outbox.pg_repository import PgOutboxRepo as Repo
+    from outbox.pg_repository import PgReplyInbox
+    from outbox.replies import InboxReplySink
     from picloud.execution import RowExecutor
     from triggers.pg_repository import PgTriggerRepo
 
@@ -235,6 +238,7 @@ def test_a_batch_stops_at_the_first_timeout_and_runs_none_after_it():
         outbox=repo,
         triggers=PgTriggerRepo(),
         dead_letters=PgDeadLetterRepo(),
+        replies=InboxReplySink(PgReplyInbox(), PgAbandonedRepo(), Counters()),
         execute=RowExecutor(ceiling),
         ceiling=ceiling,
     )

@@ -1,0 +1,62 @@
+"""One thread, one LISTEN connection: each notification goes to a callback.
+
+The thread reconnects after any connection error, forever, until told to
+stop. Notifications sent while it was disconnected are lost, so ``on_connect``
+runs after every (re)connect: the owner re-checks whatever it may have missed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import psycopg
+
+logger = logging.getLogger("picloud.listen")
+
+RECONNECT_DELAY = (0.1, 5.0)  # seconds: first and longest wait between reconnects
+
+
+class Listener(threading.Thread):
+    def __init__(
+        self,
+        channel: str,
+        *,
+        what: str,  # what the notifications announce, for the log
+        connect: Callable[[], psycopg.Connection],
+        on_notify: Callable[[str], None],
+        on_connect: Callable[[], None],
+        stop: threading.Event,
+        poll: float = 0.5,  # seconds between checks of `stop` while nothing arrives
+    ) -> None:
+        super().__init__(name=f"picloud-listen-{channel}", daemon=True)
+        self.channel, self.connect, self.stop, self.poll = channel, connect, stop, poll
+        self.on_notify, self.on_connect, self.what = on_notify, on_connect, what
+        self.connected = threading.Event()
+
+    def run(self) -> None:
+        delay = RECONNECT_DELAY[0]
+        while not self.stop.is_set():
+            try:
+                with self.connect() as conn:
+                    # The channel is one of our constants, never user input.
+                    conn.execute(f"LISTEN {self.channel}")
+                    if not self.connected.is_set():
+                        logger.info("listening for %s on %s", self.what, self.channel)
+                    self.connected.set()
+                    delay = RECONNECT_DELAY[0]
+                    self.on_connect()
+                    while not self.stop.is_set():
+                        for note in conn.notifies(timeout=self.poll, stop_after=1):
+                            self.on_notify(note.payload)
+            except psycopg.Error as exc:
+                self.connected.clear()
+                logger.warning(
+                    "listener on %s lost its connection (%s); retrying in %.1fs",
+                    self.channel,
+                    exc,
+                    delay,
+                )
+                self.stop.wait(delay)
+                delay = min(delay * 2, RECONNECT_DELAY[1])

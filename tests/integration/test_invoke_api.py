@@ -1,0 +1,277 @@
+"""POST /api/apps/<app>/scripts/<script>/invoke against a dispatcher running
+in this process (real LISTEN/NOTIFY, real connections, committed data)."""
+
+import json
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from deadletters.models import AbandonedExecution, DeadLetter
+from outbox.invoke import close_default_invoker
+from outbox.models import OutboxEntry
+from outbox.worker import postgres_host
+from picloud import tokens
+from picloud.authz import Role
+from picloud.config import DispatcherConfig
+from picloud.models import ApiToken
+from tests.factories import AppFactory, MembershipFactory, ScriptFactory
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def dispatcher():
+    host = postgres_host(config=DispatcherConfig(concurrency=2, shutdown_grace_ms=5_000))
+    host.start()
+    yield host
+    host.stop()
+
+
+@pytest.fixture(autouse=True)
+def _close_invoker():
+    yield
+    close_default_invoker()
+
+
+@pytest.fixture
+def member():
+    return MembershipFactory(role=Role.Developer.value)
+
+
+@pytest.fixture
+def token(member):
+    return tokens.create_token(member.principal, name="tests", scopes=["script:invoke"])[1]
+
+
+def post(client, token, app, script, body=b"{}", query="", **headers):
+    if token is not None:
+        headers["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    return client.post(
+        f"/api/apps/{app}/scripts/{script}/invoke{query}",
+        data=body,
+        content_type="application/json",
+        **headers,
+    )
+
+
+def script_of(member, handler, **kwargs):
+    return ScriptFactory(app=member.app, handler=handler, **kwargs)
+
+
+def outbox_empty():
+    return not OutboxEntry.objects.exists()
+
+
+def test_200_with_the_handlers_result(client, dispatcher, member, token):
+    script = script_of(member, "picloud.echo")
+    response = post(client, token, member.app.slug, script.name, b'{"hello": ["world", 1]}')
+    assert response.status_code == 200, response.content
+    assert response.json() == {"hello": ["world", 1]}
+    assert response["X-PiCloud-Outbox-Id"]
+    wait_for(outbox_empty, timeout=10, what="the row to be acknowledged")
+    assert AbandonedExecution.objects.count() == 0, "a reply that was received is not abandoned"
+
+
+def test_an_empty_body_is_an_empty_object(client, dispatcher, member, token):
+    script = script_of(member, "picloud.echo")
+    assert post(client, token, member.app.slug, script.name, b"").json() == {}
+
+
+def test_a_failing_script_answers_its_status_once_with_no_retry_and_no_dead_letter(
+    client, dispatcher, member, token
+):
+    script = script_of(member, "picloud.fail")  # retryable for triggers
+    response = post(client, token, member.app.slug, script.name)
+    assert response.status_code == 500
+    body = response.json()
+    assert body["error"] == "script_failed" and "attempt 1" in body["message"]
+    wait_for(outbox_empty, timeout=10, what="the failed row to be removed, not rescheduled")
+    assert DeadLetter.objects.count() == 0
+    assert AbandonedExecution.objects.count() == 0
+
+
+def test_a_permanent_failure_answers_422(client, dispatcher, member, token):
+    script = script_of(member, "picloud.reject")
+    response = post(client, token, member.app.slug, script.name)
+    assert (response.status_code, response.json()["error"]) == (422, "script_failed")
+
+
+def test_a_slow_script_gives_504_then_exactly_one_abandoned_execution(
+    client, dispatcher, member, token
+):
+    script = script_of(member, "picloud.sleep")
+    response = post(
+        client, token, member.app.slug, script.name, b'{"seconds": 1.0}', "?timeout_ms=200"
+    )
+    assert (response.status_code, response.json()["error"]) == (504, "timeout")
+    record = wait_for(AbandonedExecution.objects.first, timeout=10, what="the abandoned execution")
+    wait_for(outbox_empty, timeout=10, what="the row to be acknowledged")
+    assert AbandonedExecution.objects.count() == 1
+    assert (record.status_code, record.script_id, record.app_id) == (200, script.id, script.app_id)
+    assert str(record.outbox_id) == response["X-PiCloud-Outbox-Id"]
+    assert record.result_summary == '{"slept": 1.0}'
+
+
+def test_a_fast_script_within_the_timeout_leaves_no_abandoned_execution(
+    client, dispatcher, member, token
+):
+    script = script_of(member, "picloud.noop")
+    for _ in range(5):
+        response = post(client, token, member.app.slug, script.name, query="?timeout_ms=5000")
+        assert (response.status_code, response.json()) == (200, None)
+    wait_for(outbox_empty, timeout=10, what="the rows to be acknowledged")
+    assert AbandonedExecution.objects.count() == 0
+
+
+# Refusals: none of these needs a dispatcher, and none enqueues anything.
+
+
+@pytest.fixture
+def script(member):
+    return script_of(member, "picloud.echo")
+
+
+def assert_refused(response, status, code):
+    assert response.status_code == status, response.content
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["error"] == code, response.json()
+    assert not OutboxEntry.objects.exists(), "a refused request enqueues nothing"
+
+
+def test_400_invalid_json(client, member, token, script):
+    for body in (b"{not json", b"[1, 2", b'{"x": NaN}', b"\xff\xfe"):
+        assert_refused(post(client, token, member.app.slug, script.name, body), 400, "invalid_json")
+
+
+def test_400_invalid_timeout(client, member, token, script):
+    for query in ("?timeout_ms=0", "?timeout_ms=abc", "?timeout_ms=999999999"):
+        response = post(client, token, member.app.slug, script.name, query=query)
+        assert_refused(response, 400, "invalid_timeout")
+        assert "allowed is an integer from 1 to" in response.json()["message"]
+
+
+def test_401_missing_malformed_unknown_expired_revoked_or_inactive(client, member, token, script):
+    slug, name = member.app.slug, script.name
+    response = post(client, None, slug, name)
+    assert_refused(response, 401, "unauthenticated")
+    assert response["WWW-Authenticate"].startswith("Bearer")
+    assert_refused(
+        post(client, None, slug, name, HTTP_AUTHORIZATION="Basic abc"), 401, "unauthenticated"
+    )
+    assert_refused(post(client, "pct_" + "x" * 43, slug, name), 401, "unauthenticated")
+    expired_token, raw = tokens.create_token(member.principal, name="e", scopes=["script:invoke"])
+    ApiToken.objects.filter(pk=expired_token.pk).update(expires_at=timezone.now())
+    assert_refused(post(client, raw, slug, name), 401, "unauthenticated")
+    revoked, raw = tokens.create_token(member.principal, name="r", scopes=["script:invoke"])
+    assert tokens.revoke(revoked) and not tokens.revoke(revoked)
+    assert_refused(post(client, raw, slug, name), 401, "unauthenticated")
+    user = member.principal.user
+    user.is_active = False
+    user.save()
+    assert_refused(post(client, token, slug, name), 401, "unauthenticated")
+
+
+def test_403_token_without_the_scope(client, member, script):
+    _, raw = tokens.create_token(member.principal, name="ro", scopes=["app:read", "kv:read"])
+    response = post(client, raw, member.app.slug, script.name)
+    assert_refused(response, 403, "forbidden")
+    assert "script:invoke" in response.json()["message"]
+
+
+def test_403_role_without_invoke(client, member, token, script):
+    member.role = Role.Viewer.value
+    member.save()
+    response = post(client, token, member.app.slug, script.name)
+    assert_refused(response, 403, "forbidden")
+    assert "developer or admin" in response.json()["message"]
+
+
+def test_404_unknown_app_or_script_and_outsiders_cannot_tell(client, member, token, script):
+    outsiders_app = AppFactory()
+    ScriptFactory(app=outsiders_app, name="secret-script")
+    unknown_app = post(client, token, "no-such-app", "secret-script")
+    not_mine = post(client, token, outsiders_app.slug, "secret-script")
+    assert_refused(unknown_app, 404, "not_found")
+    assert_refused(not_mine, 404, "not_found")
+    assert_refused(post(client, token, member.app.slug, "no-such-script"), 404, "not_found")
+    assert (
+        unknown_app.json()["message"].replace("no-such-app", outsiders_app.slug)
+        == (not_mine.json()["message"])
+    ), "the answers differ only by the name asked for"
+
+
+def test_404_for_a_token_limited_to_another_app(client, member, script):
+    other = MembershipFactory(principal=member.principal, role=Role.Developer.value).app
+    _, raw = tokens.create_token(member.principal, name="x", scopes=["script:invoke"], app=other)
+    assert_refused(post(client, raw, member.app.slug, script.name), 404, "not_found")
+
+
+def test_413_body_over_the_payload_cap(client, member, token, script, monkeypatch):
+    monkeypatch.setenv("PICLOUD_SANDBOX_MAX_PAYLOAD_BYTES", "100")
+    body = json.dumps({"data": "x" * 200}).encode()
+    response = post(client, token, member.app.slug, script.name, body)
+    assert_refused(response, 413, "payload_too_large")
+    assert "PICLOUD_SANDBOX_MAX_PAYLOAD_BYTES" in response.json()["message"]
+
+
+def test_405_other_methods(client, member, token, script):
+    response = client.get(
+        f"/api/apps/{member.app.slug}/scripts/{script.name}/invoke",
+        HTTP_AUTHORIZATION=f"Bearer {token}",
+    )
+    assert_refused(response, 405, "method_not_allowed")
+    assert response["Allow"] == "POST"
+
+
+def test_409_disabled_script(client, member, token):
+    script = script_of(member, "picloud.echo", enabled=False)
+    assert_refused(post(client, token, member.app.slug, script.name), 409, "script_disabled")
+
+
+def test_superuser_tokens_reach_every_app(client, script, dispatcher):
+    from tests.factories import UserFactory
+
+    admin = UserFactory(is_superuser=True)
+    _, raw = tokens.create_token(admin.principal, name="ops", scopes=["script:invoke"])
+    response = post(client, raw, script.app.slug, script.name, b'{"a": 1}')
+    assert (response.status_code, response.json()) == (200, {"a": 1})
+
+
+def test_tokens_are_stored_hashed_and_scopes_checked(member):
+    token, raw = tokens.create_token(member.principal, name="t", scopes=["script:invoke"])
+    stored = ApiToken.objects.get(pk=token.pk)
+    assert raw not in (stored.token_hash, stored.prefix) and raw.startswith(stored.prefix)
+    assert stored.token_hash == tokens.hash_token(raw)
+    from django.core.exceptions import ValidationError
+
+    with pytest.raises(ValidationError, match=r"unknown scope.*allowed: app:read"):
+        tokens.create_token(member.principal, name="t", scopes=["script:run"])
+    with pytest.raises(ValidationError, match="no scope"):
+        tokens.create_token(member.principal, name="t", scopes=[])
+    with pytest.raises(ValidationError, match="in the past"):
+        tokens.create_token(
+            member.principal,
+            name="t",
+            scopes=["kv:read"],
+            expires_at=timezone.now() - timedelta(seconds=1),
+        )
+
+
+def test_python_api_invokes_as_the_principal_and_checks_its_role(dispatcher, member, script):
+    from django.core.exceptions import PermissionDenied
+
+    from outbox.invoke import invoke
+
+    result = invoke(member.principal, script, {"via": "python"})
+    assert (result.reply.status, result.reply.body, result.timed_out) == (
+        200,
+        {"via": "python"},
+        False,
+    )
+    member.role = Role.Viewer.value
+    member.save()
+    with pytest.raises(PermissionDenied, match="ScriptInvoke"):
+        invoke(member.principal, script, {})
+    assert not OutboxEntry.objects.exists()
