@@ -74,6 +74,11 @@ class Dispatcher:
         config: TriggerConfig | None = None,
         ceiling: SandboxCeiling | None = None,
         lease_margin: float = 30.0,  # seconds a claim's lease outlasts the sandbox timeout
+        # Seconds after which a batch hands its unstarted rows back, so slow
+        # rows claimed together do not queue behind each other while other
+        # loops sit idle (None: run the whole batch).
+        max_batch_seconds: float | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
         clock: Callable[[], datetime] = timezone.now,
         rand: Callable[[], float] = random.random,
         should_stop: Callable[[], bool] = lambda: False,
@@ -91,6 +96,7 @@ class Dispatcher:
         # a row that is still running.
         self.lease = self.timeout + lease_margin
         self.clock, self.rand, self.should_stop = clock, rand, should_stop
+        self.max_batch_seconds, self.monotonic = max_batch_seconds, monotonic
         self.pending_acks: list[uuid.UUID] = []
 
     def run_once(self, limit: int) -> BatchReport:
@@ -99,7 +105,7 @@ class Dispatcher:
         acks, self.pending_acks = self.pending_acks, []
         rows = self.outbox.claim_due(limit, self.lease, ack=acks)
         report.claimed = len(rows)
-        claimed_at = time.monotonic()
+        claimed_at = self.monotonic()
         done: list[uuid.UUID] = []
         unsettled = {r.id: r for r in rows}
         for row in [r for r in rows if _lost_invocation(r)]:
@@ -113,15 +119,19 @@ class Dispatcher:
         cancelled = False
         try:
             for row in runnable:
-                if not cancelled and (self.should_stop() or self._lease_too_short(claimed_at)):
+                if not cancelled and (
+                    self.should_stop()
+                    or self._lease_too_short(claimed_at)
+                    or self._overdue(claimed_at)
+                ):
                     # Run nothing more; still settle what already ran.
                     run.cancel()
                     cancelled = True
-                started = time.monotonic()
+                started = self.monotonic()
                 outcome = next(run, None)
                 if outcome is None:
                     break
-                report.execution_seconds += time.monotonic() - started
+                report.execution_seconds += self.monotonic() - started
                 self._record(report, row, outcome, done, unsettled)
         finally:
             run.close()
@@ -161,7 +171,11 @@ class Dispatcher:
 
     def _lease_too_short(self, claimed_at: float) -> bool:
         # Would the next row, if it ran to the timeout, outlive the claim?
-        return time.monotonic() - claimed_at + self.timeout > self.lease
+        return self.monotonic() - claimed_at + self.timeout > self.lease
+
+    def _overdue(self, claimed_at: float) -> bool:
+        limit = self.max_batch_seconds
+        return limit is not None and self.monotonic() - claimed_at >= limit
 
     def _settle(self, row: OutboxRow, outcome: Outcome) -> bool:
         """Record the outcome; True when the row is done and may be deleted."""

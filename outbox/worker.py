@@ -30,9 +30,12 @@ logger = logging.getLogger("picloud.dispatcher")
 
 MAX_IDLE = 1.0  # seconds an idle loop sleeps at most before looking again
 TARGET_BATCH_SECONDS = 0.05  # size batches so one takes about this long
+# A batch that has run this long hands its unstarted rows back for idle loops
+# (the size above is a guess from past rows; this bounds a wrong guess).
+HAND_BACK_AFTER = 0.25  # seconds
 FLUSH_EVERY = 1.0  # seconds between counter flushes
-DB_RETRY_DELAY = (0.2, 5.0)
-SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the GIL while others wait (default 0.005)  # seconds: first and longest wait after a database error
+DB_RETRY_DELAY = (0.2, 5.0)  # seconds: first and longest wait after a database error
+SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the GIL while others wait (default 0.005)
 
 
 class AdaptiveBatch:
@@ -207,6 +210,7 @@ def postgres_host(config: DispatcherConfig | None = None) -> DispatcherHost:
             replies=InboxReplySink(PgReplyInbox(), PgAbandonedRepo(), counters),
             atomic=transaction.atomic,
             counters=counters,
+            max_batch_seconds=HAND_BACK_AFTER,
             lease_margin=config.lease_margin_ms / 1000,
             **kwargs,
         )

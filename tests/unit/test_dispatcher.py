@@ -241,6 +241,25 @@ def test_stopping_releases_the_rest_of_the_batch_uncounted(world):
     assert len(left) == 3 and all(r.attempts == 0 and r.due_at <= world.clock.now for r in left)
 
 
+def test_a_batch_running_long_hands_its_unstarted_rows_back(world):
+    # Slow rows claimed together would otherwise wait for each other while
+    # other loops sit idle.
+    rows = [_enqueue(world) for _ in range(5)]
+    elapsed = [0.0]
+    world.dispatcher.monotonic = lambda: elapsed[0]
+    world.dispatcher.max_batch_seconds = 0.25
+
+    def slow(row):
+        elapsed[0] += 0.1  # each row takes 100 ms
+        return Success(None)
+
+    world.executor.outcomes[SCRIPT] = slow
+    report = world.dispatcher.run_once(limit=10)
+    assert (report.executed, report.released) == (3, 2), "rows start until 250 ms have passed"
+    left = [world.outbox.get(r.id) for r in rows if world.outbox.get(r.id)]
+    assert len(left) == 2 and all(r.attempts == 0 and r.due_at <= world.clock.now for r in left)
+
+
 def test_the_lease_outlasts_the_sandbox_timeout(world):
     assert world.dispatcher.lease >= world.dispatcher.timeout + 30
 
