@@ -1,18 +1,31 @@
-"""Demo data for `make run`: a superuser, a demo app and its admin membership."""
+"""Demo data for `make run`: a superuser, a demo app with scripts and
+triggers, an API token, and a few KV writes whose failing trigger produces
+dead letters within seconds of the cluster starting."""
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
+from django.utils import timezone
 
-from picloud.authz import Role
-from picloud.models import App, AppMembership, principal_for
+from picloud import kv, tokens
+from picloud.authz import Role, Scope
+from picloud.models import ApiToken, App, AppMembership, Principal, Script, principal_for
 
 DEMO_USERNAME = "admin"
 DEMO_APP_SLUG = "demo"
+DEMO_TOKEN_NAME = "make run demo"
+DEMO_SCRIPTS = {  # name -> registered handler
+    "hello": "picloud.echo",
+    "slow": "picloud.sleep",
+    "notify": "picloud.echo",
+    "flaky": "picloud.fail",
+}
+DEMO_ORDERS = 3  # KV writes per run; each ends as one dead letter of the flaky trigger
 
 
 @dataclass(frozen=True)
@@ -20,14 +33,16 @@ class DemoCredentials:
     username: str
     password: str
     app_slug: str
+    api_token: str
 
 
 @transaction.atomic
 def load_demo(password: str | None = None) -> DemoCredentials:
-    """Create (or refresh) the demo data; idempotent.
+    """Create (or refresh) the demo data; idempotent apart from the orders it writes.
 
     The superuser's password is set anew on every call (a fresh random one
-    unless given) so the credentials printed by `make run` always work.
+    unless given) and a new API token replaces the last run's, so the
+    credentials printed by `make run` always work.
     """
     password = password or secrets.token_urlsafe(12)
     User = get_user_model()
@@ -37,8 +52,72 @@ def load_demo(password: str | None = None) -> DemoCredentials:
     user.is_staff = user.is_superuser = user.is_active = True
     user.set_password(password)
     user.save()
+    principal = principal_for(user)
     app, _ = App.objects.get_or_create(slug=DEMO_APP_SLUG, defaults={"name": "Demo app"})
     AppMembership.objects.update_or_create(
-        app=app, principal=principal_for(user), defaults={"role": Role.AppAdmin.value}
+        app=app, principal=principal, defaults={"role": Role.AppAdmin.value}
     )
-    return DemoCredentials(username=user.get_username(), password=password, app_slug=app.slug)
+    scripts = {
+        name: Script.objects.get_or_create(app=app, name=name, defaults={"handler": handler})[0]
+        for name, handler in DEMO_SCRIPTS.items()
+    }
+    _ensure_triggers(app, scripts, principal)
+    _write_orders(app, principal)
+    return DemoCredentials(
+        username=user.get_username(),
+        password=password,
+        app_slug=app.slug,
+        api_token=_fresh_token(principal, app),
+    )
+
+
+def _ensure_triggers(app: App, scripts: dict[str, Script], principal: Principal) -> None:
+    from triggers.models import Trigger
+    from triggers.pg_repository import PgTriggerRepo
+    from triggers.repository import KvSpec, NewTrigger
+
+    wanted = [
+        NewTrigger(
+            app_id=app.pk,
+            kind="kv",
+            script_id=scripts["notify"].pk,
+            name="orders-notify",
+            registered_by_principal=principal.pk,
+            kv=KvSpec("orders:*", ("insert", "update")),
+        ),
+        # Always fails, and gives up after two quick attempts: dead letters
+        # for the admin badge within seconds.
+        NewTrigger(
+            app_id=app.pk,
+            kind="kv",
+            script_id=scripts["flaky"].pk,
+            name="orders-audit",
+            registered_by_principal=principal.pk,
+            kv=KvSpec("orders:*", ("insert",)),
+            max_attempts=2,
+            retry_base_delay_ms=1000,
+            retry_max_delay_ms=1000,
+        ),
+    ]
+    repo = PgTriggerRepo()
+    for new in wanted:
+        if not Trigger.objects.filter(app=app, name=new.name).exists():
+            repo.create(new)
+
+
+def _write_orders(app: App, principal: Principal) -> None:
+    stamp = timezone.now().strftime("%Y%m%d-%H%M%S-%f")
+    for n in range(DEMO_ORDERS):
+        kv.put(app, "orders:eu", f"{stamp}-{n}", {"item": "pi", "qty": n + 1}, principal=principal)
+
+
+def _fresh_token(principal: Principal, app: App) -> str:
+    ApiToken.objects.filter(principal=principal, name=DEMO_TOKEN_NAME).delete()
+    _, raw = tokens.create_token(
+        principal,
+        name=DEMO_TOKEN_NAME,
+        scopes=[Scope.ScriptInvoke, Scope.KvRead, Scope.KvWrite],
+        app=app,
+        expires_at=timezone.now() + timedelta(days=7),
+    )
+    return raw
