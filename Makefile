@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.requirements-installed
 
-.PHONY: run test lint format check-migrations bench db-stop clean
+.PHONY: run test lint format check-migrations bench bench-invoke db-stop clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -r benchmarks/requirements.txt
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
+	$(PY) benchmarks/invoke_load.py
+
+# Synchronous invocation over HTTP under load; writes its section of docs/benchmarks.md.
+bench-invoke: $(STAMP)
+	$(PY) benchmarks/invoke_load.py $(BENCH_ARGS)
 
 check-migrations: $(STAMP)
 	$(PY) manage.py makemigrations --check --dry-run

@@ -507,10 +507,11 @@ def render(bench: Bench, results: dict, profile: str, command: str) -> str:
     return "\n".join(lines)
 
 
-def write_report(section: str) -> None:
+def write_report(section: str, begin: str = BEGIN, end_marker: str = END) -> None:
+    """Replace the section between `begin` and `end_marker` (or append it)."""
     text = REPORT.read_text() if REPORT.exists() else "# Benchmarks\n"
-    if BEGIN in text:
-        start, end = text.index(BEGIN), text.index(END) + len(END)
+    if begin in text:
+        start, end = text.index(begin), text.index(end_marker) + len(end_marker)
         text = text[:start] + section + text[end:]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"

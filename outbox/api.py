@@ -19,17 +19,21 @@ import json
 import logging
 from dataclasses import dataclass
 
-from django.db import DatabaseError
+from django.contrib.auth import get_user_model
+from django.db import DatabaseError, InterfaceError
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from outbox.invoke import default_invoker
 from picloud import tokens
-from picloud.authz import Capability, Scope, has_capability, role_in_app
+from picloud.authz import Capability, Scope, has_capability
 from picloud.config import SandboxCeiling
-from picloud.models import App, Principal, Script
+from picloud.models import Principal, Script
+from picloud.sqlexec import fetch_one
+from picloud.sqlfiles import load_queries
 
 logger = logging.getLogger("picloud.api")
+Q = load_queries("outbox")
 
 
 @dataclass
@@ -55,35 +59,47 @@ def bearer_token(request: HttpRequest) -> str:
 
 def authorize(raw_token: str, app_slug: str, script_name: str) -> tuple[Principal, Script]:
     """Who is calling and what they may run; ApiError otherwise. Runs on a
-    database thread."""
-    grant = tokens.authenticate(raw_token)
-    if grant is None:
+    database thread; one query (outbox/sql/queries.sql, api_invoke_context)."""
+    row = None
+    if tokens.well_formed(raw_token):
+        params = {
+            "token_hash": tokens.hash_token(raw_token),
+            "app_slug": app_slug,
+            "script_name": script_name,
+        }
+        row = fetch_one(Q["api_invoke_context"], params)
+    if row is None or not row["is_active"]:
         raise ApiError(401, "unauthenticated", "the API token is unknown, expired or revoked")
+    # Instances built from the row, not loaded: nothing below queries again.
+    user = get_user_model()(
+        id=row["user_id"], is_active=row["is_active"], is_superuser=row["is_superuser"]
+    )
+    principal = Principal(id=row["principal_id"], user=user)
+    grant = tokens.TokenGrant(
+        row["token_id"], principal, frozenset(row["scopes"]), row["token_app_id"]
+    )
     if Scope.ScriptInvoke.value not in grant.scopes:
         raise ApiError(403, "forbidden", f"the API token lacks the {Scope.ScriptInvoke} scope")
-    not_found = ApiError(404, "not_found", f"no script {script_name!r} in app {app_slug!r}")
-    app = App.objects.filter(slug=app_slug).first()
-    principal = grant.principal
-    role = role_in_app(principal, app.pk) if app is not None else None
+    app_id = row["app_id"]
 
     def may(capability) -> bool:
-        return has_capability(principal, capability, role_lookup=lambda _p, _a: role)
+        return has_capability(principal, capability, role_lookup=lambda _p, _a: row["role"])
 
-    if app is None or not grant.reaches(app.pk) or not may(Capability.AppRead(app.pk)):
-        raise not_found  # the same answer whether the app exists or not
-    script = Script.objects.filter(app=app, name=script_name).first()
-    if script is None:
-        raise not_found
-    if not may(Capability.ScriptInvoke(app.pk)):
+    if app_id is None or not grant.reaches(app_id) or not may(Capability.AppRead(app_id)):
+        # The same answer whether the app exists or not.
+        raise ApiError(404, "not_found", f"no script {script_name!r} in app {app_slug!r}")
+    if row["script_id"] is None:
+        raise ApiError(404, "not_found", f"no script {script_name!r} in app {app_slug!r}")
+    if not may(Capability.ScriptInvoke(app_id)):
         raise ApiError(
             403,
             "forbidden",
-            f"your role in app {app.slug!r} does not allow {Scope.ScriptInvoke} "
+            f"your role in app {app_slug!r} does not allow {Scope.ScriptInvoke} "
             "(developer or admin needed)",
         )
-    if not script.enabled:
+    if not row["script_enabled"]:
         raise ApiError(409, "script_disabled", f"script {script_name!r} is disabled")
-    return principal, script
+    return principal, Script(id=row["script_id"], app_id=app_id, name=script_name)
 
 
 def read_payload(request: HttpRequest, max_bytes: int):
@@ -139,12 +155,11 @@ def invoke_view(request: HttpRequest, app_slug: str, script_name: str) -> JsonRe
         # Authorized first: nobody gets to make us read a large body for free.
         payload = read_payload(request, SandboxCeiling.from_env().max_payload_bytes)
         wait_ms = read_wait_ms(request, invoker.max_wait_ms)
+        result = invoker.invoke(principal, script, payload, wait_ms=wait_ms, authorized=True)
     except ApiError as error:
         return error.response()
-    try:
-        result = invoker.invoke(principal, script, payload, wait_ms=wait_ms, authorized=True)
-    except DatabaseError:
-        logger.exception("invocation of %s failed on the database", script)
+    except (DatabaseError, InterfaceError):
+        logger.exception("invocation of %s/%s failed on the database", app_slug, script_name)
         return ApiError(503, "unavailable", "the database is unavailable; try again").response()
     response = JsonResponse(result.reply.body, status=result.reply.status, safe=False)
     response["X-PiCloud-Outbox-Id"] = str(result.outbox_id)

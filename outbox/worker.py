@@ -32,7 +32,7 @@ MAX_IDLE = 1.0  # seconds an idle loop sleeps at most before looking again
 TARGET_BATCH_SECONDS = 0.05  # size batches so one takes about this long
 # A batch that has run this long hands its unstarted rows back for idle loops
 # (the size above is a guess from past rows; this bounds a wrong guess).
-HAND_BACK_AFTER = 0.25  # seconds
+HAND_BACK_AFTER = 0.1  # seconds
 FLUSH_EVERY = 1.0  # seconds between counter flushes
 DB_RETRY_DELAY = (0.2, 5.0)  # seconds: first and longest wait after a database error
 SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the GIL while others wait (default 0.005)
@@ -54,7 +54,13 @@ class AdaptiveBatch:
     def observe(self, report: BatchReport) -> None:
         if report.executed:
             sample = report.execution_seconds / report.executed
-            self.per_row = sample if self.per_row is None else 0.8 * self.per_row + 0.2 * sample
+            if self.per_row is None or sample > self.per_row:
+                # Slow down at once: rows claimed beyond what one loop can run
+                # soon wait while other loops idle.
+                self.per_row = sample
+            else:
+                # Speed up gradually: one fast batch may be a fluke.
+                self.per_row = 0.8 * self.per_row + 0.2 * sample
 
 
 def idle_timeout(next_due: datetime | None, now: datetime) -> float:

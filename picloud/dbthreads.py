@@ -21,15 +21,22 @@ T = TypeVar("T")
 
 
 class DbThreads:
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, *, on_connect: Callable[[], None] = lambda: None) -> None:
+        """`on_connect` runs on a thread each time its connection is (re)opened."""
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
-        self.size = size
+        self.size, self.on_connect = size, on_connect
         self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="picloud-db")
 
     def run(self, fn: Callable[..., T], *args) -> T:
         """Run fn(*args) on one of the threads and return (or raise) its result."""
-        return self._pool.submit(_call, fn, *args).result()
+        return self._pool.submit(self._call, fn, *args).result()
+
+    def _call(self, fn: Callable[..., T], *args) -> T:
+        if connection.connection is None:
+            connection.ensure_connection()
+            self.on_connect()
+        return _call(fn, *args)
 
     def close(self) -> None:
         """Close every thread's connection and stop the threads."""

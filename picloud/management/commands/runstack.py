@@ -1,4 +1,9 @@
-"""Run the web server and the django-q2 cluster together in the foreground."""
+"""Run the web server and the django-q2 cluster together in the foreground.
+
+The web server is gunicorn with threads, as docs/api.md recommends for
+production: a synchronous invocation holds its request thread while it
+waits, and Django's runserver turns away bursts of connections.
+"""
 
 from __future__ import annotations
 
@@ -19,11 +24,22 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--addr", default="127.0.0.1:8000", help="host:port to serve on")
+        parser.add_argument(
+            "--threads",
+            type=int,
+            default=256,
+            help="requests served at once (each waiting invocation holds one)",
+        )
 
-    def handle(self, *args, addr: str, **options):
+    def handle(self, *args, addr: str, threads: int, **options):
+        if threads < 1:
+            raise CommandError(f"--threads must be at least 1, got {threads}")
         manage = str(Path(settings.BASE_DIR) / "manage.py")
+        web = [sys.executable, "-m", "gunicorn", "picloud.wsgi:application"]
+        web += ["--worker-class", "gthread", "--workers", "1", "--threads", str(threads)]
+        web += ["--bind", addr, "--access-logfile", "-", "--chdir", str(settings.BASE_DIR)]
         commands = {
-            "web": [sys.executable, manage, "runserver", addr, "--noreload"],
+            "web": web,
             "cluster": [sys.executable, manage, "qcluster"],
         }
         children = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}

@@ -1,0 +1,332 @@
+"""Load test of synchronous invocation over HTTP; writes docs/benchmarks.md.
+
+    make bench-invoke     (= .venv/bin/python benchmarks/invoke_load.py)
+
+One PostgreSQL (DATABASE_URL, or the embedded one), a scratch database
+`picloud_bench_invoke`, `manage.py qcluster` dispatching, and the API served
+on loopback by gunicorn with threads (gthread), as `make run` serves it and
+docs/api.md recommends for production. Measured:
+  1. round trip of a noop script at low load: sequential requests on one
+     keep-alive connection, p50/p99;
+  2. a burst of concurrent requests to a script sleeping 100 ms, all started
+     together: every status, the burst's wall time, and the most PostgreSQL
+     connections the web process held at any moment (sampled from
+     pg_stat_activity by application_name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT))
+
+from benchmarks.run import admin_settings, conninfo, machine, percentile, write_report  # noqa: E402
+from picloud.pgconn import database_url  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
+
+BENCH_DB = "picloud_bench_invoke"
+WEB_APP_NAME = "picloud-web-bench"  # application_name of the web process's connections
+# What each burst request runs: a script and its payload.
+BURST = {"sleep": ("sleep", {"seconds": 0.1}), "noop": ("noop", {})}
+BEGIN, END = "<!-- invoke-benchmark:begin -->", "<!-- invoke-benchmark:end -->"
+
+
+class Setup:
+    def __init__(self, args) -> None:
+        self.args = args
+        admin = admin_settings()
+        with psycopg.connect(conninfo(admin, admin["NAME"]), autocommit=True) as c:
+            c.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+            c.execute(f"CREATE DATABASE {BENCH_DB}")
+        self.conninfo = conninfo(admin, BENCH_DB)
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": database_url(admin, BENCH_DB),
+            "PICLOUD_LOG_LEVEL": "WARNING",
+            "DJANGO_DEBUG": "false",
+            "PICLOUD_DATABASE_ANNOUNCED": "1",
+            "PICLOUD_QCLUSTER_WORKERS": "2",
+            "PICLOUD_DISPATCHER_CONCURRENCY": str(args.loops),
+        }
+        os.environ.update(self.env)
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "picloud.settings")
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
+        self.token = self.seed()
+
+    def seed(self) -> str:
+        from django.contrib.auth import get_user_model
+
+        from picloud import tokens
+        from picloud.models import App, AppMembership, Script, principal_for
+
+        user = get_user_model().objects.create_user("bench", password=None)
+        app = App.objects.create(slug="bench", name="Bench")
+        principal = principal_for(user)
+        AppMembership.objects.create(app=app, principal=principal, role="developer")
+        Script.objects.create(app=app, name="noop", handler="picloud.noop")
+        Script.objects.create(app=app, name="sleep", handler="picloud.sleep")
+        return tokens.create_token(principal, name="bench", scopes=["script:invoke"])[1]
+
+    def web_connections(self) -> int:
+        with psycopg.connect(self.conninfo, autocommit=True) as c:
+            return c.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                (WEB_APP_NAME,),
+            ).fetchone()[0]
+
+
+def start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
+    with log.open("w") as out:
+        return subprocess.Popen(
+            cmd, cwd=PROJECT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+
+
+def wait_until(condition, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+class Client:
+    def __init__(self, port: int, token: str) -> None:
+        self.port, self.token = port, token
+
+    def connection(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+
+    def invoke(self, conn, script: str, payload: dict) -> tuple[int, float]:
+        # Bytes, so http.client sends headers and body in one packet (a str
+        # body goes in a second send and meets Nagle's delayed-ACK wait).
+        body = json.dumps(payload).encode()
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+        started = time.perf_counter()
+        conn.request("POST", f"/api/apps/bench/scripts/{script}/invoke", body, headers)
+        response = conn.getresponse()
+        response.read()
+        return response.status, (time.perf_counter() - started) * 1000
+
+
+def up(port: int) -> bool:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        conn.request("GET", "/admin/login/")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+
+
+def round_trips(client: Client, n: int) -> list[float]:
+    conn = client.connection()
+    for _ in range(20):  # warm-up: connections, imports, the hub
+        client.invoke(conn, "noop", {})
+    times = []
+    for _ in range(n):
+        status, ms = client.invoke(conn, "noop", {})
+        assert status == 200, f"noop answered {status}"
+        times.append(ms)
+    conn.close()
+    return times
+
+
+def burst(setup: Setup, client: Client, kind: str) -> dict:
+    """`concurrent` requests released together; connections sampled meanwhile."""
+    n = setup.args.concurrent
+    barrier = threading.Barrier(n + 1)
+    statuses: list[int | str] = []
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        c = client.connection()
+        barrier.wait()
+        try:
+            status, ms = client.invoke(c, *BURST[kind])
+        except OSError as exc:
+            status, ms = f"error {type(exc).__name__}", 0.0
+        with lock:
+            statuses.append(status)
+            latencies.append(ms)
+        c.close()
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    peak = [setup.web_connections()]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak.append(setup.web_connections())
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    return {
+        "kind": kind,
+        "statuses": Counter(statuses),
+        "wall": wall,
+        "p50": percentile(latencies, 50),
+        "max": max(latencies),
+        "peak_connections": max(peak),
+    }
+
+
+def measure(setup: Setup, server: str, port: int) -> dict:
+    client = Client(port, setup.token)
+    times = round_trips(client, setup.args.sequential)
+    result = {
+        "server": server,
+        "p50": percentile(times, 50),
+        "p99": percentile(times, 99),
+        "bursts": [burst(setup, client, kind) for kind in ("sleep", "noop")],
+    }
+    print(f"{server}: {result}", flush=True)
+    return result
+
+
+def run(args) -> list[dict]:
+    setup = Setup(args)
+    tmp = Path(tempfile.mkdtemp(prefix="picloud-invoke-bench-"))
+    cluster = start([sys.executable, "manage.py", "qcluster"], setup.env, tmp / "qcluster.log")
+    results = []
+    try:
+        time.sleep(3)  # the cluster's workers start their dispatchers
+        port = free_port()
+        web_env = {**setup.env, "PGAPPNAME": WEB_APP_NAME}
+        servers = {
+            "gunicorn, 1 process, gthread, 256 threads (as `make run`)": [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "picloud.wsgi:application",
+                "--worker-class",
+                "gthread",
+                "--workers",
+                "1",
+                "--threads",
+                "256",
+                "--bind",
+                f"127.0.0.1:{port}",
+            ],
+        }
+        for name, cmd in servers.items():
+            web = start(cmd, web_env, tmp / "web.log")
+            try:
+                wait_until(lambda: up(port), f"{name} to serve")
+                results.append(measure(setup, name, port))
+            finally:
+                stop(web)
+    finally:
+        stop(cluster)
+    setup.pg_version = psycopg.connect(setup.conninfo).execute("SHOW server_version").fetchone()[0]
+    return setup, results
+
+
+def render(setup: Setup, results: list[dict], command: str) -> str:
+    args = setup.args
+    lines = [
+        BEGIN,
+        "## Synchronous invocation over HTTP",
+        "",
+        f"- Command: `{command}`",
+        f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        f"- Machine: {machine()}",
+        f"- PostgreSQL {setup.pg_version}; `qcluster` with 2 worker processes x {args.loops} "
+        "dispatch loops; the web server on loopback; client, web server, cluster and "
+        "PostgreSQL share the machine's cores.",
+        "",
+    ]
+    for r in results:
+        lines += [
+            f"Server: {r['server']}.",
+            "",
+            f"- Noop round trip at low load: p50 **{r['p50']:.1f} ms**, p99 **{r['p99']:.1f} ms** "
+            f"({args.sequential} sequential requests).",
+            "",
+            f"| burst of {args.concurrent} concurrent requests | statuses | wall time (s) | "
+            "request p50 / max (ms) | web process's PostgreSQL connections, peak |",
+            "| --- | --- | ---: | ---: | ---: |",
+        ]
+        for b in r["bursts"]:
+            statuses = ", ".join(
+                f"{count} x {status}" for status, count in sorted(b["statuses"].items(), key=str)
+            )
+            what = "handler sleeping 100 ms" if b["kind"] == "sleep" else "noop handler"
+            lines.append(
+                f"| {what} | {statuses} | {b['wall']:.2f} | {b['p50']:.0f} / {b['max']:.0f} | "
+                f"{b['peak_connections']} |"
+            )
+        lines.append("")
+    lines += [
+        "Round trip: sequential requests on one keep-alive connection after 20 warm-up "
+        "requests, from sending the request to reading the whole response (token check, "
+        "enqueue, dispatch, reply, inbox settled). Bursts: all requests released together, "
+        "each on its own connection; the web process's connections counted every 10 ms from "
+        "pg_stat_activity (by its application_name). The bound is `PICLOUD_SYNC_DB_CONNECTIONS` "
+        "(default 4) plus the one listening connection, whatever the number of waiting "
+        "requests. The noop burst is there for comparison: it shows what HTTP, the client's "
+        "and the server's threads cost on their own on this machine, so the part of the "
+        "sleeping burst's wall time that the sleeps add is the difference of the two.",
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sequential", type=int, default=500, help="noop round trips")
+    parser.add_argument("--concurrent", type=int, default=200, help="requests in the burst")
+    parser.add_argument("--loops", type=int, default=16, help="dispatch loops per qcluster worker")
+    parser.add_argument("--no-write", action="store_true", help="print, do not touch docs/")
+    args = parser.parse_args()
+    setup, results = run(args)
+    section = render(setup, results, "make bench-invoke")
+    print(section)
+    if not args.no_write:
+        write_report(section, BEGIN, END)
+    failed = [b["statuses"] for r in results for b in r["bursts"] if set(b["statuses"]) != {200}]
+    if failed:
+        raise SystemExit(f"not every burst request succeeded: {failed}")
+
+
+if __name__ == "__main__":
+    main()
