@@ -7,6 +7,7 @@ from django.db import IntegrityError, connection, transaction
 
 from deadletters.models import AbandonedExecution, DeadLetter
 from outbox.models import OutboxEntry
+from picloud.models import ApiToken
 from tests.factories import AppFactory, ScriptFactory, UserFactory
 from triggers.models import DeadLetterTriggerDetails, KvTriggerDetails, Trigger
 
@@ -187,11 +188,17 @@ def test_deleting_an_app_cascades_to_all_its_rows(ctx):
             "VALUES (%s, gen_random_uuid(), gen_random_uuid(), 200)",
             [target_app],
         )
+        _sql(
+            "INSERT INTO api_tokens (principal_id, name, prefix, token_hash, scopes, app_id, "
+            "expires_at) VALUES (%s, 't', 'pct_x', md5(random()::text) || md5(random()::text), "
+            "'{script:invoke}', %s, NOW() + interval '1 day')",
+            [UserFactory().principal.id, target_app],
+        )
 
     _sql("DELETE FROM apps WHERE id = %s", [app_id])
     _check_deferred_constraints_now()
 
-    for model in (Trigger, OutboxEntry, DeadLetter, AbandonedExecution):
+    for model in (Trigger, OutboxEntry, DeadLetter, AbandonedExecution, ApiToken):
         assert not model.objects.filter(app_id=app_id).exists(), f"{model.__name__} rows remain"
         assert model.objects.filter(app_id=survivor.id).exists() or model is Trigger
     assert not KvTriggerDetails.objects.filter(trigger_id=kv_id).exists()
@@ -224,3 +231,15 @@ def test_deleting_a_trigger_discards_its_pending_outbox_rows(ctx):
     )
     _sql("DELETE FROM triggers WHERE id = %s", [trigger_id])
     assert not OutboxEntry.objects.filter(app_id=ctx["app"]).exists()
+
+
+def test_api_token_scopes_are_checked_by_the_database(ctx):
+    principal = UserFactory().principal.id
+    for scopes in ("{}", "{script:run}", "{app:read,root}"):
+        with pytest.raises(IntegrityError), transaction.atomic():
+            _sql(
+                "INSERT INTO api_tokens (principal_id, name, prefix, token_hash, scopes, "
+                "expires_at) VALUES (%s, 't', 'p', md5(random()::text) || md5(random()::text), "
+                "%s, NOW())",
+                [principal, scopes],
+            )
