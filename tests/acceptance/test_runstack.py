@@ -1,5 +1,6 @@
 """`manage.py runstack` (what `make run` ends with) serves admin and runs qcluster."""
 
+import json
 import signal
 import subprocess
 import sys
@@ -8,6 +9,8 @@ import urllib.request
 import pytest
 from django.db import connection
 
+from picloud import tokens
+from tests.factories import MembershipFactory, ScriptFactory
 from tests.helpers import PROJECT_DIR, free_port, subprocess_env, wait_for
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.django_db(transaction=True)]
@@ -21,7 +24,21 @@ def _status(url):
         return None
 
 
-def test_runstack_serves_admin_login_and_runs_the_cluster(tmp_path):
+def _invoke(port, slug, script, token, body):
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/apps/{slug}/scripts/{script}/invoke",
+        data=body,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.status, json.loads(response.read())
+
+
+def test_runstack_serves_admin_login_the_api_and_runs_the_cluster(tmp_path):
+    member = MembershipFactory(role="developer")
+    script = ScriptFactory(app=member.app, handler="picloud.echo")
+    _, token = tokens.create_token(member.principal, name="t", scopes=["script:invoke"])
     port = free_port()
     log_path = tmp_path / "runstack.log"
     with log_path.open("w") as log:
@@ -43,6 +60,9 @@ def test_runstack_serves_admin_login_and_runs_the_cluster(tmp_path):
             timeout=60,
             what="qcluster's 'running' log line",
         )
+        # A synchronous invocation through the web server and the cluster.
+        answer = _invoke(port, member.app.slug, script.name, token, b'{"through": "runstack"}')
+        assert answer == (200, {"through": "runstack"})
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
