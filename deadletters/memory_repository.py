@@ -131,13 +131,20 @@ class MemoryDeadLetterRepo:
     ) -> int:
         check_batch_size(batch_size)
         with self._lock:
-            doomed = [
-                r.id
-                for r in self.rows.values()
-                if (r.is_resolved and r.resolved_at < older_than)
-                or (include_unresolved and not r.is_resolved and r.created_at < older_than)
-            ]
+            doomed = self._doomed(older_than, include_unresolved)
             return _delete_in_batches(self.rows, doomed, batch_size, on_batch)
+
+    def gc_count(self, older_than: datetime, *, include_unresolved: bool = False) -> int:
+        with self._lock:
+            return len(self._doomed(older_than, include_unresolved))
+
+    def _doomed(self, older_than: datetime, include_unresolved: bool) -> list[uuid.UUID]:
+        return [
+            r.id
+            for r in self.rows.values()
+            if (r.is_resolved and r.resolved_at < older_than)
+            or (include_unresolved and not r.is_resolved and r.created_at < older_than)
+        ]
 
 
 class MemoryAbandonedRepo:
@@ -172,3 +179,7 @@ class MemoryAbandonedRepo:
         with self._lock:
             doomed = [r.id for r in self.rows.values() if r.created_at < older_than]
             return _delete_in_batches(self.rows, doomed, batch_size, on_batch)
+
+    def gc_count(self, older_than: datetime) -> int:
+        with self._lock:
+            return sum(r.created_at < older_than for r in self.rows.values())

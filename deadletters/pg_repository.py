@@ -122,6 +122,10 @@ class PgDeadLetterRepo:
         }
         return run_batches(Q["gc_dead_letters_batch"], params, on_batch)
 
+    def gc_count(self, older_than: datetime, *, include_unresolved: bool = False) -> int:
+        params = {"older_than": older_than, "include_unresolved": include_unresolved}
+        return fetch_one(Q["gc_dead_letters_count"], params)["n"]  # type: ignore[index]
+
 
 class PgAbandonedRepo:
     def insert(self, new: NewAbandonedExecution) -> AbandonedRecord:
@@ -139,3 +143,6 @@ class PgAbandonedRepo:
         check_batch_size(batch_size)
         params = {"older_than": older_than, "batch_size": batch_size}
         return run_batches(Q["gc_abandoned_batch"], params, on_batch)
+
+    def gc_count(self, older_than: datetime) -> int:
+        return fetch_one(Q["gc_abandoned_count"], {"older_than": older_than})["n"]  # type: ignore[index]

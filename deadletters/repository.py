@@ -137,6 +137,9 @@ class DeadLetterRepo(Protocol):
         `batch_size`, each its own short statement; `on_batch(deleted_so_far)`
         after each. Returns how many were deleted."""
 
+    def gc_count(self, older_than: datetime, *, include_unresolved: bool = False) -> int:
+        """How many dead letters `gc` with these arguments would delete now."""
+
 
 @dataclass(frozen=True)
 class NewAbandonedExecution:
@@ -171,6 +174,9 @@ class AbandonedRepo(Protocol):
         self, older_than: datetime, batch_size: int, *, on_batch: ProgressCallback | None = None
     ) -> int:
         """Delete rows created before `older_than`, in batches; returns how many."""
+
+    def gc_count(self, older_than: datetime) -> int:
+        """How many rows `gc` would delete now."""
 
 
 def check_resolution(resolution: str) -> None:

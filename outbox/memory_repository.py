@@ -100,6 +100,16 @@ class MemoryOutboxRepo:
                     released += 1
             return released
 
+    def run_now(self, row_ids: Sequence[uuid.UUID]) -> int:
+        with self._lock:
+            now, changed = self.clock(), 0
+            for row_id in set(row_ids):
+                row = self.rows.get(row_id)
+                if row is not None and row.due_at > now and row.attempts == len(row.errors):
+                    self.rows[row_id] = replace(row, due_at=now)
+                    changed += 1
+            return changed
+
     def next_due_at(self) -> datetime | None:
         return min((r.due_at for r in self.rows.values()), default=None)
 

@@ -72,6 +72,11 @@ class PgOutboxRepo:
             return 0
         return execute(Q["release"], {"ids": list(row_ids)})
 
+    def run_now(self, row_ids: Sequence[uuid.UUID]) -> int:
+        if not row_ids:
+            return 0
+        return execute(Q["run_now"], {"ids": list(row_ids)})
+
     def next_due_at(self) -> datetime | None:
         return fetch_one(Q["next_due_at"])["due_at"]  # type: ignore[index]
 

@@ -91,6 +91,12 @@ class OutboxRepo(Protocol):
         """Give claimed rows back unexecuted: due now, and the claim's attempt
         uncounted (attempts - 1, never below 0). Returns how many existed."""
 
+    def run_now(self, row_ids: Sequence[uuid.UUID]) -> int:
+        """Make waiting rows due now (an operator's "run now"). Rows being
+        executed at this moment (claimed: one attempt more than recorded
+        errors) are left alone, or they would run twice at once. Returns how
+        many were changed."""
+
     def next_due_at(self) -> datetime | None:
         """The earliest due_at of any row (due or not), or None when empty."""
 

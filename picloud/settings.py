@@ -56,13 +56,16 @@ ROOT_URLCONF = "picloud.urls"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        # The project's admin/base_site.html (branding, the dead-letter badge)
+        # must win over django.contrib.admin's own.
+        "DIRS": [BASE_DIR / "picloud" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "deadletters.context_processors.dead_letter_badge",
             ],
         },
     },

@@ -60,25 +60,32 @@ def create_token(
     `expires_at` defaults to DEFAULT_LIFETIME from now; it must lie in the
     future and within MAX_LIFETIME.
     """
+    token = ApiToken(
+        principal=principal,
+        name=name,
+        scopes=list(scopes),
+        app=app,
+        expires_at=expires_at or timezone.now() + DEFAULT_LIFETIME,
+    )
+    return token, issue(token)
+
+
+def issue(token: ApiToken) -> str:
+    """Check an unsaved token, give it a fresh secret, save it; return the
+    plaintext (the only time anyone sees it)."""
     now = timezone.now()
-    expires_at = expires_at or now + DEFAULT_LIFETIME
-    if expires_at <= now:
-        raise ValidationError(f"expires_at {expires_at.isoformat()} is in the past")
-    if expires_at > now + MAX_LIFETIME:
+    if token.expires_at <= now:
+        raise ValidationError(f"expires_at {token.expires_at.isoformat()} is in the past")
+    if token.expires_at > now + MAX_LIFETIME:
         raise ValidationError(f"expires_at is more than {MAX_LIFETIME.days} days away")
-    if not name.strip():
+    if not token.name.strip():
         raise ValidationError("a token needs a name saying what it is for")
     raw = new_token()
-    token = ApiToken.objects.create(
-        principal=principal,
-        name=name.strip(),
-        prefix=raw[:PREFIX_CHARS],
-        token_hash=hash_token(raw),
-        scopes=parse_scopes(scopes),
-        app=app,
-        expires_at=expires_at,
-    )
-    return token, raw
+    token.name = token.name.strip()
+    token.scopes = parse_scopes(token.scopes)
+    token.prefix, token.token_hash = raw[:PREFIX_CHARS], hash_token(raw)
+    token.save()
+    return raw
 
 
 def revoke(token: ApiToken) -> bool:

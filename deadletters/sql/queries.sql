@@ -54,6 +54,12 @@ WITH doomed AS (
 )
 DELETE FROM dead_letters d USING doomed WHERE d.id = doomed.id;
 
+-- gc_dead_letters_count --
+-- What gc_dead_letters_batch would delete, for --dry-run (the same predicate).
+SELECT count(*) AS n FROM dead_letters
+WHERE (resolution IS NOT NULL AND resolved_at < %(older_than)s)
+   OR (%(include_unresolved)s AND resolution IS NULL AND created_at < %(older_than)s);
+
 -- insert_abandoned --
 INSERT INTO abandoned_executions (app_id, outbox_id, script_id, inbox_id, status_code,
                                   result_summary)
@@ -76,3 +82,6 @@ WITH doomed AS (
     FOR UPDATE SKIP LOCKED
 )
 DELETE FROM abandoned_executions a USING doomed WHERE a.id = doomed.id;
+
+-- gc_abandoned_count --
+SELECT count(*) AS n FROM abandoned_executions WHERE created_at < %(older_than)s;

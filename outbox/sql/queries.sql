@@ -61,6 +61,14 @@ UPDATE outbox
 SET due_at = NOW(), attempts = GREATEST(attempts - 1, 0)
 WHERE id = ANY (%(ids)s::uuid[]);
 
+-- run_now --
+-- An operator's "run now": due immediately (the notify trigger wakes a
+-- dispatcher). A claimed row has one attempt more than its recorded errors;
+-- it is running right now and is left alone, or it would run twice at once.
+UPDATE outbox
+SET due_at = NOW()
+WHERE id = ANY (%(ids)s::uuid[]) AND due_at > NOW() AND attempts = jsonb_array_length(errors);
+
 -- next_due_at --
 -- When the earliest row becomes due (served by outbox_due_at_idx).
 SELECT min(due_at) AS due_at FROM outbox;

@@ -125,6 +125,10 @@ def test_gc_deletes_old_resolved_in_batches_and_keeps_unresolved(dead_letter_rep
         dead_letter_repo.resolve(d.id, "ignored", by=None)
     open_letter = dead_letter_repo.insert(new_letter())
     progress = []
+    later = timezone.now() + timedelta(seconds=5)
+    assert dead_letter_repo.gc_count(later) == 5
+    assert dead_letter_repo.gc_count(later, include_unresolved=True) == 6
+    assert dead_letter_repo.gc_count(timezone.now() - timedelta(days=1)) == 0
 
     deleted = dead_letter_repo.gc(
         timezone.now() + timedelta(seconds=5), batch_size=2, on_batch=progress.append
@@ -172,6 +176,8 @@ def test_abandoned_gc_in_batches(abandoned_repo, world):
     for _ in range(3):
         abandoned_repo.insert(_abandoned(world))
     progress = []
+    assert abandoned_repo.gc_count(timezone.now() - timedelta(days=1)) == 0
+    assert abandoned_repo.gc_count(timezone.now() + timedelta(seconds=5)) == 3
     assert abandoned_repo.gc(timezone.now() - timedelta(days=1), batch_size=2) == 0
     assert (
         abandoned_repo.gc(

@@ -129,6 +129,24 @@ def test_release_gives_rows_back_uncounted(outbox_repo, new_row):
     assert outbox_repo.release([]) == 0
 
 
+def test_run_now_makes_waiting_rows_due_but_leaves_running_ones(outbox_repo, new_row):
+    later = outbox_repo.insert(new_row(due_at=timezone.now() + timedelta(hours=1)))
+    failed = outbox_repo.insert(new_row())
+    running = outbox_repo.insert(new_row())
+    (claimed,) = outbox_repo.claim_due(limit=1, lease=LEASE)
+    assert claimed.id == failed.id or claimed.id == running.id
+    if claimed.id == running.id:
+        failed, running = running, failed
+    outbox_repo.reschedule(failed.id, timezone.now() + timedelta(hours=1), "boom")
+    (running_claim,) = outbox_repo.claim_due(limit=1, lease=LEASE)
+    assert running_claim.id == running.id
+    ids = [later.id, failed.id, running.id, uuid.uuid4()]
+    assert outbox_repo.run_now(ids) == 2, "the waiting and the rescheduled row, not the running one"
+    due = {r.id for r in outbox_repo.claim_due(limit=10, lease=LEASE)}
+    assert due == {later.id, failed.id}
+    assert outbox_repo.run_now([]) == 0
+
+
 def test_next_due_at_and_stats(outbox_repo, new_row):
     assert outbox_repo.next_due_at() is None
     assert outbox_repo.stats() == (0, None)

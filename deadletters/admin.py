@@ -1,0 +1,242 @@
+"""Admin for dead letters (list, detail, replay/ignore behind a confirmation)
+and abandoned executions (read-only). The unresolved badge is in
+deadletters/context_processors.py."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.template.response import TemplateResponse
+from django.utils import timezone
+from django.utils.html import format_html
+
+from deadletters.models import AbandonedExecution, DeadLetter, Resolution
+from deadletters.resolve import postgres_resolver
+from picloud.admin_access import AppFilter, AppScopedAdmin, scope
+from picloud.authz import Capability
+from triggers.models import Trigger
+
+MAX_NOTE_CHARS = 2_000
+
+
+def pretty(value) -> str:
+    return format_html("<pre class='picloud-json'>{}</pre>", json.dumps(value, indent=2))
+
+
+class ResolutionFilter(admin.SimpleListFilter):
+    title = "resolution"
+    parameter_name = "resolution"
+
+    def lookups(self, request, model_admin):
+        return [("unresolved", "Unresolved"), *Resolution.choices]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value == "unresolved":
+            return queryset.filter(resolution__isnull=True)
+        if value in Resolution.values:
+            return queryset.filter(resolution=value)
+        return queryset
+
+
+class AgeFilter(admin.SimpleListFilter):
+    title = "age"
+    parameter_name = "age"
+    AGES = {
+        "1h": ("Less than an hour", timedelta(hours=1)),
+        "1d": ("Less than a day", timedelta(days=1)),
+        "7d": ("Less than a week", timedelta(days=7)),
+    }
+
+    def lookups(self, request, model_admin):
+        return [(key, label) for key, (label, _) in self.AGES.items()] + [
+            ("older", "A week or older")
+        ]
+
+    def queryset(self, request, queryset):
+        now = timezone.now()
+        if self.value() in self.AGES:
+            return queryset.filter(created_at__gte=now - self.AGES[self.value()][1])
+        if self.value() == "older":
+            return queryset.filter(created_at__lt=now - timedelta(days=7))
+        return queryset
+
+
+class TriggerFilter(admin.SimpleListFilter):
+    """By originating trigger: only triggers of apps this page may show."""
+
+    title = "trigger"
+    parameter_name = "trigger"
+
+    def lookups(self, request, model_admin):
+        triggers = scope(
+            Trigger.objects.select_related("app"), model_admin.allowed_apps(request), "app"
+        )
+        return [(str(t.pk), str(t)) for t in triggers]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(trigger__pk=self.value()) if self.value() else queryset
+
+
+@admin.register(DeadLetter)
+class DeadLetterAdmin(AppScopedAdmin):
+    app_capability = Capability.AppDeadLetterManage
+    list_display = [
+        "created_at",
+        "app",
+        "source_kind",
+        "trigger",
+        "script",
+        "attempts",
+        "short_error",
+        "resolution",
+        "resolved_by",
+    ]
+    list_filter = [ResolutionFilter, AppFilter, "source_kind", TriggerFilter, AgeFilter]
+    search_fields = ["last_error", "errors", "note"]
+    list_select_related = ["app", "trigger", "script", "resolved_by__user"]
+    date_hierarchy = None
+    actions = ["replay", "ignore"]
+    fieldsets = [
+        (None, {"fields": ["app", "source_kind", "trigger", "script", "run_as_principal"]}),
+        ("What failed", {"fields": ["pretty_payload", "attempts", "depth", "all_errors"]}),
+        ("Resolution", {"fields": ["resolution", "resolved_at", "resolved_by", "note"]}),
+        ("Identifiers", {"fields": ["id", "outbox_id", "created_at"]}),
+    ]
+    readonly_fields = [
+        "app",
+        "source_kind",
+        "trigger",
+        "script",
+        "run_as_principal",
+        "pretty_payload",
+        "attempts",
+        "depth",
+        "all_errors",
+        "resolution",
+        "resolved_at",
+        "resolved_by",
+        "note",
+        "id",
+        "outbox_id",
+        "created_at",
+    ]
+
+    # Dead letters are written by the dispatcher and changed only by the
+    # resolutions below: the detail page is read-only, nothing is added by
+    # hand, and GC (not a button) deletes them.
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        # Needed for the actions; a resolved letter is never changeable.
+        return super().has_change_permission(request, obj) and (
+            obj is None or obj.resolution is None
+        )
+
+    @admin.display(description="payload")
+    def pretty_payload(self, obj):
+        return pretty(obj.payload)
+
+    @admin.display(description="every attempt's error")
+    def all_errors(self, obj):
+        errors = obj.errors or [obj.last_error]
+        return format_html(
+            "<ol class='picloud-errors'>{}</ol>",
+            format_html("".join("<li><pre>{}</pre></li>" for _ in errors), *errors),
+        )
+
+    @admin.display(description="last error")
+    def short_error(self, obj):
+        return obj.last_error if len(obj.last_error) <= 80 else obj.last_error[:79] + "…"
+
+    @admin.action(description="Replay selected dead letters…", permissions=["change"])
+    def replay(self, request, queryset):
+        return self._resolve(request, queryset, "replay")
+
+    @admin.action(description="Ignore selected dead letters…", permissions=["change"])
+    def ignore(self, request, queryset):
+        return self._resolve(request, queryset, "ignore")
+
+    def _resolve(self, request, queryset, verb: str):
+        """First a confirmation page that states the count; then do it."""
+        unresolved = queryset.filter(resolution__isnull=True)
+        count, resolved = unresolved.count(), queryset.filter(resolution__isnull=False).count()
+        note = request.POST.get("note", "").strip()
+        if request.POST.get("confirm") == "yes" and len(note) <= MAX_NOTE_CHARS:
+            ids = list(unresolved.values_list("id", flat=True))
+            resolver, by = postgres_resolver(), self.principal(request).pk
+            if verb == "replay":
+                report = resolver.replay_all(ids, by)
+            else:
+                report = resolver.ignore_all(ids, by, note)
+            self._report(request, verb, report)
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"{verb.capitalize()} dead letters",
+            "opts": self.model._meta,
+            "verb": verb,
+            "count": count,
+            "already_resolved": resolved,
+            "note": note,
+            "note_too_long": len(note) > MAX_NOTE_CHARS,
+            "max_note_chars": MAX_NOTE_CHARS,
+            "select_across": request.POST.get("select_across") == "1",
+            "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "filters": request.GET.urlencode(),
+        }
+        return TemplateResponse(
+            request, "admin/deadletters/deadletter/confirm_resolution.html", context
+        )
+
+    def _report(self, request, verb: str, report) -> None:
+        past = "replayed" if verb == "replay" else "ignored"
+        parts = [f"{len(report.done)} dead letter(s) {past}"]
+        if report.already_resolved:
+            parts.append(
+                f"{len(report.already_resolved)} were resolved meanwhile and left as they were"
+            )
+        for dead_letter_id, why in list(report.refused.items())[:5]:
+            parts.append(f"{dead_letter_id} refused: {why}")
+        level = messages.SUCCESS if not report.refused else messages.WARNING
+        self.message_user(request, "; ".join(parts) + ".", level)
+
+
+@admin.register(AbandonedExecution)
+class AbandonedExecutionAdmin(AppScopedAdmin):
+    app_capability = Capability.AppDeadLetterManage
+    list_display = ["created_at", "app", "status_code", "script_id", "outbox_id", "summary"]
+    list_filter = [AppFilter, "status_code"]
+    search_fields = ["result_summary", "outbox_id", "inbox_id"]
+    list_select_related = ["app"]
+    readonly_fields = [
+        "app",
+        "outbox_id",
+        "script_id",
+        "inbox_id",
+        "status_code",
+        "result_summary",
+        "created_at",
+    ]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="result summary")
+    def summary(self, obj):
+        text = obj.result_summary or ""
+        return text if len(text) <= 100 else text[:99] + "…"

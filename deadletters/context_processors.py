@@ -1,0 +1,46 @@
+"""The unresolved dead-letter badge on every admin page."""
+
+from __future__ import annotations
+
+from django.urls import reverse
+
+from picloud.admin_access import allowed_app_ids
+from picloud.authz import Capability
+
+
+def dead_letter_badge(request) -> dict:
+    """`dead_letter_badge`: the unresolved count over the apps the user may
+    manage dead letters of, and the link to that list. Computed only when a
+    template asks for it (admin pages do), with one count query served by
+    the partial index on unresolved rows."""
+    user = getattr(request, "user", None)
+    if user is None or not (user.is_active and user.is_staff):
+        return {}
+    return {"dead_letter_badge": _Badge(request)}
+
+
+class _Badge:
+    def __init__(self, request) -> None:
+        self.request = request
+        self._count: int | None = None
+
+    @property
+    def visible(self) -> bool:
+        ids = allowed_app_ids(self.request, Capability.AppDeadLetterManage)
+        return ids is None or bool(ids)
+
+    @property
+    def count(self) -> int:
+        if self._count is None:
+            from deadletters.pg_repository import PgDeadLetterRepo
+
+            ids = allowed_app_ids(self.request, Capability.AppDeadLetterManage)
+            repo = PgDeadLetterRepo()
+            self._count = (
+                repo.unresolved_count() if ids is None else repo.unresolved_count(app_ids=ids)
+            )
+        return self._count
+
+    @property
+    def url(self) -> str:
+        return reverse("admin:deadletters_deadletter_changelist") + "?resolution=unresolved"

@@ -1,0 +1,114 @@
+"""What an operator does with a dead letter: replay it or ignore it.
+
+``replay`` re-enqueues the dead letter's work as a fresh outbox row (attempt
+count from zero, the same payload, script, trigger and run-as principal) and
+marks it ``replayed`` in one transaction, so a replay happens at most once:
+the resolve is atomic and a second one raises AlreadyResolved. ``ignore``
+marks it ``ignored`` with a note. Both record who and when. Admin actions and
+Python callers use these; they reach the database only through repositories.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+
+from deadletters.models import Resolution
+from deadletters.repository import (
+    AlreadyResolved,
+    DeadLetterNotFound,
+    DeadLetterRecord,
+    DeadLetterRepo,
+)
+from outbox.repository import NewOutboxRow, OutboxRepo
+
+
+class CannotReplay(Exception):
+    """The dead letter's work cannot run again (its script is gone)."""
+
+
+@dataclass
+class BulkReport:
+    """What a bulk resolution did, for the operator."""
+
+    done: list[uuid.UUID] = field(default_factory=list)
+    already_resolved: list[uuid.UUID] = field(default_factory=list)
+    refused: dict[uuid.UUID, str] = field(default_factory=dict)  # id -> why
+
+
+class Resolver:
+    def __init__(
+        self,
+        dead_letters: DeadLetterRepo,
+        outbox: OutboxRepo,
+        atomic: Callable[[], AbstractContextManager] = nullcontext,
+    ) -> None:
+        self.dead_letters, self.outbox, self.atomic = dead_letters, outbox, atomic
+
+    def replay(self, dead_letter_id: uuid.UUID, by: uuid.UUID | None) -> DeadLetterRecord:
+        """Enqueue the work again and mark the letter replayed; the new
+        outbox row's id is in the resolution note."""
+        with self.atomic():
+            letter = self.dead_letters.get(dead_letter_id)
+            if letter is None:
+                raise DeadLetterNotFound(dead_letter_id)
+            if letter.is_resolved:
+                raise AlreadyResolved(letter)
+            if letter.script_id is None:
+                raise CannotReplay(f"dead letter {letter.id}: its script was deleted")
+            row = self.outbox.insert(
+                NewOutboxRow(
+                    app_id=letter.app_id,
+                    source_kind=letter.source_kind,
+                    script_id=letter.script_id,
+                    run_as_principal=letter.run_as_principal,
+                    payload=letter.payload,
+                    trigger_id=letter.trigger_id,
+                    depth=letter.depth,
+                )
+            )
+            # The resolve is the guard: if another replay got there first,
+            # it raises and this transaction (and its outbox row) rolls back.
+            return self.dead_letters.resolve(
+                letter.id, Resolution.REPLAYED, by=by, note=f"replayed as outbox row {row.id}"
+            )
+
+    def ignore(
+        self, dead_letter_id: uuid.UUID, by: uuid.UUID | None, note: str = ""
+    ) -> DeadLetterRecord:
+        return self.dead_letters.resolve(dead_letter_id, Resolution.IGNORED, by=by, note=note)
+
+    def replay_all(self, ids: Iterable[uuid.UUID], by: uuid.UUID | None) -> BulkReport:
+        return self._each(ids, lambda i: self.replay(i, by))
+
+    def ignore_all(
+        self, ids: Iterable[uuid.UUID], by: uuid.UUID | None, note: str = ""
+    ) -> BulkReport:
+        return self._each(ids, lambda i: self.ignore(i, by, note))
+
+    @staticmethod
+    def _each(ids: Iterable[uuid.UUID], resolve_one: Callable[[uuid.UUID], object]) -> BulkReport:
+        # One transaction per letter: one that cannot be resolved does not
+        # undo the others.
+        report = BulkReport()
+        for dead_letter_id in ids:
+            try:
+                resolve_one(dead_letter_id)
+            except AlreadyResolved:
+                report.already_resolved.append(dead_letter_id)
+            except (CannotReplay, DeadLetterNotFound) as exc:
+                report.refused[dead_letter_id] = str(exc)
+            else:
+                report.done.append(dead_letter_id)
+        return report
+
+
+def postgres_resolver() -> Resolver:
+    from django.db import transaction
+
+    from deadletters.pg_repository import PgDeadLetterRepo
+    from outbox.pg_repository import PgOutboxRepo
+
+    return Resolver(PgDeadLetterRepo(), PgOutboxRepo(), transaction.atomic)

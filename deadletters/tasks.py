@@ -1,0 +1,31 @@
+"""The daily retention sweep, run by django-q2 (schedule in deadletters/schedules.py)."""
+
+from __future__ import annotations
+
+import logging
+
+from deadletters.gc import sweep_abandoned, sweep_dead_letters, sweep_orphaned_inboxes
+from picloud.config import TriggerConfig
+
+logger = logging.getLogger("picloud.gc")
+
+
+def sweep_retention() -> str:
+    """Both sweeps with the configured retention; returns the summary (kept
+    by django-q2 as the task's result)."""
+    from deadletters.pg_repository import PgAbandonedRepo, PgDeadLetterRepo
+    from outbox.pg_repository import PgReplyInbox
+
+    config = TriggerConfig.from_env()
+    letters = sweep_dead_letters(
+        PgDeadLetterRepo(), older_than_days=config.dead_letter_retention_days
+    )
+    abandoned = sweep_abandoned(
+        PgAbandonedRepo(), older_than_days=config.abandoned_executions_retention_days
+    )
+    inboxes = sweep_orphaned_inboxes(PgReplyInbox())
+    summary = (
+        f"{letters.summary()} {abandoned.summary()} Orphaned reply inboxes removed: {inboxes}."
+    )
+    logger.info(summary)
+    return summary

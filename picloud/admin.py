@@ -1,0 +1,196 @@
+"""Admin for the platform core: apps, memberships, scripts and API tokens."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from picloud import tokens
+from picloud.admin_access import ALL, AppFilter, AppScopedAdmin, allowed_app_ids, scope
+from picloud.authz import Capability, Scope
+from picloud.models import ApiToken, App, AppMembership, Runtime, Script, principal_for
+from picloud.scripts import registered_names
+
+
+@admin.register(App)
+class AppAdmin(AppScopedAdmin):
+    """Members see their apps; app admins rename them; superusers add and delete."""
+
+    app_capability = Capability.AppRead
+    app_path = "id"
+    list_display = ["slug", "name", "created_at"]
+    search_fields = ["slug", "name"]
+
+    def app_id_of(self, obj):
+        return obj.pk
+
+    def has_change_permission(self, request, obj=None):
+        ids = allowed_app_ids(request, Capability.AppManageMembers)
+        return ids is ALL or (bool(ids) if obj is None else obj.pk in ids)
+
+    def has_add_permission(self, request):
+        return request.user.is_active and request.user.is_superuser
+
+    def has_delete_permission(self, request, obj=None):
+        return request.user.is_active and request.user.is_superuser
+
+    def get_readonly_fields(self, request, obj=None):
+        # A slug is in URLs and API paths: fixed once the app exists.
+        return ["slug", "created_at"] if obj is not None else ["created_at"]
+
+
+@admin.register(AppMembership)
+class AppMembershipAdmin(AppScopedAdmin):
+    app_capability = Capability.AppManageMembers
+    list_display = ["principal", "app", "role", "created_at"]
+    list_filter = [AppFilter, "role"]
+    search_fields = ["principal__user__username", "app__slug"]
+    list_select_related = ["principal__user", "app"]
+
+
+class ScriptForm(forms.ModelForm):
+    handler = forms.ChoiceField(
+        required=False,
+        help_text="a handler registered by an installed Django app (python runtime)",
+    )
+
+    class Meta:
+        model = Script
+        fields = ["app", "name", "enabled", "runtime", "handler", "webhook_url"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Chosen from the registry, never typed: a form picks no code path.
+        names = sorted(registered_names())
+        self.fields["handler"].choices = [("", "—")] + [(n, n) for n in names]
+
+
+@admin.register(Script)
+class ScriptAdmin(AppScopedAdmin):
+    app_capability = Capability.ScriptManage
+    form = ScriptForm
+    list_display = ["name", "app", "runtime", "handler", "webhook_url", "enabled"]
+    list_filter = [AppFilter, "runtime", "enabled"]
+    search_fields = ["name", "handler", "webhook_url"]
+    list_select_related = ["app"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["app"] if obj is not None else []
+
+    def save_model(self, request, obj, form, change):
+        new_secret = obj.runtime == Runtime.WEBHOOK and not obj.secret
+        super().save_model(request, obj, form, change)
+        if new_secret:
+            # Shown this once; it signs every delivery (docs/webhooks.md).
+            self.message_user(
+                request,
+                f"Webhook signing secret for {obj} (shown once, store it now): {obj.secret}",
+                messages.WARNING,
+            )
+
+
+class ApiTokenForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(
+        choices=[(s.value, s.value) for s in Scope],
+        widget=forms.CheckboxSelectMultiple,
+        help_text="what the token may do, within what your roles allow",
+    )
+
+    class Meta:
+        model = ApiToken
+        fields = ["name", "scopes", "app", "expires_at"]
+
+    def clean_expires_at(self):
+        value = self.cleaned_data["expires_at"]
+        if value <= timezone.now():
+            raise ValidationError("Choose a time in the future.")
+        if value > timezone.now() + tokens.MAX_LIFETIME:
+            raise ValidationError(f"At most {tokens.MAX_LIFETIME.days} days from now.")
+        return value
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Everyone manages their own tokens; superusers see all of them. A token
+    is shown once, right after it is created."""
+
+    form = ApiTokenForm
+    list_display = [
+        "name",
+        "principal",
+        "shown_prefix",
+        "scopes",
+        "app",
+        "expires_at",
+        "revoked_at",
+    ]
+    list_filter = ["revoked_at"]
+    search_fields = ["name", "prefix"]
+    list_select_related = ["principal__user", "app"]
+    actions = ["revoke"]
+    readonly_fields = ["principal", "shown_prefix", "created_at", "revoked_at"]
+
+    def _staff(self, request) -> bool:
+        return request.user.is_active and request.user.is_staff
+
+    def get_queryset(self, request):
+        qs = super().get_queryset(request)
+        return qs if request.user.is_superuser else qs.filter(principal__user=request.user)
+
+    def has_module_permission(self, request):
+        return self._staff(request)
+
+    def _owns(self, request, obj) -> bool:
+        if not self._staff(request):
+            return False
+        return obj is None or request.user.is_superuser or obj.principal.user_id == request.user.pk
+
+    def has_view_permission(self, request, obj=None):
+        return self._owns(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return self._owns(request, obj)
+
+    def has_add_permission(self, request):
+        return self._staff(request)
+
+    def has_change_permission(self, request, obj=None):
+        # Tokens are not edited (revoke and create anew); the action needs this.
+        return obj is None and self._staff(request)
+
+    def get_object(self, request, object_id, from_field=None):
+        from django.http import Http404
+
+        obj = super().get_object(request, object_id, from_field)
+        if obj is None:
+            raise Http404("no such token")
+        return obj
+
+    def get_changeform_initial_data(self, request):
+        return {"expires_at": timezone.now() + tokens.DEFAULT_LIFETIME}
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "app":
+            ids = allowed_app_ids(request, Capability.AppRead)
+            kwargs["queryset"] = scope(App.objects.all(), ids, "id")
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    @admin.display(description="token")
+    def shown_prefix(self, obj):
+        return f"{obj.prefix}…" if obj.prefix else "—"
+
+    def save_model(self, request, obj, form, change):
+        obj.principal = principal_for(request.user)
+        raw = tokens.issue(obj)
+        self.message_user(
+            request,
+            f"API token {obj.name!r} (shown once, copy it now): {raw}",
+            messages.WARNING,
+        )
+
+    @admin.action(description="Revoke selected tokens", permissions=["change"])
+    def revoke(self, request, queryset):
+        n = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        self.message_user(request, f"Revoked {n} token(s).", messages.SUCCESS)
