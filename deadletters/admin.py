@@ -171,6 +171,13 @@ class DeadLetterAdmin(AppScopedAdmin):
         note = request.POST.get("note", "").strip()
         if request.POST.get("confirm") == "yes" and len(note) <= MAX_NOTE_CHARS:
             ids = list(unresolved.values_list("id", flat=True))
+            if not ids:
+                self.message_user(
+                    request,
+                    f"Nothing to {verb}: the selected dead letters are already resolved.",
+                    messages.WARNING,
+                )
+                return None
             resolver, by = postgres_resolver(), self.principal(request).pk
             if verb == "replay":
                 report = resolver.replay_all(ids, by)

@@ -75,6 +75,7 @@ class ScriptAdmin(AppScopedAdmin):
     list_filter = [AppFilter, "runtime", "enabled"]
     search_fields = ["name", "handler", "webhook_url"]
     list_select_related = ["app"]
+    ordering = ["app__slug", "name"]
 
     def get_readonly_fields(self, request, obj=None):
         return ["app"] if obj is not None else []

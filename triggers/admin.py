@@ -8,6 +8,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import Count
 
+from outbox.models import OutboxEntry
 from picloud.admin_access import AppFilter, AppScopedAdmin
 from picloud.authz import Capability
 from triggers.kinds import TriggerKind
@@ -233,12 +234,17 @@ class TriggerAdmin(AppScopedAdmin):
 
     def get_deleted_objects(self, objs, request):
         request.picloud_pending_notice = pending_rows_notice(list(objs))
-        return super().get_deleted_objects(objs, request)
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        # A trigger's details and pending rows go with it (the notice says
+        # so); nobody deletes those on their own pages, so their admins say
+        # no to deleting, which must not block deleting the trigger.
+        goes_along = {
+            m._meta.verbose_name for m in (KvTriggerDetails, DeadLetterTriggerDetails, OutboxEntry)
+        }
+        return deleted, counts, perms_needed - goes_along, protected
 
 
 def pending_rows_notice(triggers) -> str:
-    from outbox.models import OutboxEntry
-
     rows = OutboxEntry.objects.filter(trigger__in=triggers)
     total = rows.count()
     if not total:

@@ -1,0 +1,85 @@
+"""Replay and ignore on the in-memory repositories."""
+
+import uuid
+
+import pytest
+
+from deadletters.memory_repository import MemoryDeadLetterRepo
+from deadletters.repository import AlreadyResolved, NewDeadLetter
+from deadletters.resolve import Resolver
+from outbox.memory_repository import MemoryOutboxRepo
+
+APP, SCRIPT, TRIGGER, PRINCIPAL, OPERATOR = (uuid.uuid4() for _ in range(5))
+
+
+@pytest.fixture
+def world():
+    letters, outbox = MemoryDeadLetterRepo(), MemoryOutboxRepo()
+    return letters, outbox, Resolver(letters, outbox)
+
+
+def letter(repo, script=SCRIPT):
+    return repo.insert(
+        NewDeadLetter(
+            app_id=APP,
+            source_kind="kv",
+            script_id=script,
+            trigger_id=TRIGGER,
+            run_as_principal=PRINCIPAL,
+            outbox_id=uuid.uuid4(),
+            payload={"order": 7},
+            last_error="boom",
+            errors=("boom",),
+            attempts=3,
+            depth=1,
+        )
+    )
+
+
+def test_replay_enqueues_the_same_work_afresh_and_records_who(world):
+    letters, outbox, resolver = world
+    dead = letter(letters)
+    resolved = resolver.replay(dead.id, by=OPERATOR)
+    (row,) = outbox.rows.values()
+    assert (row.app_id, row.script_id, row.trigger_id, row.run_as_principal) == (
+        APP,
+        SCRIPT,
+        TRIGGER,
+        PRINCIPAL,
+    )
+    assert (row.payload, row.depth, row.attempts, row.source_kind) == ({"order": 7}, 1, 0, "kv")
+    assert (resolved.resolution, resolved.resolved_by) == ("replayed", OPERATOR)
+    assert resolved.resolved_at is not None and str(row.id) in resolved.note
+
+
+def test_a_second_replay_is_refused_and_enqueues_nothing(world):
+    letters, outbox, resolver = world
+    dead = letter(letters)
+    resolver.replay(dead.id, by=OPERATOR)
+    with pytest.raises(AlreadyResolved):
+        resolver.replay(dead.id, by=OPERATOR)
+    assert len(outbox.rows) == 1
+
+
+def test_ignore_records_the_note(world):
+    letters, _outbox, resolver = world
+    dead = letter(letters)
+    resolved = resolver.ignore(dead.id, by=OPERATOR, note="known outage")
+    assert (resolved.resolution, resolved.note, resolved.resolved_by) == (
+        "ignored",
+        "known outage",
+        OPERATOR,
+    )
+
+
+def test_bulk_reports_each_outcome(world):
+    letters, outbox, resolver = world
+    fine, done_before, orphan = letter(letters), letter(letters), letter(letters, script=None)
+    resolver.ignore(done_before.id, by=None)
+    report = resolver.replay_all([fine.id, done_before.id, orphan.id, uuid.uuid4()], by=OPERATOR)
+    assert report.done == [fine.id]
+    assert report.already_resolved == [done_before.id]
+    assert orphan.id in report.refused
+    assert "script was deleted" in report.refused[orphan.id]
+    assert len(report.refused) == 2, "the unknown id is refused too"
+    assert len(outbox.rows) == 1
