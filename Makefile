@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.requirements-installed
 
-.PHONY: run test lint format check-migrations bench bench-invoke db-stop clean
+.PHONY: run test browser screenshots lint format check-migrations bench bench-invoke db-stop clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,25 @@ run: $(STAMP)
 	$(PY) manage.py load_demo
 	$(PY) manage.py runstack
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The admin's browser tests drive Debian's Chromium (Playwright's own browser
+# download is not used). Installed once, as root with apt; elsewhere install
+# the `chromium` package yourself or point PICLOUD_CHROMIUM at a Chromium.
+CHROMIUM ?= $(or $(PICLOUD_CHROMIUM),/usr/bin/chromium)
+browser:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium for the browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "no Chromium at $(CHROMIUM): install the chromium package (the browser tests need it)"; \
+	  fi; }
+
+# Runs the browser tests and keeps their screenshots in docs/screenshots/.
+screenshots: $(STAMP) browser
+	PICLOUD_SCREENSHOTS_DIR=docs/screenshots $(PY) -m pytest tests/acceptance/test_admin_browser.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -9,7 +9,9 @@ import urllib.request
 import pytest
 from django.db import connection
 
+from deadletters.models import DeadLetter
 from picloud import tokens
+from picloud.demo import DEMO_ORDERS, load_demo
 from tests.factories import MembershipFactory, ScriptFactory
 from tests.helpers import PROJECT_DIR, free_port, subprocess_env, wait_for
 
@@ -36,6 +38,7 @@ def _invoke(port, slug, script, token, body):
 
 
 def test_runstack_serves_admin_login_the_api_and_runs_the_cluster(tmp_path):
+    demo = load_demo(password="pw")
     member = MembershipFactory(role="developer")
     script = ScriptFactory(app=member.app, handler="picloud.echo")
     _, token = tokens.create_token(member.principal, name="t", scopes=["script:invoke"])
@@ -63,6 +66,13 @@ def test_runstack_serves_admin_login_the_api_and_runs_the_cluster(tmp_path):
         # A synchronous invocation through the web server and the cluster.
         answer = _invoke(port, member.app.slug, script.name, token, b'{"through": "runstack"}')
         assert answer == (200, {"through": "runstack"})
+        # The demo data's failing trigger turns its orders into dead letters
+        # on its own: a newcomer sees the badge within a minute.
+        wait_for(
+            lambda: DeadLetter.objects.filter(app__slug=demo.app_slug).count() >= DEMO_ORDERS,
+            timeout=60,
+            what="the demo's dead letters",
+        )
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
