@@ -204,4 +204,3 @@ def test_an_app_admin_sees_a_dead_letter_arrive_and_replays_it(stack, browser, p
     response = mallory.goto(f"{stack}/admin/triggers/trigger/{trigger.pk}/change/")
     assert response.status == 404
     assert "orders-to-flaky" not in mallory.content()
-
