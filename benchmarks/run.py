@@ -260,7 +260,7 @@ class Bench:
                 # One open connection, as an event source keeps one.
                 conn.execute(
                     "INSERT INTO outbox (app_id, source_kind, script_id, run_as_principal, payload) "
-                    "VALUES (%s, 'kv', %s, %s, jsonb_build_object('n', %s::text))",
+                    "VALUES (%s, 'kv', %s, %s, jsonb_build_object('n', %s::text, 'probe', true))",
                     [self.app.id, self.script.id, self.principal.id, tag],
                 )
                 return time.time()

@@ -98,10 +98,13 @@ class Dispatcher:
         self.clock, self.rand, self.should_stop = clock, rand, should_stop
         self.max_batch_seconds, self.monotonic = max_batch_seconds, monotonic
         self.pending_acks: list[uuid.UUID] = []
+        self.tally: dict[str, int] = {}
 
     def run_once(self, limit: int) -> BatchReport:
         """Claim up to `limit` due rows and settle every one of them."""
         report = BatchReport()
+        # The per-row counters are tallied here and added once per batch.
+        self.tally = {"dispatched": 0, "succeeded": 0}
         acks, self.pending_acks = self.pending_acks, []
         rows = self.outbox.claim_due(limit, self.lease, ack=acks)
         report.claimed = len(rows)
@@ -135,6 +138,7 @@ class Dispatcher:
                 self._record(report, row, outcome, done, unsettled)
         finally:
             run.close()
+            self.counters.add(self.tally)
             if unsettled:
                 # Hand back what did not run rather than let the leases run out.
                 report.released = self.outbox.release(list(unsettled))
@@ -146,7 +150,7 @@ class Dispatcher:
         return report
 
     def _record(self, report, row, outcome, done, unsettled) -> None:
-        self.counters.inc("dispatched")
+        self.tally["dispatched"] += 1
         report.executed += 1
         report.outcomes.append((row.id, outcome))
         del unsettled[row.id]
@@ -180,7 +184,7 @@ class Dispatcher:
     def _settle(self, row: OutboxRow, outcome: Outcome) -> bool:
         """Record the outcome; True when the row is done and may be deleted."""
         if outcome.ok:
-            self.counters.inc("succeeded")
+            self.tally["succeeded"] += 1
         elif outcome.unauthorized:
             self.counters.inc("authorization_failures")
         if row.reply_to is not None:

@@ -36,6 +36,15 @@ class Counters:
         with self._lock:
             self._pending[name] += n
 
+    def add(self, increments: dict[str, int]) -> None:
+        """Several increments under one lock (the dispatcher adds a batch's)."""
+        unknown = set(increments) - set(self._pending)
+        if unknown:
+            raise KeyError(f"unknown counters {sorted(unknown)}; known: {', '.join(COUNTERS)}")
+        with self._lock:
+            for name, n in increments.items():
+                self._pending[name] += n
+
     def take(self) -> dict[str, int]:
         """The increments since the last take, reset to zero."""
         with self._lock:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -52,6 +52,21 @@ class OutboxRow:
     # Size of the payload as stored (JSON text, bytes): the sandbox's payload
     # cap reads this instead of encoding every payload again.
     payload_bytes: int = field(default=0, compare=False)
+
+    @classmethod
+    def from_values(cls, values: Sequence[Any]) -> OutboxRow:
+        """A record from values in field order, already of the right types.
+
+        The dispatcher makes one per claimed row; a frozen dataclass's
+        __init__ sets each field through object.__setattr__ (1.7 us for
+        these 15), filling __dict__ at once costs a fraction of that.
+        """
+        record = object.__new__(cls)
+        record.__dict__.update(zip(_OUTBOX_ROW_FIELDS, values, strict=True))
+        return record
+
+
+_OUTBOX_ROW_FIELDS = tuple(f.name for f in fields(OutboxRow))
 
 
 class OutboxRepo(Protocol):

@@ -120,6 +120,7 @@ class Lookups:
 
     def __init__(self) -> None:
         self._contexts: dict[tuple, tuple[Script | None, Principal | None, Role | None]] = {}
+        self._gates: dict[tuple, tuple[Script | None, Principal | None, Failure | None]] = {}
 
     def context(
         self, script_id: uuid.UUID, principal_id: uuid.UUID | None
@@ -128,6 +129,42 @@ class Lookups:
         if key not in self._contexts:
             self._contexts[key] = _load_context(script_id, principal_id)
         return self._contexts[key]
+
+    def gate(
+        self, script_id: uuid.UUID, principal_id: uuid.UUID | None
+    ) -> tuple[Script | None, Principal | None, Failure | None]:
+        """(script, principal, refusal): refusal is why no row of this script
+        and principal may run (missing, disabled, unauthorized), else None.
+        Decided once per batch, like the context it is decided from."""
+        # UUIDs hash in Python; their ints hash in C (one lookup per row).
+        key = (script_id.int, principal_id.int if principal_id else None)
+        gate = self._gates.get(key)
+        if gate is None:
+            script, principal, role = self.context(script_id, principal_id)
+            gate = self._gates[key] = (
+                script,
+                principal,
+                _refusal(script_id, script, principal, role),
+            )
+        return gate
+
+
+def _refusal(script_id, script, principal, role) -> Failure | None:
+    if script is None:
+        return Failure(f"script {script_id} no longer exists", retryable=False, status=404)
+    if not script.enabled:
+        return Failure(f"script {script} is disabled", retryable=False, status=409)
+    needed = run_capability(script.app_id)
+    if not has_capability(principal, needed, role_lookup=lambda _principal, _app: role):
+        who = principal or "a deleted principal"
+        return Failure(
+            f"unauthorized: {who} may no longer run scripts in app {script.app} "
+            f"(needs {needed.scope.value})",
+            retryable=False,
+            status=403,
+            unauthorized=True,
+        )
+    return None
 
 
 def _partial(model, values: dict):
@@ -263,21 +300,9 @@ def execute_row(
     timed helper thread (RowExecutor.run_batch), so the handler runs inline."""
     ceiling = ceiling or SandboxCeiling.from_env()
     lookups = lookups or Lookups()
-    script, principal, role = lookups.context(row.script_id, row.run_as_principal)
-    if script is None:
-        return Failure(f"script {row.script_id} no longer exists", retryable=False, status=404)
-    if not script.enabled:
-        return Failure(f"script {script} is disabled", retryable=False, status=409)
-    needed = run_capability(script.app_id)
-    if not has_capability(principal, needed, role_lookup=lambda _principal, _app: role):
-        who = principal or "a deleted principal"
-        return Failure(
-            f"unauthorized: {who} may no longer run scripts in app {script.app} "
-            f"(needs {needed.scope.value})",
-            retryable=False,
-            status=403,
-            unauthorized=True,
-        )
+    script, principal, refusal = lookups.gate(row.script_id, row.run_as_principal)
+    if refusal is not None:
+        return refusal
     payload_bytes = row.payload_bytes or _size(row.payload)
     if payload_bytes > ceiling.max_payload_bytes:
         return Failure(

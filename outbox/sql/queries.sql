@@ -36,7 +36,10 @@ SET attempts = o.attempts + 1,
     due_at = NOW() + make_interval(secs => %(lease)s)
 FROM due
 WHERE o.id = due.id
-RETURNING o.*;
+-- In OutboxRow's field order: the dispatcher builds records from the tuples.
+RETURNING o.id, o.app_id, o.source_kind, o.trigger_id, o.script_id, o.run_as_principal,
+          o.payload, o.depth, o.attempts, o.due_at, o.reply_to, o.last_error, o.errors,
+          o.created_at;
 
 -- delete --
 DELETE FROM outbox WHERE id = ANY (%(ids)s::uuid[]);
