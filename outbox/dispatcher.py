@@ -42,6 +42,11 @@ from triggers.repository import TriggerRecord, TriggerRepo
 
 logger = logging.getLogger("picloud.dispatcher")
 
+# Successes are acknowledged with the next claim, which a loop makes at
+# least once a second (outbox/worker.py MAX_IDLE); with a lease shorter than
+# this, acknowledge at once rather than risk the lease running out first.
+DEFER_ACKS_MIN_LEASE = 10.0  # seconds
+
 
 class ReplySink(Protocol):
     """Where the outcome of a synchronous invocation (a reply_to row) goes."""
@@ -142,11 +147,14 @@ class Dispatcher:
             if unsettled:
                 # Hand back what did not run rather than let the leases run out.
                 report.released = self.outbox.release(list(unsettled))
-            if len(rows) == limit and not self.should_stop():
-                # More work is likely: acknowledge with the next claim.
-                self.pending_acks = done
-            else:
+            if self.should_stop() or self.lease < DEFER_ACKS_MIN_LEASE:
                 self.outbox.delete(done)
+            else:
+                # Acknowledge with the next claim: one statement fewer per
+                # batch, and an idle loop gets back to waiting sooner. Loops
+                # claim again within a second even when idle, far inside the
+                # lease; whoever stops claiming calls flush_acks().
+                self.pending_acks = done
         return report
 
     def _record(self, report, row, outcome, done, unsettled) -> None:

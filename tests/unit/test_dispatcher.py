@@ -95,10 +95,26 @@ def _drain(world, rounds=20):
     raise AssertionError("outbox did not drain")
 
 
-def test_success_deletes_the_row(world):
+def test_success_deletes_the_row_with_the_next_claim(world):
     row = _enqueue(world)
     report = world.dispatcher.run_once(limit=10)
     assert (report.claimed, report.executed) == (1, 1)
+    assert world.outbox.get(row.id) is not None, "acknowledged with the next claim"
+    world.dispatcher.run_once(limit=10)
+    assert world.outbox.get(row.id) is None
+
+
+def test_flush_acks_deletes_successes_at_once(world):
+    row = _enqueue(world)
+    world.dispatcher.run_once(limit=10)
+    world.dispatcher.flush_acks()
+    assert world.outbox.get(row.id) is None
+
+
+def test_a_short_lease_acknowledges_at_once(world):
+    world.dispatcher.lease = 5.0  # a loop might not claim again before it ends
+    row = _enqueue(world)
+    world.dispatcher.run_once(limit=10)
     assert world.outbox.get(row.id) is None
     assert world.counters.take()["succeeded"] == 1
 
@@ -256,6 +272,7 @@ def test_a_batch_running_long_hands_its_unstarted_rows_back(world):
     world.executor.outcomes[SCRIPT] = slow
     report = world.dispatcher.run_once(limit=10)
     assert (report.executed, report.released) == (3, 2), "rows start until 250 ms have passed"
+    world.dispatcher.flush_acks()
     left = [world.outbox.get(r.id) for r in rows if world.outbox.get(r.id)]
     assert len(left) == 2 and all(r.attempts == 0 and r.due_at <= world.clock.now for r in left)
 
