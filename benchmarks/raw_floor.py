@@ -3,6 +3,9 @@ LOCKED and deleting them. No execution, no checks: what PostgreSQL allows.
 
 It drains `outbox_floor`, a copy of the outbox table's shape and indexes
 (without its NOTIFY triggers), so a dispatcher running beside it stays idle.
+Its claim has the same shape as the dispatcher's (outbox/sql/queries.sql):
+claimed rows are updated through the primary key, never by a join the
+planner may turn into a scan of the whole table.
 
     python benchmarks/raw_floor.py CONNINFO   (waits for a line on stdin, then drains)
 """
@@ -17,7 +20,7 @@ WITH due AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE outbox_floor o SET attempts = o.attempts + 1, due_at = NOW() + interval '60 seconds'
-FROM due WHERE o.id = due.id RETURNING o.id
+WHERE o.id = ANY (ARRAY(SELECT id FROM due)) RETURNING o.id
 """
 DELETE = "DELETE FROM outbox_floor WHERE id = ANY(%s)"
 

@@ -342,17 +342,22 @@ class Bench:
         see; here each row runs inline in the profiled thread instead, so the
         profile covers all per-row work but not the thread hand-off.
         """
-        from django.db import transaction
+        from django.db import connection, transaction
 
         from deadletters.pg_repository import PgAbandonedRepo, PgDeadLetterRepo
         from outbox.dispatcher import Dispatcher
         from outbox.metrics import Counters
         from outbox.pg_repository import PgOutboxRepo, PgReplyInbox
         from outbox.replies import InboxReplySink
+        from outbox.worker import DispatcherHost
         from picloud.execution import Lookups, RowExecutor, execute_row
         from triggers.pg_repository import PgTriggerRepo
 
         os.environ.pop("PICLOUD_BENCH_PROBE", None)
+        # A connection set up as a dispatch loop's is (synchronous_commit off,
+        # as in production).
+        connection.close()
+        DispatcherHost.prepare_connection()
         n = self.args.profile_rows
         self.sql("VACUUM ANALYZE outbox")
         self.bulk_insert(n)
@@ -445,7 +450,7 @@ def render(bench: Bench, results: dict, profile: str, command: str) -> str:
         f"- Machine: {machine()}",
         f"- PostgreSQL {pg_version}; {bench.args.processes} worker processes for every contender "
         f"(qcluster workers / raw loops / procrastinate workers), "
-        f"{bench.args.concurrency} loops or slots each.",
+        f"{bench.args.concurrency} loop(s) or slot(s) each.",
         "",
         "| contender | throughput (rows/s) | rows | vs raw floor | latency p50 (ms) | latency p99 (ms) |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
