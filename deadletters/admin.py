@@ -15,7 +15,7 @@ from django.utils.html import format_html
 
 from deadletters.models import AbandonedExecution, DeadLetter, Resolution
 from deadletters.resolve import postgres_resolver
-from picloud.admin_access import AppFilter, AppScopedAdmin, scope
+from picloud.admin_access import AppFilter, AppScopedAdmin, WrittenBySystem, scope
 from picloud.authz import Capability
 from triggers.models import Trigger
 
@@ -82,7 +82,7 @@ class TriggerFilter(admin.SimpleListFilter):
 
 
 @admin.register(DeadLetter)
-class DeadLetterAdmin(AppScopedAdmin):
+class DeadLetterAdmin(WrittenBySystem, AppScopedAdmin):
     app_capability = Capability.AppDeadLetterManage
     list_display = [
         "created_at",
@@ -125,15 +125,7 @@ class DeadLetterAdmin(AppScopedAdmin):
         "created_at",
     ]
 
-    # Dead letters are written by the dispatcher and changed only by the
-    # resolutions below: the detail page is read-only, nothing is added by
-    # hand, and GC (not a button) deletes them.
-    def has_add_permission(self, request):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
+    # Changed only by the resolutions below; GC (not a button) deletes them.
     def has_change_permission(self, request, obj=None):
         # Needed for the actions; a resolved letter is never changeable.
         return super().has_change_permission(request, obj) and (
@@ -218,7 +210,7 @@ class DeadLetterAdmin(AppScopedAdmin):
 
 
 @admin.register(AbandonedExecution)
-class AbandonedExecutionAdmin(AppScopedAdmin):
+class AbandonedExecutionAdmin(WrittenBySystem, AppScopedAdmin):
     app_capability = Capability.AppDeadLetterManage
     list_display = ["created_at", "app", "status_code", "script_id", "outbox_id", "summary"]
     list_filter = [AppFilter, "status_code"]
@@ -234,13 +226,7 @@ class AbandonedExecutionAdmin(AppScopedAdmin):
         "created_at",
     ]
 
-    def has_add_permission(self, request):
-        return False
-
     def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
         return False
 
     @admin.display(description="result summary")

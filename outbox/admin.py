@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from outbox.models import OutboxEntry
 from outbox.pg_repository import PgOutboxRepo
-from picloud.admin_access import AppFilter, AppScopedAdmin
+from picloud.admin_access import AppFilter, AppScopedAdmin, WrittenBySystem
 from picloud.authz import Capability
 
 
@@ -29,7 +29,7 @@ class DueFilter(admin.SimpleListFilter):
 
 
 @admin.register(OutboxEntry)
-class OutboxEntryAdmin(AppScopedAdmin):
+class OutboxEntryAdmin(WrittenBySystem, AppScopedAdmin):
     app_capability = Capability.AppManageTriggers
     list_display = [
         "created_at",
@@ -65,12 +65,6 @@ class OutboxEntryAdmin(AppScopedAdmin):
     ]
 
     # The dispatcher owns these rows; operators look, and may hurry one along.
-    def has_add_permission(self, request):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
     def has_change_permission(self, request, obj=None):
         # For the action only: the change page shows the row read-only.
         return obj is None and super().has_change_permission(request)

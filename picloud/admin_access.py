@@ -135,3 +135,14 @@ class AppScopedAdmin(admin.ModelAdmin):
 
     def principal(self, request):
         return principal_for(request.user)
+
+
+class WrittenBySystem:
+    """For rows PiCloud writes itself (outbox, dead letters, abandoned
+    executions): nobody adds or deletes them by hand in admin."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
