@@ -41,9 +41,50 @@ class AppAdmin(AppScopedAdmin):
         return ["slug", "created_at"] if obj is not None else ["created_at"]
 
 
+class MembershipForm(forms.ModelForm):
+    """Names the member by username: a select of every platform user would
+    show an app's admins the names of everybody else's users."""
+
+    username = forms.CharField(max_length=150, help_text="the user who gets the role")
+
+    class Meta:
+        model = AppMembership
+        fields = ["app", "role"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not self.instance._state.adding:  # (a new row has its uuid pk already)
+            self.fields["username"].initial = self.instance.principal.user.get_username()
+
+    def clean_username(self):
+        from django.contrib.auth import get_user_model
+
+        name = self.cleaned_data["username"].strip()
+        user = get_user_model().objects.filter(username=name).first()
+        if user is None:
+            raise ValidationError(f"There is no user named {name!r}.")
+        self.instance.principal = principal_for(user)
+        return name
+
+    def clean(self):
+        # (app, principal) is unique, but the principal is not a form field,
+        # so Django's own unique check skips it: check here, saying who.
+        cleaned = super().clean()
+        app = cleaned.get("app") or (self.instance.app if self.instance.app_id else None)
+        if app is not None and self.instance.principal_id is not None:
+            others = AppMembership.objects.filter(app=app, principal_id=self.instance.principal_id)
+            if others.exclude(pk=self.instance.pk).exists():
+                self.add_error(
+                    "username", "This user already has a role in this app; change that one."
+                )
+        return cleaned
+
+
 @admin.register(AppMembership)
 class AppMembershipAdmin(AppScopedAdmin):
     app_capability = Capability.AppManageMembers
+    form = MembershipForm
+    fields = ["app", "username", "role"]
     list_display = ["principal", "app", "role", "created_at"]
     list_filter = [AppFilter, "role"]
     search_fields = ["principal__user__username", "app__slug"]

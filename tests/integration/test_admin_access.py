@@ -273,3 +273,19 @@ def test_script_handlers_are_chosen_from_the_registry(client, world):
     assert response.status_code == 200, "the form is shown again with an error"
     assert "Select a valid choice" in response.content.decode()
     assert not Script.objects.filter(name="evil").exists()
+
+
+def test_memberships_name_users_without_listing_everybody(client, world):
+    login(client, world["alice"])
+    form = client.get(reverse("admin:picloud_appmembership_add"))
+    assert world["bob"].username not in form.content.decode(), "other apps' users are listed"
+    url = reverse("admin:picloud_appmembership_add")
+    app = world["a"]["app"].pk
+    unknown = client.post(url, {"app": app, "username": "nobody-here", "role": "viewer"})
+    assert "There is no user named &#x27;nobody-here&#x27;" in unknown.content.decode()
+    newcomer = UserFactory()
+    added = client.post(url, {"app": app, "username": newcomer.username, "role": "developer"})
+    assert added.status_code == 302
+    assert AppMembership.objects.get(principal__user=newcomer).role == "developer"
+    again = client.post(url, {"app": app, "username": newcomer.username, "role": "viewer"})
+    assert "already has a role in this app" in again.content.decode()
