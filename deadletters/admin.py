@@ -17,6 +17,7 @@ from deadletters.models import AbandonedExecution, DeadLetter, Resolution
 from deadletters.resolve import postgres_resolver
 from picloud.admin_access import AppFilter, AppScopedAdmin, WrittenBySystem, scope
 from picloud.authz import Capability
+from picloud.text import truncate
 from triggers.models import Trigger
 
 MAX_NOTE_CHARS = 2_000
@@ -146,7 +147,7 @@ class DeadLetterAdmin(WrittenBySystem, AppScopedAdmin):
 
     @admin.display(description="last error")
     def short_error(self, obj):
-        return obj.last_error if len(obj.last_error) <= 80 else obj.last_error[:79] + "…"
+        return truncate(obj.last_error, 80)
 
     @admin.action(description="Replay selected dead letters…", permissions=["change"])
     def replay(self, request, queryset):
@@ -231,5 +232,4 @@ class AbandonedExecutionAdmin(WrittenBySystem, AppScopedAdmin):
 
     @admin.display(description="result summary")
     def summary(self, obj):
-        text = obj.result_summary or ""
-        return text if len(text) <= 100 else text[:99] + "…"
+        return truncate(obj.result_summary or "", 100)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from functools import cached_property
+
 from django.urls import reverse
 
-from picloud.admin_access import allowed_app_ids
+from picloud.admin_access import ALL, allowed_app_ids
 from picloud.authz import Capability
 
 
@@ -22,24 +24,22 @@ def dead_letter_badge(request) -> dict:
 class _Badge:
     def __init__(self, request) -> None:
         self.request = request
-        self._count: int | None = None
+
+    @cached_property
+    def app_ids(self):
+        return allowed_app_ids(self.request, Capability.AppDeadLetterManage)
 
     @property
     def visible(self) -> bool:
-        ids = allowed_app_ids(self.request, Capability.AppDeadLetterManage)
-        return ids is None or bool(ids)
+        return self.app_ids is ALL or bool(self.app_ids)
 
-    @property
+    @cached_property
     def count(self) -> int:
-        if self._count is None:
-            from deadletters.pg_repository import PgDeadLetterRepo
+        from deadletters.pg_repository import PgDeadLetterRepo
 
-            ids = allowed_app_ids(self.request, Capability.AppDeadLetterManage)
-            repo = PgDeadLetterRepo()
-            self._count = (
-                repo.unresolved_count() if ids is None else repo.unresolved_count(app_ids=ids)
-            )
-        return self._count
+        repo = PgDeadLetterRepo()
+        ids = self.app_ids
+        return repo.unresolved_count() if ids is ALL else repo.unresolved_count(app_ids=ids)
 
     @property
     def url(self) -> str:

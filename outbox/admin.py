@@ -10,6 +10,7 @@ from outbox.models import OutboxEntry
 from outbox.pg_repository import PgOutboxRepo
 from picloud.admin_access import AppFilter, AppScopedAdmin, WrittenBySystem
 from picloud.authz import Capability
+from picloud.text import truncate
 
 
 class DueFilter(admin.SimpleListFilter):
@@ -71,8 +72,7 @@ class OutboxEntryAdmin(WrittenBySystem, AppScopedAdmin):
 
     @admin.display(description="last error")
     def short_error(self, obj):
-        text = obj.last_error or ""
-        return text if len(text) <= 80 else text[:79] + "…"
+        return truncate(obj.last_error or "", 80)
 
     @admin.display(description="sync", boolean=True)
     def sync(self, obj):

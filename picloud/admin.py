@@ -8,7 +8,14 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from picloud import tokens
-from picloud.admin_access import ALL, AppFilter, AppScopedAdmin, allowed_app_ids, scope
+from picloud.admin_access import (
+    ALL,
+    AppFilter,
+    AppScopedAdmin,
+    MissingIs404,
+    allowed_app_ids,
+    scope,
+)
 from picloud.authz import Capability, Scope
 from picloud.models import ApiToken, App, AppMembership, Runtime, Script, principal_for
 from picloud.scripts import registered_names
@@ -154,7 +161,7 @@ class ApiTokenForm(forms.ModelForm):
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
+class ApiTokenAdmin(MissingIs404, admin.ModelAdmin):
     """Everyone manages their own tokens; superusers see all of them. A token
     is shown once, right after it is created."""
 
@@ -201,14 +208,6 @@ class ApiTokenAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         # Tokens are not edited (revoke and create anew); the action needs this.
         return obj is None and self._staff(request)
-
-    def get_object(self, request, object_id, from_field=None):
-        from django.http import Http404
-
-        obj = super().get_object(request, object_id, from_field)
-        if obj is None:
-            raise Http404("no such token")
-        return obj
 
     def get_changeform_initial_data(self, request):
         return {"expires_at": timezone.now() + tokens.DEFAULT_LIFETIME}

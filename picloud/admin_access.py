@@ -73,7 +73,19 @@ class AppFilter(admin.SimpleListFilter):
         return queryset
 
 
-class AppScopedAdmin(admin.ModelAdmin):
+class MissingIs404:
+    """An object outside the page's queryset (another app's, another user's,
+    or none at all) is a 404: Django's default redirect with a message would
+    tell "not yours" from "does not exist"."""
+
+    def get_object(self, request, object_id, from_field=None):
+        obj = super().get_object(request, object_id, from_field)
+        if obj is None:
+            raise Http404("no such object")
+        return obj
+
+
+class AppScopedAdmin(MissingIs404, admin.ModelAdmin):
     """A ModelAdmin whose every page is limited to the apps where the user
     holds ``app_capability``. Subclasses narrow further (read-only pages
     return False from has_add/change/delete_permission)."""
@@ -113,14 +125,6 @@ class AppScopedAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return self._may(request, obj)
-
-    def get_object(self, request, object_id, from_field=None):
-        # Another app's object (or none at all): the same 404, never a
-        # redirect that tells the two apart.
-        obj = super().get_object(request, object_id, from_field)
-        if obj is None:
-            raise Http404("no such object")
-        return obj
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         ids = self.allowed_apps(request)

@@ -33,10 +33,17 @@ class DbThreads:
         return self._pool.submit(self._call, fn, *args).result()
 
     def _call(self, fn: Callable[..., T], *args) -> T:
-        if connection.connection is None:
-            connection.ensure_connection()
-            self.on_connect()
-        return _call(fn, *args)
+        try:
+            if connection.connection is None:
+                connection.ensure_connection()
+                self.on_connect()
+            return fn(*args)
+        except (DatabaseError, InterfaceError):
+            # A dropped connection would fail every later job of this thread:
+            # drop it, and the next job connects afresh.
+            if connection.connection is not None and not connection.is_usable():
+                connection.close()
+            raise
 
     def close(self) -> None:
         """Close every thread's connection and stop the threads."""
@@ -51,14 +58,3 @@ class DbThreads:
         for future in [self._pool.submit(close_own) for _ in range(self.size)]:
             future.result()
         self._pool.shutdown(wait=True)
-
-
-def _call(fn: Callable[..., T], *args) -> T:
-    try:
-        return fn(*args)
-    except (DatabaseError, InterfaceError):
-        # A dropped connection would fail every later job of this thread:
-        # drop it, and the next job connects afresh.
-        if connection.connection is not None and not connection.is_usable():
-            connection.close()
-        raise

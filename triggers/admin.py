@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import Count
 
 from outbox.models import OutboxEntry
-from picloud.admin_access import AppFilter, AppScopedAdmin
+from picloud.admin_access import AppFilter, AppScopedAdmin, allowed_app_ids, scope
 from picloud.authz import Capability
 from triggers.kinds import TriggerKind
 from triggers.models import DeadLetterTriggerDetails, KvTriggerDetails, Trigger
@@ -100,9 +100,9 @@ class DeadLetterDetailsInline(KvDetailsInline):
         if db_field.name == "source_trigger":
             # Only triggers of the apps this user manages, and never another
             # dead-letter trigger (their failures make no dead letters).
-            ids = TriggerAdmin.allowed_apps_for(request)
+            ids = allowed_app_ids(request, TriggerAdmin.app_capability)
             triggers = Trigger.objects.exclude(kind=TriggerKind.DEAD_LETTER)
-            kwargs["queryset"] = triggers if ids is None else triggers.filter(app__in=ids)
+            kwargs["queryset"] = scope(triggers, ids, "app")
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
 
@@ -165,12 +165,6 @@ class TriggerAdmin(AppScopedAdmin):
         ("Registration", {"fields": ["registered_by_principal", "created_at", "updated_at"]}),
     ]
     actions = ["enable", "disable"]
-
-    @classmethod
-    def allowed_apps_for(cls, request):
-        from picloud.admin_access import allowed_app_ids
-
-        return allowed_app_ids(request, cls.app_capability)
 
     def get_queryset(self, request):
         return (
