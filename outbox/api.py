@@ -19,7 +19,6 @@ import json
 import logging
 from dataclasses import dataclass
 
-from django.contrib.auth import get_user_model
 from django.db import DatabaseError, InterfaceError
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -29,11 +28,8 @@ from picloud import tokens
 from picloud.authz import Capability, Scope, has_capability
 from picloud.config import SandboxCeiling
 from picloud.models import Principal, Script
-from picloud.sqlexec import fetch_one
-from picloud.sqlfiles import load_queries
 
 logger = logging.getLogger("picloud.api")
-Q = load_queries("outbox")
 
 
 @dataclass
@@ -59,25 +55,12 @@ def bearer_token(request: HttpRequest) -> str:
 
 def authorize(raw_token: str, app_slug: str, script_name: str) -> tuple[Principal, Script]:
     """Who is calling and what they may run; ApiError otherwise. Runs on a
-    database thread; one query (outbox/sql/queries.sql, api_invoke_context)."""
-    row = None
-    if tokens.well_formed(raw_token):
-        params = {
-            "token_hash": tokens.hash_token(raw_token),
-            "app_slug": app_slug,
-            "script_name": script_name,
-        }
-        row = fetch_one(Q["api_invoke_context"], params)
-    if row is None or not row["is_active"]:
+    database thread; one query (tokens.lookup)."""
+    found = tokens.lookup(raw_token, app_slug=app_slug, script_name=script_name)
+    if found is None:
         raise ApiError(401, "unauthenticated", "the API token is unknown, expired or revoked")
-    # Instances built from the row, not loaded: nothing below queries again.
-    user = get_user_model()(
-        id=row["user_id"], is_active=row["is_active"], is_superuser=row["is_superuser"]
-    )
-    principal = Principal(id=row["principal_id"], user=user)
-    grant = tokens.TokenGrant(
-        row["token_id"], principal, frozenset(row["scopes"]), row["token_app_id"]
-    )
+    grant, row = found
+    principal = grant.principal
     if Scope.ScriptInvoke.value not in grant.scopes:
         raise ApiError(403, "forbidden", f"the API token lacks the {Scope.ScriptInvoke} scope")
     app_id = row["app_id"]

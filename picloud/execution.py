@@ -28,7 +28,7 @@ from picloud.kv import KvClient
 from picloud.models import App, Principal, Runtime, Script
 from picloud.sandbox import SandboxTimeout, run_each, run_with_timeout
 from picloud.scripts import PermanentError, get_handler
-from picloud.sqlexec import fetch_one
+from picloud.sqlexec import fetch_one, model_from_row
 from picloud.sqlfiles import load_queries
 from picloud.text import truncate
 
@@ -119,16 +119,7 @@ class Lookups:
     """
 
     def __init__(self) -> None:
-        self._contexts: dict[tuple, tuple[Script | None, Principal | None, Role | None]] = {}
         self._gates: dict[tuple, tuple[Script | None, Principal | None, Failure | None]] = {}
-
-    def context(
-        self, script_id: uuid.UUID, principal_id: uuid.UUID | None
-    ) -> tuple[Script | None, Principal | None, Role | None]:
-        key = (script_id, principal_id)
-        if key not in self._contexts:
-            self._contexts[key] = _load_context(script_id, principal_id)
-        return self._contexts[key]
 
     def gate(
         self, script_id: uuid.UUID, principal_id: uuid.UUID | None
@@ -140,7 +131,7 @@ class Lookups:
         key = (script_id.int, principal_id.int if principal_id else None)
         gate = self._gates.get(key)
         if gate is None:
-            script, principal, role = self.context(script_id, principal_id)
+            script, principal, role = _load_context(script_id, principal_id)
             gate = self._gates[key] = (
                 script,
                 principal,
@@ -167,19 +158,13 @@ def _refusal(script_id, script, principal, role) -> Failure | None:
     return None
 
 
-def _partial(model, values: dict):
-    """A model instance from some of its fields; the others load on first access."""
-    fields = [f.attname for f in model._meta.concrete_fields if f.attname in values]
-    return model.from_db("default", fields, [values[f] for f in fields])
-
-
 def _load_context(script_id, principal_id):
     from django.contrib.auth import get_user_model
 
     row = fetch_one(QUERIES["run_context"], {"script_id": script_id, "principal_id": principal_id})
     if row is None:
         return None, None, None
-    app = _partial(
+    app = model_from_row(
         App,
         {
             "id": row["app_id"],
@@ -200,11 +185,11 @@ def _load_context(script_id, principal_id):
         "created_at",
         "updated_at",
     )
-    script = _partial(Script, {f: row[f] for f in script_fields})
+    script = model_from_row(Script, {f: row[f] for f in script_fields})
     script.app = app
     principal = None
     if row["principal_id"] is not None:
-        principal = _partial(
+        principal = model_from_row(
             Principal,
             {
                 "id": row["principal_id"],
@@ -212,7 +197,7 @@ def _load_context(script_id, principal_id):
                 "created_at": row["principal_created_at"],
             },
         )
-        principal.user = _partial(
+        principal.user = model_from_row(
             get_user_model(),
             {f: row[f] for f in ("username", "is_active", "is_superuser")} | {"id": row["user_id"]},
         )

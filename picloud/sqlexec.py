@@ -34,6 +34,13 @@ def execute(sql: str, params: dict[str, Any] | None = None) -> int:
         return cursor.rowcount
 
 
+def model_from_row(model, values: dict[str, Any]):
+    """A model instance (as loaded, not new) from some of its fields; the
+    others load on first access."""
+    fields = [f.attname for f in model._meta.concrete_fields if f.attname in values]
+    return model.from_db("default", fields, [values[f] for f in fields])
+
+
 def to_json(value: Any) -> str:
     """A parameter for a ``%(x)s::jsonb`` placeholder."""
     return json.dumps(value)

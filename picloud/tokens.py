@@ -15,12 +15,18 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from picloud.authz import Scope, _AppCapability, _Capability
 from picloud.models import ApiToken, App, Principal
+from picloud.sqlexec import fetch_one, model_from_row
+from picloud.sqlfiles import load_queries
+
+QUERIES = load_queries("picloud")
 
 TOKEN_PREFIX = "pct_"
 PREFIX_CHARS = 12  # characters of a token kept in clear to tell tokens apart
@@ -122,21 +128,33 @@ def well_formed(raw: str | None) -> bool:
     return bool(raw) and raw.startswith(TOKEN_PREFIX) and len(raw) <= 200
 
 
-def authenticate(raw: str | None) -> TokenGrant | None:
-    """The grant of a presented token, or None when it is malformed, unknown,
+def lookup(
+    raw: str | None, *, app_slug: str | None = None, script_name: str | None = None
+) -> tuple[TokenGrant, dict[str, Any]] | None:
+    """The grant of a presented token and the row it was read from (with the
+    app, role and script columns of `app_slug`/`script_name`, NULL when they
+    do not exist), in one query; None when the token is malformed, unknown,
     revoked, expired, or its user is inactive."""
     if not well_formed(raw):
         return None
-    token = (
-        ApiToken.objects.select_related("principal__user")
-        .filter(token_hash=hash_token(raw), revoked_at__isnull=True, expires_at__gt=timezone.now())
-        .first()
-    )
-    if token is None or not token.principal.is_active:
+    params = {"token_hash": hash_token(raw), "app_slug": app_slug, "script_name": script_name}
+    row = fetch_one(QUERIES["token_context"], params)
+    if row is None or not row["is_active"]:
         return None
-    return TokenGrant(
-        token_id=token.pk,
-        principal=token.principal,
-        scopes=frozenset(token.scopes),
-        app_id=token.app_id,
+    # Built from the row, not loaded: callers check capabilities without
+    # querying again.
+    user = model_from_row(
+        get_user_model(),
+        {k: row[k] for k in ("is_active", "is_superuser")} | {"id": row["user_id"]},
     )
+    principal = model_from_row(Principal, {"id": row["principal_id"], "user_id": user.pk})
+    principal.user = user
+    grant = TokenGrant(row["token_id"], principal, frozenset(row["scopes"]), row["token_app_id"])
+    return grant, row
+
+
+def authenticate(raw: str | None) -> TokenGrant | None:
+    """The grant of a presented token, or None when it is malformed, unknown,
+    revoked, expired, or its user is inactive."""
+    found = lookup(raw)
+    return found[0] if found else None

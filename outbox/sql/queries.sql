@@ -123,18 +123,3 @@ DELETE FROM reply_inboxes
 WHERE id IN (
     SELECT id FROM reply_inboxes WHERE created_at < %(older_than)s LIMIT %(batch_size)s
 );
-
--- api_invoke_context --
--- Everything the invoke endpoint checks before enqueueing, in one round trip:
--- the token (only if valid now), its principal and user flags, and - if they
--- exist - the app by slug, the principal's role in it and the script by name.
-SELECT t.id AS token_id, t.scopes, t.app_id AS token_app_id,
-       p.id AS principal_id, u.id AS user_id, u.is_active, u.is_superuser,
-       a.id AS app_id, m.role, s.id AS script_id, s.enabled AS script_enabled
-FROM api_tokens t
-JOIN principals p ON p.id = t.principal_id
-JOIN auth_user u ON u.id = p.user_id
-LEFT JOIN apps a ON a.slug = %(app_slug)s
-LEFT JOIN app_memberships m ON m.app_id = a.id AND m.principal_id = p.id
-LEFT JOIN scripts s ON s.app_id = a.id AND s.name = %(script_name)s
-WHERE t.token_hash = %(token_hash)s AND t.revoked_at IS NULL AND t.expires_at > NOW();

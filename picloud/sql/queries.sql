@@ -56,3 +56,20 @@ LEFT JOIN principals p ON p.id = %(principal_id)s
 LEFT JOIN auth_user u ON u.id = p.user_id
 LEFT JOIN app_memberships m ON m.app_id = s.app_id AND m.principal_id = p.id
 WHERE s.id = %(script_id)s;
+
+-- token_context --
+-- A presented token, only if valid now (not revoked, not expired), with its
+-- principal and user flags; and - when asked for and existing - an app by
+-- slug, the principal's role in it and a script by name: everything the
+-- invoke endpoint checks, in one round trip. The one place that says what a
+-- valid token is.
+SELECT t.id AS token_id, t.scopes, t.app_id AS token_app_id,
+       p.id AS principal_id, u.id AS user_id, u.is_active, u.is_superuser,
+       a.id AS app_id, m.role, s.id AS script_id, s.enabled AS script_enabled
+FROM api_tokens t
+JOIN principals p ON p.id = t.principal_id
+JOIN auth_user u ON u.id = p.user_id
+LEFT JOIN apps a ON a.slug = %(app_slug)s
+LEFT JOIN app_memberships m ON m.app_id = a.id AND m.principal_id = p.id
+LEFT JOIN scripts s ON s.app_id = a.id AND s.name = %(script_name)s
+WHERE t.token_hash = %(token_hash)s AND t.revoked_at IS NULL AND t.expires_at > NOW();
