@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Protocol
 
-from picloud.text import truncate
+from picloud.storable import storable_text
 from triggers.kinds import SourceKind
 
 MAX_ERROR_CHARS = 2_000  # one attempt's error, as kept on the row
@@ -176,4 +176,6 @@ def payload_size(payload: Any) -> int:
 
 
 def bounded_error(error: str) -> str:
-    return truncate(error, MAX_ERROR_CHARS)
+    """An attempt's error as it may be stored: at most MAX_ERROR_CHARS, with
+    characters PostgreSQL refuses replaced (and said so)."""
+    return storable_text(error, MAX_ERROR_CHARS)

@@ -30,6 +30,7 @@ from picloud.sandbox import SandboxTimeout, run_each, run_with_timeout
 from picloud.scripts import PermanentError, get_handler
 from picloud.sqlexec import fetch_one, model_from_row
 from picloud.sqlfiles import load_queries
+from picloud.storable import clean_json
 from picloud.text import truncate
 
 logger = logging.getLogger("picloud.execution")
@@ -44,6 +45,9 @@ class Success:
 
 @dataclass(frozen=True)
 class Failure:
+    # Storable by construction: errors quote what scripts and endpoints said,
+    # and one NUL in one of them must not fail the statement that settles a
+    # whole batch (picloud/storable.py).
     error: str
     retryable: bool
     # HTTP status to report to a synchronous caller (the webhook's own status
@@ -54,6 +58,9 @@ class Failure:
     # True when the sandbox stopped the script at PICLOUD_SANDBOX_TIMEOUT_MS.
     timed_out: bool = False
     ok = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "error", bounded_error(self.error))
 
 
 Outcome = Success | Failure
@@ -349,6 +356,7 @@ def _run_python(
     except Exception as exc:
         return Failure(_error(exc), retryable=True, status=500)
     try:
+        result, _replaced = clean_json(result)
         result_bytes = _size(result)
     except (TypeError, ValueError) as exc:
         return Failure(f"result is not JSON: {exc}", retryable=False, status=500)

@@ -18,6 +18,7 @@ import hmac
 import http.client
 import ipaddress
 import json
+import math
 import socket
 import ssl
 import time
@@ -28,6 +29,7 @@ from urllib.parse import urlsplit
 from django.core.exceptions import ValidationError
 
 from picloud.config import WebhookConfig
+from picloud.storable import clean_json, clean_text
 
 USER_AGENT = "PiCloud-Webhook/1"
 MAX_ERROR_BODY_CHARS = 500  # of a failed answer's body, kept in the error
@@ -170,13 +172,28 @@ def delivery_headers(secret: str, body: bytes, delivery_id: str) -> dict[str, st
 
 
 def decode_result(response: WebhookResponse) -> Any:
-    """A 2xx answer's body as the script's result: JSON if it says so, else text."""
+    """A 2xx answer's body as the script's result: JSON if it says so and
+    PostgreSQL can store it as JSON, else the text. Either way storable
+    (picloud/storable.py): an endpoint's answer must never fail the statement
+    that delivers or settles it."""
     if not response.body:
         return None
     text = response.body.decode("utf-8", errors="replace")
     if "json" in response.content_type:
         try:
-            return json.loads(text)
-        except ValueError:
-            return text
-    return text
+            value = json.loads(text, parse_constant=_not_json, parse_float=_finite)
+            return clean_json(value)[0]
+        except (ValueError, RecursionError):  # Unstorable is a ValueError too
+            pass
+    return clean_text(text)[0]
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range for a JSON number")
+    return value
