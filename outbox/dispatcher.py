@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -102,16 +102,29 @@ class Dispatcher:
         self.lease = self.timeout + lease_margin
         self.clock, self.rand, self.should_stop = clock, rand, should_stop
         self.max_batch_seconds, self.monotonic = max_batch_seconds, monotonic
+        # Successes not yet deleted, and outcomes not yet settled because a
+        # statement failed: both survive until a statement records them.
         self.pending_acks: list[uuid.UUID] = []
+        self.backlog: list[tuple[OutboxRow, Outcome]] = []
+        self.settle_error: Exception | None = None
         self.tally: dict[str, int] = {}
 
     def run_once(self, limit: int) -> BatchReport:
-        """Claim up to `limit` due rows and settle every one of them."""
+        """Claim up to `limit` due rows and settle every one of them.
+
+        A row that ran is settled exactly once, whatever fails: when a
+        settling statement raises (the database went away), the outcomes of
+        every row that already ran wait in ``backlog`` and are settled before
+        the next claim, and successes stay in ``pending_acks`` until a
+        statement that deletes them commits. The exception is re-raised so
+        the caller can reconnect and back off.
+        """
         report = BatchReport()
         # The per-row counters are tallied here and added once per batch.
         self.tally = {"dispatched": 0, "succeeded": 0}
-        acks, self.pending_acks = self.pending_acks, []
-        rows = self.outbox.claim_due(limit, self.lease, ack=acks)
+        self.settle_backlog()
+        rows = self.outbox.claim_due(limit, self.lease, ack=self.pending_acks)
+        self.pending_acks = []  # only once the statement that deleted them committed
         report.claimed = len(rows)
         claimed_at = self.monotonic()
         done: list[uuid.UUID] = []
@@ -128,11 +141,12 @@ class Dispatcher:
         try:
             for row in runnable:
                 if not cancelled and (
-                    self.should_stop()
+                    self.backlog
+                    or self.should_stop()
                     or self._lease_too_short(claimed_at)
                     or self._overdue(claimed_at)
                 ):
-                    # Run nothing more; still settle what already ran.
+                    # Run nothing more; still settle (or keep) what already ran.
                     run.cancel()
                     cancelled = True
                 started = self.monotonic()
@@ -144,17 +158,17 @@ class Dispatcher:
         finally:
             run.close()
             self.counters.add(self.tally)
-            if unsettled:
-                # Hand back what did not run rather than let the leases run out.
-                report.released = self.outbox.release(list(unsettled))
-            if self.should_stop() or self.lease < DEFER_ACKS_MIN_LEASE:
-                self.outbox.delete(done)
-            else:
-                # Acknowledge with the next claim: one statement fewer per
-                # batch, and an idle loop gets back to waiting sooner. Loops
-                # claim again within a second even when idle, far inside the
-                # lease; whoever stops claiming calls flush_acks().
-                self.pending_acks = done
+            self.pending_acks.extend(done)
+            self._hand_back(report, unsettled)
+        if self.settle_error is not None:
+            error, self.settle_error = self.settle_error, None
+            raise error
+        if self.should_stop() or self.lease < DEFER_ACKS_MIN_LEASE:
+            self.flush_acks()
+        # Otherwise acknowledge with the next claim: one statement fewer per
+        # batch, and an idle loop gets back to waiting sooner. Loops claim
+        # again within a second even when idle, far inside the lease; whoever
+        # stops claiming calls flush_acks().
         return report
 
     def _record(self, report, row, outcome, done, unsettled) -> None:
@@ -162,8 +176,51 @@ class Dispatcher:
         report.executed += 1
         report.outcomes.append((row.id, outcome))
         del unsettled[row.id]
-        if self._settle(row, outcome):
-            done.append(row.id)
+        if self.backlog:
+            # A settling statement failed in this batch: keep the outcome for
+            # the next attempt instead of running into the same failure.
+            self.backlog.append((row, outcome))
+            return
+        try:
+            if self._settle_one(row, outcome):
+                done.append(row.id)
+        except Exception as exc:
+            logger.warning("could not settle outbox row %s (%s); kept for later", row.id, exc)
+            self.backlog.append((row, outcome))
+            self.settle_error = exc
+
+    def _hand_back(self, report: BatchReport, unsettled: dict) -> None:
+        """Give back claimed rows that did not run rather than let their leases run out."""
+        if not unsettled:
+            return
+        try:
+            report.released = self.outbox.release(list(unsettled))
+        except Exception as exc:
+            # They never ran: after the lease they are due again, nothing lost.
+            logger.warning("could not hand back %d unstarted rows (%s)", len(unsettled), exc)
+            if self.settle_error is None:
+                self.settle_error = exc
+
+    def settle_backlog(self) -> None:
+        """Settle outcomes a failed statement left waiting; raises (keeping
+        the rest) while the database still fails."""
+        while self.backlog:
+            row, outcome = self.backlog[0]
+            if self._settle_one(row, outcome):
+                self.pending_acks.append(row.id)
+            self.backlog.pop(0)
+
+    def _settle_one(self, row: OutboxRow, outcome: Outcome) -> bool:
+        """_settle, and if that raises, once more with the outcome reduced to
+        plain ASCII text: a row whose own data the database refuses must not
+        hold up the rows behind it. Raises when even that fails."""
+        try:
+            return self._settle(row, outcome)
+        except Exception as exc:
+            logger.warning(
+                "settling outbox row %s failed (%s); retrying as plain text", row.id, exc
+            )
+            return self._settle(row, _plain(row, outcome, exc))
 
     def _start(self, rows: list[OutboxRow]):
         run_batch = getattr(self.execute, "run_batch", None)
@@ -177,9 +234,12 @@ class Dispatcher:
             return Failure(f"dispatcher error: {type(exc).__name__}: {exc}", retryable=True)
 
     def flush_acks(self) -> None:
-        """Acknowledge successes still waiting for the next claim."""
-        acks, self.pending_acks = self.pending_acks, []
-        self.outbox.delete(acks)
+        """Settle any backlog and acknowledge successes still waiting for the
+        next claim; what a failing statement could not settle stays kept."""
+        self.settle_backlog()
+        if self.pending_acks:
+            self.outbox.delete(self.pending_acks)
+            self.pending_acks = []
 
     def _lease_too_short(self, claimed_at: float) -> bool:
         # Would the next row, if it ran to the timeout, outlive the claim?
@@ -268,6 +328,19 @@ class _CallEach:
 
     def close(self) -> None:
         self.cancelled = True
+
+
+def _plain(row: OutboxRow, outcome: Outcome, exc: Exception) -> Outcome:
+    """The outcome with its text in ASCII only (escaped, not lost)."""
+    why = f"{type(exc).__name__} while recording the outcome"
+    if outcome.ok and row.reply_to is None:
+        return outcome  # nothing of it goes into SQL: try again as it is
+    if outcome.ok:
+        # Only a reply carries a result into SQL; the caller learns it was lost.
+        return Failure(f"the result could not be stored ({why})", retryable=False, status=502)
+    assert isinstance(outcome, Failure)
+    text = outcome.error.encode("ascii", "backslashreplace").decode("ascii")
+    return replace(outcome, error=f"{text} [stored as escaped text after {why}]")
 
 
 def _lost_invocation(row: OutboxRow) -> bool:

@@ -150,12 +150,19 @@ class DispatcherHost:
                             self.wakeup.notify()
                         continue
                     timeout = idle_timeout(dispatcher.outbox.next_due_at(), timezone.now())
-                except (DatabaseError, InterfaceError) as exc:
+                except Exception as exc:
                     # PostgreSQL restarted or the network dropped: reconnect
-                    # on the next query. Claimed rows come back after their lease.
-                    logger.warning(
-                        "dispatch loop: database error (%s); retrying in %.1fs", exc, delay
-                    )
+                    # on the next query. Claimed rows that did not run come
+                    # back after their lease; outcomes of those that ran wait
+                    # in the dispatcher until a statement records them.
+                    if isinstance(exc, DatabaseError | InterfaceError):
+                        logger.warning(
+                            "dispatch loop: database error (%s); retrying in %.1fs", exc, delay
+                        )
+                    else:
+                        logger.exception(
+                            "dispatch loop: unexpected error; retrying in %.1fs", delay
+                        )
                     connections.close_all()
                     self.stopping.wait(delay)
                     delay = min(delay * 2, DB_RETRY_DELAY[1])
