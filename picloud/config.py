@@ -182,8 +182,9 @@ class TriggerConfig:
 class WebhookConfig:
     """Where webhook scripts may send requests."""
 
-    # Loopback, private, link-local, multicast and reserved destinations are
-    # refused unless this is set (a guard against requests into our network).
+    # Only globally routable unicast destinations are allowed unless this is
+    # set (a guard against requests into our network and to cloud metadata
+    # services; picloud/webhooks.py has the refused blocks).
     allow_private: bool = False
     # Plain-HTTP URLs are refused unless this is set.
     allow_http: bool = False

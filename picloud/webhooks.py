@@ -5,7 +5,8 @@ Signature (docs/webhooks.md shows a receiver's check):
     X-PiCloud-Signature: sha256=<hex HMAC-SHA256(secret, timestamp + "." + body)>
     X-PiCloud-Delivery:  <outbox id>
 
-The destination's addresses are resolved once and checked; the connection
+The destination's addresses are resolved once and every one is checked (only
+globally routable unicast addresses pass, see refusal_reason); the connection
 then goes to the checked address (no second lookup a DNS answer could change)
 with the original host name for TLS and the Host header. Redirects are not
 followed: a 3xx is a failure like any other non-2xx answer.
@@ -69,18 +70,106 @@ def validate_webhook_url(url: str, config: WebhookConfig | None = None) -> None:
         raise ValidationError({"webhook_url": "Credentials in the URL are not allowed."})
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _table(*entries: tuple[str, str]) -> tuple[tuple[IPNetwork, str], ...]:
+    """(network, "kind (block)") pairs, parsed once at import: the check runs per call."""
+    return tuple((ipaddress.ip_network(block), f"{kind} ({block})") for block, kind in entries)
+
+
+# An allow rule built from explicit tables, not Python's is_private/is_global
+# (on 3.11 they miss 100.64.0.0/10, the AS112 and AMT blocks, 6to4, 3fff::/20).
+# The IANA IPv4 and IPv6 special-purpose registries, multicast and reserved
+# space: every block is refused, also those the registry marks "globally
+# reachable" (anycast services such as AS112, AMT, PCP and TURN receive no
+# webhooks). Where blocks nest, the narrower comes first to name it. IPv6
+# outside 2000::/3, where IANA allocates global unicast from, is refused too.
+IPV4_REFUSED = _table(
+    ("0.0.0.0/8", "'this network'"),  # connecting to 0.0.0.0 reaches the local host
+    ("10.0.0.0/8", "private use"),
+    ("100.64.0.0/10", "shared address space: CGNAT, Tailscale, cloud metadata"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local: cloud metadata services"),
+    ("172.16.0.0/12", "private use"),
+    ("192.0.0.0/24", "IETF protocol assignments"),
+    ("192.0.2.0/24", "documentation"),
+    ("192.31.196.0/24", "AS112"),
+    ("192.52.193.0/24", "AMT"),
+    ("192.88.99.0/24", "6to4 relay anycast"),
+    ("192.168.0.0/16", "private use"),
+    ("192.175.48.0/24", "AS112"),
+    ("198.18.0.0/15", "benchmarking"),
+    ("198.51.100.0/24", "documentation"),
+    ("203.0.113.0/24", "documentation"),
+    ("224.0.0.0/4", "multicast"),
+    ("255.255.255.255/32", "limited broadcast"),
+    ("240.0.0.0/4", "reserved"),
+)
+IPV6_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
+IPV6_REFUSED = _table(
+    ("::/128", "unspecified"),
+    ("::1/128", "loopback"),
+    ("64:ff9b:1::/48", "local-use IPv4/IPv6 translation"),
+    ("100::/64", "discard-only"),
+    ("2001::/32", "Teredo"),
+    ("2001::/23", "IETF protocol assignments"),
+    ("2001:db8::/32", "documentation"),
+    ("2002::/16", "6to4"),
+    ("2620:4f:8000::/48", "AS112"),
+    ("3fff::/20", "documentation"),
+    ("fc00::/7", "unique local"),
+    ("fe80::/10", "link-local"),
+    ("fec0::/10", "site-local"),
+    ("ff00::/8", "multicast"),
+)
+# A connection to these reaches the IPv4 address inside (through a dual-stack
+# socket or a NAT64 gateway), so they are judged by that address.
+IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated (RFC 4291): refused outright
+
+
+def _first_match(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, table) -> str | None:
+    return next((kind for network, kind in table if ip in network), None)
+
+
+def _ipv6_reason(ip: ipaddress.IPv6Address) -> str | None:
+    low32 = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    for prefix, name in ((IPV4_MAPPED, "IPv4-mapped"), (NAT64_WELL_KNOWN, "NAT64")):
+        if ip in prefix:
+            inner = _first_match(low32, IPV4_REFUSED)
+            return None if inner is None else f"{name} ({prefix}) form of {low32}, {inner}"
+    kind = _first_match(ip, IPV6_REFUSED)
+    if ip in IPV4_COMPATIBLE and kind is None:
+        return f"IPv4-compatible ({IPV4_COMPATIBLE}, deprecated) form of {low32}"
+    # Transition forms that carry an IPv4 address are refused whatever it is;
+    # naming it shows where the packet would have gone.
+    if ip.sixtofour is not None:
+        return f"{kind}, carrying {ip.sixtofour}"
+    if ip.teredo is not None:
+        server, client = ip.teredo
+        return f"{kind}, carrying server {server} and client {client}"
+    if kind is None and ip not in IPV6_GLOBAL_UNICAST:
+        return f"outside global unicast ({IPV6_GLOBAL_UNICAST})"
+    return kind
+
+
+def refusal_reason(address: str) -> str | None:
+    """Why `address` is no allowed webhook destination, or None when it is
+    a globally routable unicast address. Brackets and a zone id (`%eth0`)
+    are ignored."""
+    try:
+        ip = ipaddress.ip_address(address.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return "not an IP address"
+    if ip.version == 4:
+        return _first_match(ip, IPV4_REFUSED)
+    return _ipv6_reason(ip)
+
+
 def _is_public(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return not (
-        ip.is_loopback
-        or ip.is_private
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-    )
+    return refusal_reason(address) is None
 
 
 def resolve_destination(host: str, port: int, config: WebhookConfig) -> str:
@@ -91,13 +180,14 @@ def resolve_destination(host: str, port: int, config: WebhookConfig) -> str:
         raise ConnectionError(f"cannot resolve {host!r}: {exc}") from exc
     addresses = [info[4][0] for info in infos]
     if not config.allow_private:
-        blocked = [a for a in addresses if not _is_public(a)]
-        if blocked:
-            raise WebhookRefused(
-                f"destination {host!r} resolves to a non-public address ({blocked[0]}); "
-                "loopback, private, link-local and multicast destinations are refused "
-                "unless PICLOUD_WEBHOOK_ALLOW_PRIVATE=true"
-            )
+        for address in addresses:
+            reason = refusal_reason(address)
+            if reason is not None:
+                raise WebhookRefused(
+                    f"destination {host!r} resolves to a non-public address ({address}): "
+                    f"{reason}; only globally routable unicast addresses are allowed. "
+                    "To allow it, set PICLOUD_WEBHOOK_ALLOW_PRIVATE=true."
+                )
     return addresses[0]
 
 

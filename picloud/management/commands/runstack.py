@@ -7,6 +7,7 @@ waits, and Django's runserver turns away bursts of connections.
 
 from __future__ import annotations
 
+import ipaddress
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from gunicorn.util import parse_address
 
 STOP_GRACE = 15.0  # seconds each child gets to exit after SIGTERM before SIGKILL
 
@@ -34,6 +36,8 @@ class Command(BaseCommand):
     def handle(self, *args, addr: str, threads: int, **options):
         if threads < 1:
             raise CommandError(f"--threads must be at least 1, got {threads}")
+        if warning := exposed_bind_warning(addr):
+            self.stderr.write(warning)
         manage = str(Path(settings.BASE_DIR) / "manage.py")
         web = [sys.executable, "-m", "gunicorn", "picloud.wsgi:application"]
         web += ["--worker-class", "gthread", "--workers", "1", "--threads", str(threads)]
@@ -79,3 +83,30 @@ class Command(BaseCommand):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def exposed_bind_warning(addr: str) -> str | None:
+    """A warning when `addr` (gunicorn's --bind syntax) is reachable from other hosts.
+
+    gthread threads read request headers blocking, with no timeout gunicorn
+    lets us set: a few hundred clients that send headers slowly hold every
+    thread. Only a buffering proxy in front bounds that.
+    """
+    try:
+        parsed = parse_address(addr)
+    except RuntimeError:
+        return None  # malformed: gunicorn refuses it with its own message
+    if not isinstance(parsed, tuple):
+        return None  # a unix socket or an inherited file descriptor: not ours to judge
+    host = parsed[0]
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False  # a host name or "" (every interface)
+    if loopback:
+        return None
+    return (
+        f"picloud: warning: serving on {addr}, reachable from other hosts. Slow clients "
+        "can hold every gunicorn thread; bind to 127.0.0.1 behind a buffering reverse "
+        'proxy (docs/api.md, "Serving it").'
+    )
