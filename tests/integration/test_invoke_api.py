@@ -342,3 +342,23 @@ def test_python_api_invokes_as_the_principal_and_checks_its_role(dispatcher, mem
     with pytest.raises(PermissionDenied, match="ScriptInvoke"):
         invoke(member.principal, script, {})
     assert not OutboxEntry.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("payload", "wait_ms", "message"),
+    [
+        ({"n": float("nan")}, None, "payload cannot be stored"),
+        ({"s": "a\x00"}, None, "payload cannot be stored"),
+        ({}, True, "wait_ms must be a positive integer"),
+        ({}, "5", "wait_ms must be a positive integer"),
+        ({}, 0, "wait_ms must be a positive integer"),
+    ],
+)
+def test_python_api_refuses_bad_values_before_enqueueing(member, script, payload, wait_ms, message):
+    from django.core.exceptions import ValidationError
+
+    from outbox.invoke import invoke
+
+    with pytest.raises(ValidationError, match=message):
+        invoke(member.principal, script, payload, wait_ms=wait_ms)
+    assert not OutboxEntry.objects.exists()
