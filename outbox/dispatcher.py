@@ -331,7 +331,7 @@ class _CallEach:
 
 
 def _plain(row: OutboxRow, outcome: Outcome, exc: Exception) -> Outcome:
-    """The outcome with its text in ASCII only (escaped, not lost)."""
+    """The outcome with its text in printable ASCII only (escaped, not lost)."""
     why = f"{type(exc).__name__} while recording the outcome"
     if outcome.ok and row.reply_to is None:
         return outcome  # nothing of it goes into SQL: try again as it is
@@ -339,7 +339,9 @@ def _plain(row: OutboxRow, outcome: Outcome, exc: Exception) -> Outcome:
         # Only a reply carries a result into SQL; the caller learns it was lost.
         return Failure(f"the result could not be stored ({why})", retryable=False, status=502)
     assert isinstance(outcome, Failure)
-    text = outcome.error.encode("ascii", "backslashreplace").decode("ascii")
+    # unicode_escape writes NUL, control characters, surrogates and all
+    # non-ASCII as backslash escapes: printable ASCII only.
+    text = outcome.error.encode("unicode_escape").decode("ascii")
     return replace(outcome, error=f"{text} [stored as escaped text after {why}]")
 
 

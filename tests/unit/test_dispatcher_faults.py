@@ -33,8 +33,9 @@ class DatabaseGone(Exception):
 
 
 class FaultyOutbox(MemoryOutboxRepo):
-    """Fails every statement while `down`; refuses non-ASCII errors when
-    `ascii_only` (as PostgreSQL refuses NUL: a value it cannot store)."""
+    """Fails every statement while `down`; refuses errors that are not
+    printable ASCII when `ascii_only` (as PostgreSQL refuses NUL: a value it
+    cannot store)."""
 
     def __init__(self, clock):
         super().__init__(clock)
@@ -59,7 +60,7 @@ class FaultyOutbox(MemoryOutboxRepo):
 
     def reschedule(self, row_id, due_at, error):
         self._check()
-        if self.ascii_only and not error.isascii():
+        if self.ascii_only and not (error.isascii() and error.isprintable()):
             raise ValueError("the database refused the error text")
         return super().reschedule(row_id, due_at, error)
 
@@ -188,7 +189,7 @@ def test_a_row_whose_error_the_database_refuses_is_stored_escaped(world):
 
     def outcome(row):
         if row.id == poison.id:
-            return Failure("endpoint said: caf\u00e9", retryable=True)
+            return Failure("endpoint said: caf\u00e9\x01\n", retryable=True)
         return Success(None)
 
     executor = BatchExecutor(outcome)
@@ -196,7 +197,7 @@ def test_a_row_whose_error_the_database_refuses_is_stored_escaped(world):
     report = dispatcher.run_once(limit=10)  # does not raise
     assert report.executed == 4
     stored = outbox.get(poison.id)
-    assert stored.last_error.startswith("endpoint said: caf\\xe9")
+    assert stored.last_error.startswith("endpoint said: caf\\xe9\\x01\\n")
     assert "stored as escaped text" in stored.last_error
     assert stored.due_at == clock.now + timedelta(seconds=1), "rescheduled with backoff"
     dispatcher.flush_acks()
