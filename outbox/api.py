@@ -15,7 +15,6 @@ the invocation's queries run on the invoker's database threads.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 
@@ -28,8 +27,11 @@ from picloud import tokens
 from picloud.authz import Capability, Scope, has_capability
 from picloud.config import SandboxCeiling
 from picloud.models import Principal, Script
+from picloud.storable import Unstorable, check_json, clean_text, parse_json
 
 logger = logging.getLogger("picloud.api")
+
+MAX_SCRIPT_NAME = Script._meta.get_field("name").max_length
 
 
 @dataclass
@@ -56,7 +58,10 @@ def bearer_token(request: HttpRequest) -> str:
 def authorize(raw_token: str, app_slug: str, script_name: str) -> tuple[Principal, Script]:
     """Who is calling and what they may run; ApiError otherwise. Runs on a
     database thread; one query (tokens.lookup)."""
-    found = tokens.lookup(raw_token, app_slug=app_slug, script_name=script_name)
+    # A name no script can have (too long, NUL) is looked up as no name at
+    # all: the query stays valid and the answer is the usual 404.
+    name = script_name if _possible_script_name(script_name) else None
+    found = tokens.lookup(raw_token, app_slug=app_slug, script_name=name)
     if found is None:
         raise ApiError(401, "unauthenticated", "the API token is unknown, expired or revoked")
     grant, row = found
@@ -85,23 +90,55 @@ def authorize(raw_token: str, app_slug: str, script_name: str) -> tuple[Principa
     return principal, Script(id=row["script_id"], app_id=app_id, name=script_name)
 
 
+def _possible_script_name(name: str) -> bool:
+    return 0 < len(name) <= MAX_SCRIPT_NAME and clean_text(name)[1] == 0
+
+
 def read_payload(request: HttpRequest, max_bytes: int):
-    declared = request.META.get("CONTENT_LENGTH") or "0"
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise _too_large(max_bytes)
-    body = request.read(max_bytes + 1)
-    if len(body) > max_bytes:
-        raise _too_large(max_bytes)
+    """The request body as a JSON value PostgreSQL can store, or ApiError
+    (413 over `max_bytes`, 411 for a body we cannot read, 400 invalid_json).
+    An empty body is ``{}``."""
+    body = _read_body(request, max_bytes)
     if not body.strip():
         return {}
     try:
-        return json.loads(body, parse_constant=_refuse_constant)
+        value = parse_json(body)
+        check_json(value)
+    except Unstorable as exc:
+        raise ApiError(400, "invalid_json", f"the request body cannot be stored: {exc}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
+    return value
 
 
-def _refuse_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
+def _read_body(request: HttpRequest, max_bytes: int) -> bytes:
+    declared = request.META.get("CONTENT_LENGTH") or ""
+    if _is_digits(declared):
+        if int(declared) > max_bytes:
+            raise _too_large(max_bytes)
+        stream = request  # Django reads exactly Content-Length bytes
+    elif "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
+        # No length: Django would read nothing and the payload would be lost.
+        # A server that ends the input at the body's end (gunicorn sets
+        # wsgi.input_terminated) lets us read it to the end ourselves.
+        if not request.META.get("wsgi.input_terminated"):
+            raise ApiError(
+                411,
+                "length_required",
+                "this server cannot read a chunked body: send a Content-Length header",
+            )
+        stream = request.META["wsgi.input"]
+    else:
+        return b""
+    body = stream.read(max_bytes + 1)
+    if len(body) > max_bytes:
+        raise _too_large(max_bytes)
+    return body
+
+
+def _is_digits(text: str) -> bool:
+    # str.isdigit() also accepts '²' and '٣', which int() then refuses.
+    return text.isascii() and text.isdigit()
 
 
 def _too_large(max_bytes: int) -> ApiError:
@@ -116,11 +153,11 @@ def read_wait_ms(request: HttpRequest, max_wait_ms: int) -> int:
     raw = request.GET.get("timeout_ms")
     if raw is None:
         return max_wait_ms
-    if not raw.isdigit() or not 1 <= int(raw) <= max_wait_ms:
+    if not (_is_digits(raw) and len(raw) <= 9 and 1 <= int(raw) <= max_wait_ms):
         raise ApiError(
             400,
             "invalid_timeout",
-            f"timeout_ms={raw!r} is not valid: allowed is an integer from 1 to {max_wait_ms}",
+            f"timeout_ms={raw[:40]!r} is not valid: allowed is an integer from 1 to {max_wait_ms}",
         )
     return int(raw)
 
@@ -142,7 +179,7 @@ def invoke_view(request: HttpRequest, app_slug: str, script_name: str) -> JsonRe
     except ApiError as error:
         return error.response()
     except (DatabaseError, InterfaceError):
-        logger.exception("invocation of %s/%s failed on the database", app_slug, script_name)
+        logger.exception("invocation of %r/%r failed on the database", app_slug, script_name)
         return ApiError(503, "unavailable", "the database is unavailable; try again").response()
     response = JsonResponse(result.reply.body, status=result.reply.status, safe=False)
     response["X-PiCloud-Outbox-Id"] = str(result.outbox_id)

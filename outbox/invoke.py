@@ -24,11 +24,14 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+from django.core.exceptions import ValidationError
+
 from outbox.reply_hub import ReplyHub
 from outbox.repository import NewOutboxRow, OutboxRepo, Reply, ReplyInbox
 from picloud.authz import Capability, require
 from picloud.config import SandboxCeiling, SyncConfig
 from picloud.models import Principal, Script
+from picloud.storable import Unstorable, check_json
 from triggers.kinds import SourceKind
 
 
@@ -177,5 +180,17 @@ def close_default_invoker() -> None:
 def invoke(
     principal: Principal, script: Script, payload: Any, *, wait_ms: int | None = None
 ) -> InvocationResult:
-    """The Python API: invoke `script` as `principal` and wait for its reply."""
+    """The Python API: invoke `script` as `principal` and wait for its reply.
+
+    ValidationError for a payload PostgreSQL cannot store (NaN, NUL, too
+    deep...) or a wait that is not a positive integer of milliseconds;
+    PermissionDenied when the principal may not invoke scripts in that app."""
+    try:
+        check_json(payload)
+    except Unstorable as exc:
+        raise ValidationError(f"The payload cannot be stored: {exc}.") from None
+    if wait_ms is not None and (type(wait_ms) is not int or wait_ms < 1):
+        raise ValidationError(
+            f"wait_ms must be a positive integer (milliseconds) or None, got {wait_ms!r}."
+        )
     return default_invoker().invoke(principal, script, payload, wait_ms=wait_ms)

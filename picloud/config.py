@@ -7,13 +7,17 @@ whose message is one line naming the variable, the value given and what is
 allowed; ``PicloudConfig.ready()`` builds each config once so a bad value stops
 start-up.
 
-An unset or empty variable means "use the default".
+An unset or empty variable means "use the default"; surrounding whitespace
+is ignored. Numbers are plain ASCII: Python's ``int()`` and ``float()`` also
+take ``5_000``, other scripts' digits (fullwidth, Arabic-Indic), exponents
+and ``inf``, none of which an operator means.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from django.core.exceptions import ImproperlyConfigured
@@ -33,16 +37,36 @@ def _raw(env: Mapping[str, str], name: str) -> str | None:
     return value.strip()
 
 
+_INTEGER = re.compile(r"-?[0-9]+")
+_DECIMAL = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")  # no exponent, no inf/nan
+
+
+def parse_int(text: str) -> int | None:
+    """`text` as an integer when it is ASCII digits with an optional leading
+    '-' (nothing around them), else None."""
+    if not _INTEGER.fullmatch(text):
+        return None
+    try:
+        return int(text, 10)
+    except ValueError:  # more digits than Python converts (sys.int_info)
+        return None
+
+
+def parse_decimal(text: str) -> float | None:
+    """`text` as a float when it is a plain ASCII decimal (``0.25``, ``.5``,
+    ``-1``), else None."""
+    return float(text) if _DECIMAL.fullmatch(text) else None
+
+
 def env_int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
     """An integer variable in [low, high]."""
     allowed = f"an integer from {low} to {high}"
     raw = _raw(env, name)
     if raw is None:
         return default
-    try:
-        value = int(raw, 10)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not valid: allowed is {allowed}") from None
+    value = parse_int(raw)
+    if value is None:
+        raise ConfigError(f"{name}={raw!r} is not valid: allowed is {allowed}")
     if not low <= value <= high:
         raise ConfigError(f"{name}={raw!r} is out of range: allowed is {allowed}")
     return value
@@ -56,11 +80,10 @@ def env_float(
     raw = _raw(env, name)
     if raw is None:
         return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not valid: allowed is {allowed}") from None
-    if not (low <= value <= high):  # also rejects nan
+    value = parse_decimal(raw)
+    if value is None:
+        raise ConfigError(f"{name}={raw!r} is not valid: allowed is {allowed}")
+    if not low <= value <= high:
         raise ConfigError(f"{name}={raw!r} is out of range: allowed is {allowed}")
     return value
 
@@ -78,6 +101,19 @@ def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(
         f"{name}={raw!r} is not valid: allowed is one of true, false, 1, 0, yes, no, on, off"
     )
+
+
+def env_choice(env: Mapping[str, str], name: str, default: str, *, choices: Sequence[str]) -> str:
+    """One of `choices`, matched ignoring ASCII case; returns it as spelled in `choices`."""
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    # ASCII only: str.lower() folds some other letters (the Kelvin sign) into ASCII ones.
+    if raw.isascii():
+        for choice in choices:
+            if raw.lower() == choice.lower():
+                return choice
+    raise ConfigError(f"{name}={raw!r} is not valid: allowed is one of {', '.join(choices)}")
 
 
 @dataclass(frozen=True)

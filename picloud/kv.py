@@ -26,6 +26,7 @@ from picloud.models import App, Principal, principal_for
 from picloud.sqlexec import fetch_all as _fetch_all
 from picloud.sqlexec import fetch_one, from_json, to_json
 from picloud.sqlfiles import load_queries
+from picloud.storable import Unstorable, check_json, clean_text
 
 MAX_KEY_LENGTH = 1024  # characters
 MAX_COLLECTION_LENGTH = 255  # characters
@@ -68,9 +69,30 @@ def _check_text(what: str, value: object, limit: int) -> str:
         raise ValidationError(
             f"{what} is {len(value)} characters long; at most {limit} are allowed."
         )
-    if "\x00" in value:
-        raise ValidationError(f"{what} must not contain the NUL character.")
+    if clean_text(value)[1]:
+        raise ValidationError(f"{what} must not contain the NUL character or unpaired surrogates.")
     return value
+
+
+def _check_value(value: Any) -> str:
+    """The value as JSON text for jsonb, or ValidationError saying what is wrong."""
+    try:
+        check_json(value)
+    except Unstorable as exc:
+        raise ValidationError(
+            f"The value cannot be stored: {exc}. Allowed: JSON (dicts with string keys, "
+            "lists, strings, finite numbers, booleans, None)."
+        ) from None
+    return to_json(value)
+
+
+def _check_limit(limit: object) -> int:
+    # bool is an int to Python, and "5" or 1.5 would reach SQL: refuse them here.
+    if type(limit) is not int or not 1 <= limit <= MAX_LIST_LIMIT:
+        raise ValidationError(
+            f"limit must be an integer from 1 to {MAX_LIST_LIMIT}, got {limit!r}."
+        )
+    return limit
 
 
 def _params(app: App, collection: str, key: str | None = None) -> dict[str, Any]:
@@ -97,9 +119,9 @@ def list(
     """Entries of a collection by key (code point order), at most `limit`. Needs KvRead."""
     app = _app(app)
     require(_principal(principal), Capability.KvRead(app.id))
-    if not 1 <= limit <= MAX_LIST_LIMIT:
-        raise ValidationError(f"limit must be 1..{MAX_LIST_LIMIT}, got {limit}.")
-    params = {**_params(app, collection), "prefix": prefix or None, "limit": limit}
+    if prefix:
+        _check_text("Prefix", prefix, MAX_KEY_LENGTH)
+    params = {**_params(app, collection), "prefix": prefix or None, "limit": _check_limit(limit)}
     return [_item(r) for r in _fetch_all(Q["kv_list"], params)]
 
 
@@ -120,7 +142,7 @@ def put(
     """
     app = _app(app)
     require(_principal(principal), Capability.KvWrite(app.id))
-    params = {**_params(app, collection, key), "value": to_json(value)}
+    params = {**_params(app, collection, key), "value": _check_value(value)}
     with transaction.atomic():
         while True:
             old = fetch_one(Q["kv_lock"], params)

@@ -3,24 +3,38 @@
 Everything an operator sets comes from the environment (django-environ).
 DATABASE_URL selects the database; without it an embedded PostgreSQL is
 started under .pgdata/ (see picloud/embedded_db.py).
+
+Numbers, booleans and levels go through picloud.config's validators, like
+the PICLOUD_* configs: a bad value raises ConfigError, which manage.py prints
+as one line. They are read first, so a bad one stops start-up before any
+database is started.
 """
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import environ
 
+from picloud.config import ConfigError, env_bool, env_choice, env_int
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEBUG = env_bool(os.environ, "DJANGO_DEBUG", True)
+# At most 64: each worker process holds PostgreSQL connections (one per dispatch
+# loop), and the server's default max_connections is 100.
+QCLUSTER_WORKERS = env_int(os.environ, "PICLOUD_QCLUSTER_WORKERS", 2, low=1, high=64)
+LOG_LEVEL = env_choice(os.environ, "PICLOUD_LOG_LEVEL", "INFO", choices=LOG_LEVELS)
 
 SECRET_KEY = env.str(
     "DJANGO_SECRET_KEY",
     # Only good for local development; production must set DJANGO_SECRET_KEY.
     default="picloud-insecure-development-key-set-DJANGO_SECRET_KEY-in-production",
 )
-DEBUG = env.bool("DJANGO_DEBUG", default=True)
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
 
 INSTALLED_APPS = [
@@ -75,9 +89,30 @@ WSGI_APPLICATION = "picloud.wsgi.application"
 ASGI_APPLICATION = "picloud.asgi.application"
 
 
+DATABASE_URL_FORM = "postgres://user:pass@host:port/db"
+
+
+def _database_url() -> dict:
+    # Neither the message nor a warning shows the URL: it may hold a password.
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Engine not recognized", with the password
+            db = env.db_url("DATABASE_URL")
+    except ValueError as exc:  # a malformed or out-of-range port
+        raise ConfigError(
+            f"DATABASE_URL is not valid ({exc}): allowed is {DATABASE_URL_FORM}"
+        ) from None
+    if db.get("ENGINE") != "django.db.backends.postgresql" or not db.get("NAME"):
+        raise ConfigError(
+            "DATABASE_URL is not valid (not a PostgreSQL URL naming a database): "
+            f"allowed is {DATABASE_URL_FORM}"
+        )
+    return db
+
+
 def _database() -> dict:
     if "DATABASE_URL" in os.environ:
-        db = env.db_url("DATABASE_URL")
+        db = _database_url()
         where = f"PostgreSQL at {db.get('HOST') or 'local socket'}:{db.get('PORT') or 5432}/{db['NAME']}"
     else:
         from picloud.embedded_db import DEFAULT_PGDATA, ensure_running
@@ -116,7 +151,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 Q_CLUSTER = {
     "name": "picloud",
     "orm": "default",
-    "workers": env.int("PICLOUD_QCLUSTER_WORKERS", default=2),
+    "workers": QCLUSTER_WORKERS,
     "timeout": 600,  # seconds a task may run before the cluster kills it
     "retry": 900,  # seconds before an unacknowledged task is re-delivered; > timeout
     "catch_up": False,
@@ -130,6 +165,6 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("PICLOUD_LOG_LEVEL", default="INFO")},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"pgserver": {"level": "WARNING"}},
 }

@@ -15,6 +15,7 @@ results, webhook answers, error messages) passes through here first:
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any
@@ -116,6 +117,27 @@ def _walk(value: Any, fix_text: bool) -> tuple[Any, int]:
         else:
             parent[key] = leaf(item, path)
     return root[0], replaced
+
+
+def parse_json(data: str | bytes) -> Any:
+    """JSON text parsed strictly: ValueError for what is not JSON (NaN and
+    Infinity included), numbers out of a float's range, or nesting too deep
+    for the parser. The value may still hold unstorable text (check_json)."""
+    try:
+        return json.loads(data, parse_constant=_not_json, parse_float=_finite)
+    except RecursionError:
+        raise Unstorable(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
 
 
 def check_json(value: Any) -> None:

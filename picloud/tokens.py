@@ -5,12 +5,18 @@ store its SHA-256 only, so a leaked database does not leak usable tokens.
 A token carries a subset of the seven scopes and may be limited to one app;
 what it can do is the intersection of those with its principal's roles
 (``TokenGrant.allows`` and ``has_capability`` both have to say yes).
+
+``issue`` holds the rules every way of creating a token shares (command,
+admin, Python API): no tokens for inactive users, ``platform:admin`` only
+for principals that hold it, a short one-line name, an expiry within
+MAX_LIFETIME.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+import unicodedata
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,7 +27,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from picloud.authz import Scope, _AppCapability, _Capability
+from picloud.authz import Capability, Scope, _AppCapability, _Capability, has_capability
 from picloud.models import ApiToken, App, Principal
 from picloud.sqlexec import fetch_one, model_from_row
 from picloud.sqlfiles import load_queries
@@ -32,6 +38,7 @@ TOKEN_PREFIX = "pct_"
 PREFIX_CHARS = 12  # characters of a token kept in clear to tell tokens apart
 DEFAULT_LIFETIME = timedelta(days=90)
 MAX_LIFETIME = timedelta(days=3650)
+NAME_MAX_CHARS = ApiToken._meta.get_field("name").max_length
 
 
 def hash_token(raw: str) -> str:
@@ -53,6 +60,41 @@ def parse_scopes(scopes: Iterable[str | Scope]) -> list[str]:
     return values
 
 
+def check_name(name: object) -> str:
+    """The name stripped, or ValidationError: non-empty text of at most
+    NAME_MAX_CHARS characters, none of them control characters (PostgreSQL
+    refuses NUL) or unpaired surrogates (not encodable)."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValidationError("a token needs a name saying what it is for")
+    name = name.strip()
+    if len(name) > NAME_MAX_CHARS:
+        raise ValidationError(
+            f"a token's name is at most {NAME_MAX_CHARS} characters, got {len(name)}"
+        )
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
+        raise ValidationError(
+            "a token's name may not contain control characters or unpaired surrogates"
+        )
+    return name
+
+
+def check_holder(principal: Principal, scopes: Iterable[str]) -> None:
+    """ValidationError unless `principal` may hold a token with these scopes:
+    its user is active, and `platform:admin` only if it holds that itself.
+
+    Roles limit every use of a token anyway; this refuses tokens that do
+    nothing today and would start working, unnoticed, once the user is
+    reactivated or promoted."""
+    if not principal.is_active:
+        raise ValidationError(f"user {principal} is inactive: inactive users get no tokens")
+    holds_platform_admin = has_capability(principal, Capability.PlatformManageApps())
+    if Scope.PlatformAdmin in scopes and not holds_platform_admin:
+        raise ValidationError(
+            f"scope {Scope.PlatformAdmin.value} is only for principals that hold it "
+            f"(superusers); {principal} does not"
+        )
+
+
 def create_token(
     principal: Principal,
     *,
@@ -64,8 +106,13 @@ def create_token(
     """Store a new token and return it with its plaintext, which is not kept.
 
     `expires_at` defaults to DEFAULT_LIFETIME from now; it must lie in the
-    future and within MAX_LIFETIME.
+    future and within MAX_LIFETIME. ValidationError when a rule is broken
+    (see ``issue``).
     """
+    if isinstance(scopes, str):  # would read as one scope per character
+        raise ValidationError(f"scopes must be a list of scopes, not one string: {scopes!r}")
+    if not isinstance(scopes, Iterable):
+        raise ValidationError(f"scopes must be a list of scopes, got {scopes!r}")
     token = ApiToken(
         principal=principal,
         name=name,
@@ -78,20 +125,28 @@ def create_token(
 
 def issue(token: ApiToken) -> str:
     """Check an unsaved token, give it a fresh secret, save it; return the
-    plaintext (the only time anyone sees it)."""
-    now = timezone.now()
-    if token.expires_at <= now:
-        raise ValidationError(f"expires_at {token.expires_at.isoformat()} is in the past")
-    if token.expires_at > now + MAX_LIFETIME:
-        raise ValidationError(f"expires_at is more than {MAX_LIFETIME.days} days away")
-    if not token.name.strip():
-        raise ValidationError("a token needs a name saying what it is for")
-    raw = new_token()
-    token.name = token.name.strip()
+    plaintext (the only time anyone sees it). ValidationError, naming the
+    problem, when a rule is broken."""
+    if token.principal_id is None:
+        raise ValidationError("a token needs a principal")
     token.scopes = parse_scopes(token.scopes)
+    check_holder(token.principal, token.scopes)
+    token.name = check_name(token.name)
+    _check_expiry(token.expires_at)
+    raw = new_token()
     token.prefix, token.token_hash = raw[:PREFIX_CHARS], hash_token(raw)
     token.save()
     return raw
+
+
+def _check_expiry(expires_at: object) -> None:
+    if not isinstance(expires_at, datetime) or timezone.is_naive(expires_at):
+        raise ValidationError(f"expires_at must be a timezone-aware datetime, got {expires_at!r}")
+    now = timezone.now()
+    if expires_at <= now:
+        raise ValidationError(f"expires_at {expires_at.isoformat()} is in the past")
+    if expires_at > now + MAX_LIFETIME:
+        raise ValidationError(f"expires_at is more than {MAX_LIFETIME.days} days away")
 
 
 def revoke(token: ApiToken) -> bool:

@@ -18,8 +18,6 @@ import hashlib
 import hmac
 import http.client
 import ipaddress
-import json
-import math
 import socket
 import ssl
 import time
@@ -30,7 +28,7 @@ from urllib.parse import urlsplit
 from django.core.exceptions import ValidationError
 
 from picloud.config import WebhookConfig
-from picloud.storable import clean_json, clean_text
+from picloud.storable import clean_json, clean_text, parse_json
 
 USER_AGENT = "PiCloud-Webhook/1"
 MAX_ERROR_BODY_CHARS = 500  # of a failed answer's body, kept in the error
@@ -271,19 +269,7 @@ def decode_result(response: WebhookResponse) -> Any:
     text = response.body.decode("utf-8", errors="replace")
     if "json" in response.content_type:
         try:
-            value = json.loads(text, parse_constant=_not_json, parse_float=_finite)
-            return clean_json(value)[0]
-        except (ValueError, RecursionError):  # Unstorable is a ValueError too
+            return clean_json(parse_json(text))[0]
+        except ValueError:  # not strict JSON, or not storable as JSON (Unstorable)
             pass
     return clean_text(text)[0]
-
-
-def _not_json(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} is out of range for a JSON number")
-    return value

@@ -1,5 +1,6 @@
 """`manage.py runstack` (what `make run` ends with) serves admin and runs qcluster."""
 
+import http.client
 import json
 import signal
 import subprocess
@@ -37,6 +38,23 @@ def _invoke(port, slug, script, token, body):
         return response.status, json.loads(response.read())
 
 
+def _invoke_chunked(port, slug, script, token, chunks):
+    """The same request with Transfer-Encoding: chunked (no Content-Length)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(
+            "POST",
+            f"/api/apps/{slug}/scripts/{script}/invoke",
+            body=iter(chunks),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            encode_chunked=True,
+        )
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
 def test_runstack_serves_admin_login_the_api_and_runs_the_cluster(tmp_path):
     demo = load_demo(password="pw")
     member = MembershipFactory(role="developer")
@@ -66,6 +84,10 @@ def test_runstack_serves_admin_login_the_api_and_runs_the_cluster(tmp_path):
         # A synchronous invocation through the web server and the cluster.
         answer = _invoke(port, member.app.slug, script.name, token, b'{"through": "runstack"}')
         assert answer == (200, {"through": "runstack"})
+        # A chunked body (no Content-Length) reaches the script whole.
+        chunks = [b'{"sent": ', b'"in chunks", ', b'"n": 3}']
+        answer = _invoke_chunked(port, member.app.slug, script.name, token, chunks)
+        assert answer == (200, {"sent": "in chunks", "n": 3})
         # The demo data's failing trigger turns its orders into dead letters
         # on its own: a newcomer sees the badge within a minute.
         wait_for(

@@ -145,8 +145,75 @@ def test_400_invalid_json(client, member, token, script):
         assert_refused(post(client, token, member.app.slug, script.name, body), 400, "invalid_json")
 
 
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b"[" * 5000 + b"]" * 5000, "nested deeper than 100 levels"),
+        (b"[" * 101 + b"]" * 101, "nested deeper than 100 levels"),
+        (b"[1e400]", "out of range"),
+        (b'{"big": ' + b"9" * 5000 + b"}", "not valid JSON"),
+        (b'{"a": "x\\u0000y"}', "$.a contains a NUL"),
+        (b'{"a\\u0000": 1}', "contains a NUL"),
+        (b'["\\ud800"]', "$[0] contains a NUL or unpaired surrogate"),
+    ],
+)
+def test_400_for_json_postgresql_cannot_store(client, member, token, script, body, says):
+    response = post(client, token, member.app.slug, script.name, body)
+    assert_refused(response, 400, "invalid_json")
+    assert says in response.json()["message"]
+
+
+def test_411_for_a_chunked_body_the_server_does_not_end(member, token, script):
+    from django.test import RequestFactory
+
+    from outbox.api import invoke_view
+
+    request = RequestFactory().post(
+        "/", data=b"{}", content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}"
+    )
+    request.META.pop("CONTENT_LENGTH", None)
+    request.META["HTTP_TRANSFER_ENCODING"] = "chunked"
+    response = invoke_view(request, member.app.slug, script.name)
+    assert response.status_code == 411
+    assert json.loads(response.content)["error"] == "length_required"
+    assert not OutboxEntry.objects.exists()
+
+
+def test_a_chunked_body_is_read_whole(dispatcher, member, token, script):
+    """gunicorn ends the input of a chunked body (wsgi.input_terminated);
+    Django alone would read nothing without a Content-Length."""
+    import io
+
+    from django.test import RequestFactory
+
+    from outbox.api import invoke_view
+
+    request = RequestFactory().post(
+        "/", data=b"", content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}"
+    )
+    request.META.pop("CONTENT_LENGTH", None)
+    request.META["HTTP_TRANSFER_ENCODING"] = "chunked"
+    request.META["wsgi.input_terminated"] = True
+    request.META["wsgi.input"] = io.BytesIO(b'{"sent": "in chunks"}')
+    response = invoke_view(request, member.app.slug, script.name)
+    assert (response.status_code, json.loads(response.content)) == (200, {"sent": "in chunks"})
+
+
+def test_404_for_a_script_name_no_script_can_have(client, member, token, script):
+    for name in ("a%00b", "x" * 300):
+        response = post(client, token, member.app.slug, name)
+        assert_refused(response, 404, "not_found")
+
+
 def test_400_invalid_timeout(client, member, token, script):
-    for query in ("?timeout_ms=0", "?timeout_ms=abc", "?timeout_ms=999999999"):
+    for query in (
+        "?timeout_ms=0",
+        "?timeout_ms=abc",
+        "?timeout_ms=999999999",
+        "?timeout_ms=%C2%B2",  # '²': str.isdigit() is true for it
+        "?timeout_ms=%D9%A3",  # '٣', an Arabic-Indic digit
+        "?timeout_ms=1" + "0" * 400,
+    ):
         response = post(client, token, member.app.slug, script.name, query=query)
         assert_refused(response, 400, "invalid_timeout")
         assert "allowed is an integer from 1 to" in response.json()["message"]
@@ -274,4 +341,24 @@ def test_python_api_invokes_as_the_principal_and_checks_its_role(dispatcher, mem
     member.save()
     with pytest.raises(PermissionDenied, match="ScriptInvoke"):
         invoke(member.principal, script, {})
+    assert not OutboxEntry.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("payload", "wait_ms", "message"),
+    [
+        ({"n": float("nan")}, None, "payload cannot be stored"),
+        ({"s": "a\x00"}, None, "payload cannot be stored"),
+        ({}, True, "wait_ms must be a positive integer"),
+        ({}, "5", "wait_ms must be a positive integer"),
+        ({}, 0, "wait_ms must be a positive integer"),
+    ],
+)
+def test_python_api_refuses_bad_values_before_enqueueing(member, script, payload, wait_ms, message):
+    from django.core.exceptions import ValidationError
+
+    from outbox.invoke import invoke
+
+    with pytest.raises(ValidationError, match=message):
+        invoke(member.principal, script, payload, wait_ms=wait_ms)
     assert not OutboxEntry.objects.exists()

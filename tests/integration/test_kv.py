@@ -92,11 +92,41 @@ def test_outsiders_and_inactive_users_get_nothing(app, writer):
         ("c", "", "Key"),
         ("c", "k" * 1025, "at most 1024"),
         ("c\x00", "k", "NUL"),
+        ("c", "k\ud800", "unpaired surrogates"),
     ],
 )
 def test_bad_names_are_refused_with_what_is_allowed(app, writer, collection, key, message):
     with pytest.raises(ValidationError, match=message):
         kv.put(app, collection, key, 1, principal=writer)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (float("nan"), r"\$ is nan"),
+        ({"x": float("inf")}, r"\$\.x is inf"),
+        ({"x": "a\x00b"}, r"\$\.x contains a NUL"),
+        (["\udc80"], r"\$\[0\] contains a NUL or unpaired surrogate"),
+        ({"k\x00": 1}, "contains a NUL"),
+        ({1: "a"}, "not a string"),
+        ({"when": object()}, "not a JSON type"),
+    ],
+)
+def test_values_postgresql_cannot_store_are_refused_saying_where(app, writer, value, message):
+    with pytest.raises(ValidationError, match=message):
+        kv.put(app, "c", "k", value, principal=writer)
+    assert kv.get(app, "c", "k", principal=writer) is None
+
+
+@pytest.mark.parametrize("limit", [True, "5", 1.5, 0, 1001, None])
+def test_list_limit_must_be_an_integer_in_range(app, writer, limit):
+    with pytest.raises(ValidationError, match="limit must be an integer from 1 to 1000"):
+        kv.list(app, "c", principal=writer, limit=limit)
+
+
+def test_list_prefix_with_nul_is_refused(app, writer):
+    with pytest.raises(ValidationError, match="Prefix must not contain"):
+        kv.list(app, "c", principal=writer, prefix="a\x00")
 
 
 @pytest.mark.django_db(transaction=True)

@@ -3,7 +3,16 @@ import sys
 
 import pytest
 
-from picloud.config import ConfigError, RetryPolicy, SandboxCeiling, TriggerConfig
+from picloud.config import (
+    ConfigError,
+    RetryPolicy,
+    SandboxCeiling,
+    TriggerConfig,
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+)
 from tests.helpers import PROJECT_DIR
 
 # variable -> (config class, attribute path, a valid value, its parsed form)
@@ -121,3 +130,71 @@ def test_bad_value_stops_start_up_with_one_line():
         "allowed is a number from 0 to 1"
     ], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# Python's int() and float() take underscores and other scripts' digits
+# (fullwidth, Arabic-Indic); a setting takes plain ASCII only, so what an
+# operator reads is what is used.
+NOT_ASCII_NUMBERS = ["5_000", "\uff15", "\u0663", "²", "1 2", "+5", "0x10", "1e3", "\u0661\u0662"]
+
+
+@pytest.mark.parametrize("raw", NOT_ASCII_NUMBERS)
+def test_env_int_takes_plain_ascii_digits_only(raw):
+    with pytest.raises(
+        ConfigError, match=r"^X=.* is not valid: allowed is an integer from 0 to 10000$"
+    ):
+        env_int({"X": raw}, "X", 1, low=0, high=10_000)
+
+
+@pytest.mark.parametrize(
+    "raw", [*NOT_ASCII_NUMBERS, "0_5", "\u0660.\u0665", "0,5", "1e-1", "inf", "nan", "."]
+)
+def test_env_float_takes_plain_ascii_decimals_only(raw):
+    with pytest.raises(
+        ConfigError, match=r"^X=.* is not valid: allowed is a number from 0 to 10000$"
+    ):
+        env_float({"X": raw}, "X", 1.0, low=0.0, high=10_000.0)
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"), [("7", 7), ("-3", -3), ("007", 7), (" 12 ", 12), ("\t42\n", 42)]
+)
+def test_env_int_reads_ascii_integers_around_whitespace(raw, value):
+    assert env_int({"X": raw}, "X", 1, low=-10, high=100) == value
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [("0.25", 0.25), (".5", 0.5), ("1", 1.0), ("1.", 1.0), (" 0.1 ", 0.1), ("-0.5", -0.5)],
+)
+def test_env_float_reads_plain_decimals(raw, value):
+    assert env_float({"X": raw}, "X", 0.0, low=-1.0, high=1.0) == value
+
+
+def test_env_int_with_thousands_of_digits_is_a_config_error():
+    with pytest.raises(ConfigError, match="is not valid"):
+        env_int({"X": "9" * 5000}, "X", 1, low=0, high=10)
+
+
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"), [("warning", "WARNING"), (" Debug ", "DEBUG"), ("", "INFO")]
+)
+def test_env_choice_is_case_insensitive_and_returns_the_choice(raw, value):
+    assert env_choice({"LEVEL": raw}, "LEVEL", "INFO", choices=LEVELS) == value
+
+
+@pytest.mark.parametrize("raw", ["bogus", "warn", "\u0131nfo", "INFO,DEBUG", "10"])
+def test_env_choice_refuses_anything_else_naming_the_choices(raw):
+    with pytest.raises(ConfigError) as excinfo:
+        env_choice({"LEVEL": raw}, "LEVEL", "INFO", choices=LEVELS)
+    assert str(excinfo.value) == (
+        f"LEVEL={raw!r} is not valid: allowed is one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
+    )
+
+
+def test_env_bool_refuses_maybe():
+    with pytest.raises(ConfigError, match="X='maybe' is not valid: allowed is one of true, false"):
+        env_bool({"X": "maybe"}, "X", True)

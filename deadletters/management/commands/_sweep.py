@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 
 from deadletters.gc import BATCH_SIZE
+from picloud.management.arguments import check_between, int_between
 
 WIDTH = 30  # characters of the progress bar
+MAX_DAYS = 3650  # --older-than's bound, the same as the retention variables'
+MAX_BATCH_SIZE = 100_000  # rows per DELETE; more would hold row locks for seconds
 
 
 class SweepCommand(BaseCommand):
@@ -15,21 +18,26 @@ class SweepCommand(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument(
             "--older-than",
-            type=int,
+            type=int_between(1, MAX_DAYS, "days"),
             metavar="DAYS",
-            help=f"retention in days (default: {self.retention_variable})",
+            help=f"retention in days, 1 to {MAX_DAYS} (default: {self.retention_variable})",
         )
         parser.add_argument("--dry-run", action="store_true", help="count, delete nothing")
-        parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="rows per batch")
+        parser.add_argument(
+            "--batch-size",
+            type=int_between(1, MAX_BATCH_SIZE, "rows"),
+            metavar="N",
+            default=BATCH_SIZE,
+            help=f"rows per batch, 1 to {MAX_BATCH_SIZE} (default: {BATCH_SIZE})",
+        )
 
     @staticmethod
     def days(older_than: int | None, default: int, batch_size: int) -> int:
-        days = default if older_than is None else older_than
-        if days < 1:
-            raise CommandError(f"--older-than must be at least 1 day, got {days}")
-        if batch_size < 1:
-            raise CommandError(f"--batch-size must be at least 1, got {batch_size}")
-        return days
+        """The retention to sweep with: --older-than, else the variable's `default`."""
+        check_between("--batch-size", batch_size, 1, MAX_BATCH_SIZE, "rows")
+        if older_than is None:
+            return default  # already checked by TriggerConfig.from_env
+        return check_between("--older-than", older_than, 1, MAX_DAYS, "days")
 
 
 class ProgressBar:

@@ -7,7 +7,10 @@ from django.utils import timezone
 
 from picloud import tokens
 from picloud.authz import Scope
+from picloud.management.arguments import check_between, int_between
 from picloud.models import App, principal_for
+
+MAX_DAYS = tokens.MAX_LIFETIME.days
 
 
 class Command(BaseCommand):
@@ -15,7 +18,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("username")
-        parser.add_argument("--name", required=True, help="what the token is for")
+        parser.add_argument(
+            "--name",
+            required=True,
+            help=f"what the token is for, at most {tokens.NAME_MAX_CHARS} characters",
+        )
         parser.add_argument(
             "--scope",
             action="append",
@@ -25,20 +32,26 @@ class Command(BaseCommand):
         )
         parser.add_argument("--app", help="limit the token to the app with this slug")
         parser.add_argument(
-            "--days", type=int, default=tokens.DEFAULT_LIFETIME.days, help="days until it expires"
+            "--days",
+            type=int_between(1, MAX_DAYS, "days"),
+            default=tokens.DEFAULT_LIFETIME.days,
+            help=f"days until it expires, 1 to {MAX_DAYS} (default: {tokens.DEFAULT_LIFETIME.days})",
         )
 
     def handle(self, *args, username, name, scope, app=None, days, **options):
-        user = get_user_model().objects.filter(username=username).first()
+        # No username or slug holds control characters or undecodable bytes,
+        # and PostgreSQL could not even be asked about them.
+        user = None
+        if username.isprintable():
+            user = get_user_model().objects.filter(username=username).first()
         if user is None:
             raise CommandError(f"no user named {username!r}")
         target = None
         if app is not None:
-            target = App.objects.filter(slug=app).first()
+            target = App.objects.filter(slug=app).first() if app.isprintable() else None
             if target is None:
                 raise CommandError(f"no app with slug {app!r}")
-        if days < 1:
-            raise CommandError(f"--days must be at least 1, got {days}")
+        check_between("--days", days, 1, MAX_DAYS, "days")
         try:
             token, raw = tokens.create_token(
                 principal_for(user),
