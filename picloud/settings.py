@@ -36,6 +36,13 @@ SECRET_KEY = env.str(
     default="picloud-insecure-development-key-set-DJANGO_SECRET_KEY-in-production",
 )
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
+# Behind the TLS-terminating proxy that docs/api.md ("Serving it") puts in
+# front of gunicorn: trust its X-Forwarded-Proto, or Django takes every
+# request for plain HTTP and the admin login's origin check refuses it.
+BEHIND_TLS_PROXY = env_bool(os.environ, "DJANGO_BEHIND_TLS_PROXY", False)
+if BEHIND_TLS_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -29,6 +29,7 @@ def manage(*args: str, **env: str) -> subprocess.CompletedProcess:
 # (variable, bad value, what the one line must say is allowed)
 BAD_SETTINGS = [
     ("DJANGO_DEBUG", "maybe", "one of true, false, 1, 0, yes, no, on, off"),
+    ("DJANGO_BEHIND_TLS_PROXY", "sure", "one of true, false, 1, 0, yes, no, on, off"),
     ("PICLOUD_QCLUSTER_WORKERS", "abc", "an integer from 1 to 64"),
     ("PICLOUD_QCLUSTER_WORKERS", "0", "an integer from 1 to 64"),
     ("PICLOUD_QCLUSTER_WORKERS", "-1", "an integer from 1 to 64"),
@@ -93,3 +94,10 @@ def test_valid_settings_are_read():
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "False 3 WARNING", proc.stdout
+
+
+def test_behind_a_tls_proxy_django_trusts_its_forwarded_proto():
+    show = "from django.conf import settings as s; print(s.SECURE_PROXY_SSL_HEADER)"
+    assert manage("shell", "-c", show).stdout.strip() == "None"
+    proc = manage("shell", "-c", show, DJANGO_BEHIND_TLS_PROXY="true")
+    assert proc.stdout.strip() == "('HTTP_X_FORWARDED_PROTO', 'https')", proc.stderr
