@@ -98,6 +98,6 @@ def test_valid_settings_are_read():
 
 def test_behind_a_tls_proxy_django_trusts_its_forwarded_proto():
     show = "from django.conf import settings as s; print(s.SECURE_PROXY_SSL_HEADER)"
-    assert manage("shell", "-c", show).stdout.strip() == "None"
+    assert manage("shell", "-c", show).stdout.strip().endswith("None")
     proc = manage("shell", "-c", show, DJANGO_BEHIND_TLS_PROXY="true")
-    assert proc.stdout.strip() == "('HTTP_X_FORWARDED_PROTO', 'https')", proc.stderr
+    assert proc.stdout.strip().endswith("('HTTP_X_FORWARDED_PROTO', 'https')"), proc.stderr
