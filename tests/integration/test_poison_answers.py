@@ -163,3 +163,24 @@ def test_poison_and_clean_webhooks_from_the_same_writes(endpoint, member):
     assert len(letters) == 3 * writes
     assert all("\x00" not in d.last_error for d in letters)
     assert sum("replaced with U+FFFD" in d.last_error for d in letters) == 2 * writes
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_synchronous_caller_gets_a_200_whose_json_held_nul(endpoint, member, monkeypatch):
+    """Before: the reply could not be stored, so the caller waited its whole
+    timeout and got a 504."""
+    from outbox.invoke import close_default_invoker, invoke
+    from outbox.worker import postgres_host
+    from picloud.config import DispatcherConfig
+
+    monkeypatch.setenv("PICLOUD_WEBHOOK_ALLOW_PRIVATE", "true")  # read as the host starts
+    script = webhook(member.app, endpoint + "/nul-json")
+    host = postgres_host(config=DispatcherConfig(concurrency=1, shutdown_grace_ms=5_000))
+    host.start()
+    try:
+        result = invoke(member.principal, script, {"key": "k"}, wait_ms=10_000)
+    finally:
+        close_default_invoker()
+        host.stop()
+    assert (result.reply.status, result.timed_out) == (200, False)
+    assert result.reply.body == {"a\ufffd": "x\ufffdy", "s": "\ufffd"}
