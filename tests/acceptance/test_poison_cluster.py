@@ -2,11 +2,8 @@
 measurement (one clean and three poison webhooks fanned out from the same
 KV writes, 2 attempts at most), end to end."""
 
-import json
-import threading
 import uuid
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.db import connection
@@ -17,6 +14,7 @@ from picloud import kv
 from picloud.authz import Role
 from picloud.models import Script
 from tests.acceptance.cluster import Cluster
+from tests.endpoints import POISON_ANSWERS, PoisonEndpoint, poison_endpoint
 from tests.factories import MembershipFactory, kv_trigger
 from tests.helpers import wait_for
 
@@ -33,14 +31,7 @@ CLUSTER_ENV = {
     "PICLOUD_TRIGGER_RETRY_MAX_DELAY_MS": "200",
 }
 
-# path: (status, content type, body bytes) — the same answers as
-# tests/integration/test_poison_answers.py.
-ANSWERS = {
-    "/clean": (200, "application/json", b'{"ok": true}'),
-    "/nul-500": (500, "text/plain", b"broken\x00answer"),
-    "/nul-400": (400, "text/plain", b"refused\x00here"),
-    "/bytes-500": (500, "text/plain", b"\xff\xfe\xed\xa0\x80 not utf-8"),
-}
+ANSWERS = {p: POISON_ANSWERS[p] for p in ("/clean", "/nul-500", "/nul-400", "/bytes-500")}
 POISON = ("/nul-500", "/nul-400", "/bytes-500")
 # What a poison answer's body must read as in its dead letter.
 READABLE = {
@@ -53,34 +44,10 @@ READABLE = {
 EXPECTED_CALLS = {"/clean": 1, "/nul-500": MAX_ATTEMPTS, "/nul-400": 1, "/bytes-500": MAX_ATTEMPTS}
 
 
-class Endpoint(BaseHTTPRequestHandler):
-    received: Counter = Counter()  # (path, KV key) -> requests
-    lock = threading.Lock()
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with self.lock:
-            type(self).received[(self.path, body.get("key"))] += 1
-        status, content_type, data = ANSWERS[self.path]
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def endpoint():
-    Endpoint.received = Counter()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with poison_endpoint() as url:
+        yield url
 
 
 @pytest.fixture
@@ -98,7 +65,7 @@ def _webhook(app, url):
 
 def _progress(paths_by_script) -> str:
     """What the database and the endpoint saw so far, for a timeout's message."""
-    clean = [n for (path, _), n in Endpoint.received.items() if path == "/clean"]
+    clean = [n for (path, _), n in PoisonEndpoint.received.items() if path == "/clean"]
     letters = Counter(paths_by_script[d.script_id] for d in DeadLetter.objects.all())
     return (
         f"{OutboxEntry.objects.count()} rows left in the outbox; "
@@ -135,7 +102,7 @@ def test_poison_webhooks_are_dead_lettered_and_clean_ones_delivered_once(
             raise AssertionError(f"{exc}: {_progress(paths_by_script)}") from None
     log = cluster.log()
 
-    received = Endpoint.received
+    received = PoisonEndpoint.received
     for path, calls in EXPECTED_CALLS.items():
         assert {k: received[(path, k)] for k in keys} == dict.fromkeys(keys, calls), (
             f"every write reaches {path} exactly {calls} time(s)"

@@ -2,11 +2,7 @@
 NaN, 1e400, deep nesting) are made storable before they reach SQL, so one
 row's bad answer never fails the statement that settles its neighbours."""
 
-import json
-import threading
 import uuid
-from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.utils import timezone
@@ -24,52 +20,18 @@ from picloud.authz import Role
 from picloud.config import RetryPolicy, SandboxCeiling, TriggerConfig, WebhookConfig
 from picloud.execution import RowExecutor, execute_row
 from picloud.models import Script
+from tests.endpoints import POISON_ANSWERS, PoisonEndpoint, poison_endpoint
 from tests.factories import MembershipFactory, kv_trigger
 from tests.helpers import wait_for
 from triggers.pg_repository import PgTriggerRepo
 
 LOCAL = WebhookConfig(allow_private=True, allow_http=True)
-ANSWERS = {
-    # path: (status, content type, body bytes)
-    "/clean": (200, "application/json", b'{"ok": true}'),
-    "/nul-500": (500, "text/plain", b"broken\x00answer"),
-    "/nul-400": (400, "text/plain", b"refused\x00here"),
-    "/bytes-500": (500, "text/plain", b"\xff\xfe\xed\xa0\x80 not utf-8"),
-    "/nul-json": (200, "application/json", b'{"a\\u0000": "x\\u0000y", "s": "\\ud800"}'),
-    "/nan-json": (200, "application/json", b'{"n": NaN}'),
-    "/huge-number": (200, "application/json", b"[1e400]"),
-    "/deep-json": (200, "application/json", b"[" * 5000 + b"]" * 5000),
-}
-
-
-class Endpoint(BaseHTTPRequestHandler):
-    received: Counter = Counter()
-    lock = threading.Lock()
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with self.lock:
-            type(self).received[(self.path, body.get("key"))] += 1
-        status, content_type, data = ANSWERS[self.path]
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
 
 
 @pytest.fixture
 def endpoint():
-    Endpoint.received = Counter()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with poison_endpoint() as url:
+        yield url
 
 
 @pytest.fixture
@@ -85,7 +47,7 @@ def webhook(app, url):
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("path", [p for p in ANSWERS if ANSWERS[p][0] == 200])
+@pytest.mark.parametrize("path", [p for p in POISON_ANSWERS if POISON_ANSWERS[p][0] == 200])
 def test_every_2xx_answer_becomes_a_result_postgresql_stores(endpoint, member, path):
     script = webhook(member.app, endpoint + path)
     repo = PgOutboxRepo()
@@ -150,7 +112,7 @@ def test_poison_and_clean_webhooks_from_the_same_writes(endpoint, member):
     wait_for(drained, timeout=60, what="the outbox to drain", interval=0.01)
 
     keys = [f"o-{i}" for i in range(writes)]
-    received = Endpoint.received
+    received = PoisonEndpoint.received
     assert {k: received[("/clean", k)] for k in keys} == dict.fromkeys(keys, 1), (
         "every clean row delivered exactly once"
     )

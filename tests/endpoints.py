@@ -1,0 +1,65 @@
+"""Local HTTP endpoints for webhook tests: served on 127.0.0.1 in a thread."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# path: (status, content type, body bytes). Answers PostgreSQL cannot store
+# as they are: NUL bytes, invalid UTF-8, NaN, 1e400, deep nesting.
+POISON_ANSWERS = {
+    "/clean": (200, "application/json", b'{"ok": true}'),
+    "/nul-500": (500, "text/plain", b"broken\x00answer"),
+    "/nul-400": (400, "text/plain", b"refused\x00here"),
+    "/bytes-500": (500, "text/plain", b"\xff\xfe\xed\xa0\x80 not utf-8"),
+    "/nul-json": (200, "application/json", b'{"a\\u0000": "x\\u0000y", "s": "\\ud800"}'),
+    "/nan-json": (200, "application/json", b'{"n": NaN}'),
+    "/huge-number": (200, "application/json", b"[1e400]"),
+    "/deep-json": (200, "application/json", b"[" * 5000 + b"]" * 5000),
+}
+
+
+class PoisonEndpoint(BaseHTTPRequestHandler):
+    """Answers each path as POISON_ANSWERS says; counts requests per
+    (path, the event's "key") so tests can tell a duplicate from a retry."""
+
+    received: Counter = Counter()
+    lock = threading.Lock()
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with self.lock:
+            type(self).received[(self.path, body.get("key"))] += 1
+        status, content_type, data = POISON_ANSWERS[self.path]
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextmanager
+def serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Serve `handler` on a free loopback port; yields the base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
+def poison_endpoint() -> Iterator[str]:
+    PoisonEndpoint.received = Counter()
+    with serve(PoisonEndpoint) as url:
+        yield url
