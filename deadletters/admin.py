@@ -15,7 +15,7 @@ from django.utils.html import format_html
 
 from deadletters.models import AbandonedExecution, DeadLetter, Resolution
 from deadletters.resolve import postgres_resolver
-from picloud.admin_access import AppFilter, AppScopedAdmin, WrittenBySystem, scope
+from picloud.admin_access import AppFilter, AppScopedAdmin, IdFilter, WrittenBySystem, scope
 from picloud.authz import Capability
 from picloud.text import truncate
 from triggers.models import Trigger
@@ -66,20 +66,18 @@ class AgeFilter(admin.SimpleListFilter):
         return queryset
 
 
-class TriggerFilter(admin.SimpleListFilter):
+class TriggerFilter(IdFilter):
     """By originating trigger: only triggers of apps this page may show."""
 
     title = "trigger"
     parameter_name = "trigger"
+    id_path = "trigger__pk"
 
     def lookups(self, request, model_admin):
         triggers = scope(
             Trigger.objects.select_related("app"), model_admin.allowed_apps(request), "app"
         )
         return [(str(t.pk), str(t)) for t in triggers]
-
-    def queryset(self, request, queryset):
-        return queryset.filter(trigger__pk=self.value()) if self.value() else queryset
 
 
 @admin.register(DeadLetter)

@@ -4,7 +4,8 @@ Every admin page of an app-owned model derives from ``AppScopedAdmin`` and
 names the capability it needs (``app_capability``) and the path from its
 model to the owning app (``app_path``). From those two, this module scopes
 list pages, change pages, actions (they run on the scoped queryset), list
-filters (``AppFilter`` lists only reachable apps), foreign-key choices,
+filters (``AppFilter`` lists only reachable apps; every filter taking an id
+derives from ``IdFilter``), foreign-key choices,
 autocomplete (it searches the scoped queryset) and direct URLs (an object of
 another app is a 404, as if it did not exist). Superusers see everything.
 
@@ -14,14 +15,18 @@ apps are the authority, so an operator never has to keep two systems in step.
 
 from __future__ import annotations
 
+import re
 import uuid
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.views.main import ERROR_FLAG
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest
 
 from picloud.authz import Capability, _AppCapability, role_satisfies
 from picloud.models import App, AppMembership, Script, principal_for
+from picloud.text import truncate
 
 ALL = None  # "every app": what allowed_app_ids returns for superusers
 
@@ -53,7 +58,42 @@ def scope(queryset: QuerySet, app_ids: frozenset[uuid.UUID] | None, app_path: st
     return queryset if app_ids is ALL else queryset.filter(**{f"{app_path}__in": app_ids})
 
 
-class AppFilter(admin.SimpleListFilter):
+# An id as the filters' links write it (str(uuid)). Anything else — other
+# spellings uuid.UUID would take, such as non-ASCII digits, included — is
+# refused rather than guessed at.
+_CANONICAL_ID = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+
+
+def parse_id(title: str, value: str) -> uuid.UUID:
+    """`value` as an id, or IncorrectLookupParameters naming the filter."""
+    if not _CANONICAL_ID.fullmatch(value):
+        raise IncorrectLookupParameters(
+            f"The {title} filter takes an id from its list (like "
+            f"01234567-89ab-cdef-0123-456789abcdef); {truncate(value, 40)!r} is not one."
+        )
+    return uuid.UUID(value)
+
+
+class IdFilter(admin.SimpleListFilter):
+    """A list filter whose value is a row's id (an app's, a trigger's).
+
+    A value that is not an id is an invalid lookup, which Django's changelist
+    answers as it does an unknown parameter: a redirect to the unfiltered
+    list with ``?e=1`` (AppScopedAdmin adds a message saying why) — never a
+    500. A well-formed id of a row the page may not show, or of no row,
+    filters everything out: the page's queryset is scoped before any filter.
+    """
+
+    id_path: str = ""  # ORM path from the listed model to the id
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value is None:
+            return queryset
+        return queryset.filter(**{self.id_path: parse_id(self.title, value)})
+
+
+class AppFilter(IdFilter):
     """Filter by app, offering only the apps this page may show."""
 
     title = "app"
@@ -64,13 +104,19 @@ class AppFilter(admin.SimpleListFilter):
         return [(str(a.pk), a.slug) for a in scope(App.objects.all(), ids, "id")]
 
     def __init__(self, request, params, model, model_admin):
-        self.app_path = model_admin.app_path
+        self.id_path = f"{model_admin.app_path}__pk"
         super().__init__(request, params, model, model_admin)
 
-    def queryset(self, request, queryset):
-        if self.value():
-            return queryset.filter(**{f"{self.app_path}__pk": self.value()})
-        return queryset
+
+def refuse_nul(query: dict[str, list[str]]) -> None:
+    """PostgreSQL text cannot hold NUL: a filter value with one would fail
+    the list's query, so it is an invalid lookup like any other."""
+    for name, values in query.items():
+        if any("\x00" in v for v in (name, *values)):
+            raise IncorrectLookupParameters(
+                f"The list's parameter {truncate(name, 40)!r} holds a NUL character; "
+                "filter values cannot contain one."
+            )
 
 
 class MissingIs404:
@@ -98,6 +144,18 @@ class AppScopedAdmin(MissingIs404, admin.ModelAdmin):
 
     def get_queryset(self, request):
         return scope(super().get_queryset(request), self.allowed_apps(request), self.app_path)
+
+    def get_changelist_instance(self, request):
+        """Django redirects an invalid lookup to the bare list with ``?e=1``
+        and says nothing; the message tells the operator which parameter was
+        wrong and what it takes."""
+        try:
+            refuse_nul(dict(request.GET.lists()))
+            return super().get_changelist_instance(request)
+        except IncorrectLookupParameters as e:
+            if ERROR_FLAG not in request.GET:
+                messages.error(request, str(e) or "Invalid filter parameters; showing all rows.")
+            raise
 
     def app_id_of(self, obj) -> uuid.UUID | None:
         for part in self.app_path.split("__")[:-1]:

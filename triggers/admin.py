@@ -7,12 +7,19 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import Count
+from django.urls import reverse
+from django.utils.html import format_html
 
 from outbox.models import OutboxEntry
 from picloud.admin_access import AppFilter, AppScopedAdmin, allowed_app_ids, scope
 from picloud.authz import Capability
 from triggers.kinds import TriggerKind
-from triggers.models import DeadLetterTriggerDetails, KvTriggerDetails, Trigger
+from triggers.models import (
+    DeadLetterTriggerDetails,
+    KvTriggerDetails,
+    Trigger,
+    check_same_app_source,
+)
 
 # Kinds that have an event source today; the others exist in the schema only.
 EDITABLE_KINDS = [TriggerKind.KV, TriggerKind.DEAD_LETTER]
@@ -48,6 +55,17 @@ class KvDetailsFormSet(DetailsFormSet):
 
 class DeadLetterDetailsFormSet(DetailsFormSet):
     kind = TriggerKind.DEAD_LETTER
+
+    def clean(self):
+        super().clean()
+        # The details form's own model validation cannot see the trigger (a
+        # primary-key inline gets its parent only when saved); the formset can.
+        for form in self.forms:
+            source = form.cleaned_data.get("source_trigger") if form.is_valid() else None
+            try:
+                check_same_app_source(self.instance, source)
+            except ValidationError as e:
+                form.add_error(None, e)
 
 
 class KvDetailsForm(forms.ModelForm):
@@ -102,8 +120,18 @@ class DeadLetterDetailsInline(KvDetailsInline):
             # dead-letter trigger (their failures make no dead letters).
             ids = allowed_app_ids(request, TriggerAdmin.app_capability)
             triggers = Trigger.objects.exclude(kind=TriggerKind.DEAD_LETTER)
-            kwargs["queryset"] = scope(triggers, ids, "app")
+            kwargs["queryset"] = scope(triggers.select_related("app"), ids, "app")
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def get_formset(self, request, obj=None, **kwargs):
+        formset = super().get_formset(request, obj, **kwargs)
+        if obj is not None:
+            # The app is fixed once created: only its triggers. On a new
+            # trigger the app is chosen in the same form, so the formset's
+            # clean() refuses another app's trigger instead.
+            field = formset.form.base_fields["source_trigger"]
+            field.queryset = field.queryset.filter(app=obj.app)
+        return formset
 
 
 class TriggerForm(forms.ModelForm):
@@ -227,7 +255,8 @@ class TriggerAdmin(AppScopedAdmin):
     # triggers/templates/admin/triggers/trigger/.
 
     def get_deleted_objects(self, objs, request):
-        request.picloud_pending_notice = pending_rows_notice(list(objs))
+        objs = list(objs)
+        request.picloud_pending_notice = pending_rows_notice(objs)
         deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
         # A trigger's details and pending rows go with it (the notice says
         # so); nobody deletes those on their own pages, so their admins say
@@ -235,7 +264,33 @@ class TriggerAdmin(AppScopedAdmin):
         goes_along = {
             m._meta.verbose_name for m in (KvTriggerDetails, DeadLetterTriggerDetails, OutboxEntry)
         }
-        return deleted, counts, perms_needed - goes_along, protected
+        # Only dead-letter filters can block (test_admin_same_app checks):
+        # Django would list their details rows, which say nothing; name the
+        # triggers that filter instead, linked to where their filter changes.
+        return deleted, counts, perms_needed - goes_along, blocking_filters(objs) or protected
+
+
+def blocking_filters(triggers: list[Trigger]) -> list[str]:
+    """Links to the dead-letter triggers whose filter names one of `triggers`
+    and that are not deleted with them. Always of the same app
+    (dead_letter_trigger_details_source_same_app_fkey), so the user who may
+    delete the trigger may change them too."""
+    filters = (
+        DeadLetterTriggerDetails.objects.filter(source_trigger__in=triggers)
+        .exclude(trigger__in=triggers)
+        .select_related("trigger__app", "source_trigger__app")
+        .order_by("trigger__name")
+    )
+    return [
+        format_html(
+            'Dead-letter trigger <a href="{}">{}</a> filters on {}: change its filter or '
+            "delete it first.",
+            reverse("admin:triggers_trigger_change", args=[d.trigger_id]),
+            d.trigger,
+            d.source_trigger,
+        )
+        for d in filters
+    ]
 
 
 def pending_rows_notice(triggers) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Mapping
 from dataclasses import replace
 
 from django.utils import timezone
@@ -14,15 +15,22 @@ from triggers.repository import (
     DeadLetterSource,
     DuplicateTriggerName,
     NewTrigger,
+    TriggerInUse,
     TriggerNotFound,
     TriggerRecord,
     as_new,
+    check_references,
     validate_trigger,
 )
 
 
 class MemoryTriggerRepo:
-    def __init__(self) -> None:
+    def __init__(self, script_apps: Mapping[uuid.UUID, uuid.UUID] | None = None) -> None:
+        """`script_apps`: the app of each script triggers may run (scripts live
+        outside this repository). Given, a script not in it or of another app
+        is refused, as in PostgreSQL; the contract suite gives it. None: tests
+        of logic that need no scripts table do not check scripts."""
+        self._script_app = None if script_apps is None else dict(script_apps).get
         self._rows: dict[uuid.UUID, TriggerRecord] = {}
         self._lock = threading.Lock()
 
@@ -34,6 +42,7 @@ class MemoryTriggerRepo:
         new = validate_trigger(new)
         now = timezone.now()
         with self._lock:
+            check_references(new, self._script_app, self.get)
             self._check_name_free(new.app_id, new.name, exclude=None)
             record = TriggerRecord(id=uuid.uuid4(), **new.__dict__, created_at=now, updated_at=now)
             self._rows[record.id] = record
@@ -48,6 +57,7 @@ class MemoryTriggerRepo:
             if current is None:
                 raise TriggerNotFound(trigger_id)
             new = validate_trigger(as_new(current, changes))
+            check_references(new, self._script_app, self.get)
             self._check_name_free(new.app_id, new.name, exclude=trigger_id)
             record = replace(current, **new.__dict__, updated_at=timezone.now())
             self._rows[trigger_id] = record
@@ -55,6 +65,15 @@ class MemoryTriggerRepo:
 
     def delete(self, trigger_id: uuid.UUID) -> bool:
         with self._lock:
+            filtering = sorted(
+                t.name
+                for t in self._rows.values()
+                if t.dead_letter is not None
+                and t.dead_letter.source_trigger_id == trigger_id
+                and t.id != trigger_id
+            )
+            if filtering:
+                raise TriggerInUse(filtering)
             return self._rows.pop(trigger_id, None) is not None
 
     def list_for_app(self, app_id: uuid.UUID, *, kind: str | None = None) -> list[TriggerRecord]:

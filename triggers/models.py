@@ -90,6 +90,18 @@ class DeadLetterTriggerDetails(models.Model):
     trigger = models.OneToOneField(
         Trigger, on_delete=models.CASCADE, primary_key=True, related_name="dead_letter_details"
     )
+    # The trigger's app, copied from it on save (so nobody fills it in: blank):
+    # the composite foreign keys of triggers/sql/0002_dead_letter_source_same_app.sql
+    # need it on the row to hold the source trigger to that app. A key of its
+    # own to apps would add nothing, as (trigger_id, app_id) must match the trigger.
+    app = models.ForeignKey(
+        App,
+        on_delete=models.CASCADE,
+        related_name="+",
+        editable=False,
+        blank=True,
+        db_constraint=False,
+    )
     source_kind = models.CharField(
         max_length=20,
         choices=[(k.value, k.label) for k in DEAD_LETTER_FILTER_KINDS],
@@ -103,7 +115,7 @@ class DeadLetterTriggerDetails(models.Model):
         null=True,
         blank=True,
         related_name="+",
-        help_text="only dead letters of this trigger; empty for any",
+        help_text="only dead letters of this trigger (of the same app); empty for any",
     )
 
     class Meta:
@@ -112,3 +124,27 @@ class DeadLetterTriggerDetails(models.Model):
 
     def __str__(self) -> str:
         return f"source {self.source_kind or 'any'}, trigger {self.source_trigger_id or 'any'}"
+
+    def save(self, *args, **kwargs):
+        self.app_id = self.trigger.app_id
+        super().save(*args, **kwargs)
+
+    def clean(self) -> None:
+        super().clean()
+        if self.trigger_id is not None:
+            check_same_app_source(self.trigger, self.source_trigger)
+
+
+def check_same_app_source(owner: Trigger, source: Trigger | None) -> None:
+    """A dead-letter filter names a trigger of its own trigger's app, or none.
+
+    Shared by full_clean and the admin's inline formset (which sees the owning
+    trigger before the details row does)."""
+    if source is None or owner.app_id is None or source.app_id == owner.app_id:
+        return
+    raise ValidationError(
+        {
+            "source_trigger": f"Trigger {source} belongs to another app; choose a trigger "
+            f"of app {owner.app.slug!r}, or leave it empty for any."
+        }
+    )

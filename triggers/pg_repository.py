@@ -14,16 +14,22 @@ from triggers.repository import (
     DeadLetterSource,
     DeadLetterSpec,
     DuplicateTriggerName,
+    ForeignScript,
+    ForeignSourceTrigger,
     KvSpec,
     NewTrigger,
+    TriggerInUse,
     TriggerNotFound,
     TriggerRecord,
     as_new,
+    check_references,
     validate_trigger,
 )
 
 Q = load_queries("triggers")
 NAME_CONSTRAINT = "triggers_app_name_key"
+SCRIPT_CONSTRAINT = "triggers_script_same_app_fkey"
+SOURCE_CONSTRAINT = "dead_letter_trigger_details_source_same_app_fkey"
 
 
 def _record(row: dict[str, Any]) -> TriggerRecord:
@@ -54,9 +60,10 @@ def _record(row: dict[str, Any]) -> TriggerRecord:
 class PgTriggerRepo:
     def create(self, new: NewTrigger) -> TriggerRecord:
         new = validate_trigger(new)
+        check_references(new, _script_app, self.get)
         trigger_id = uuid.uuid4()
         params = {**new.__dict__, "id": trigger_id}
-        with _translating_duplicate(new.name), transaction.atomic():
+        with _translating_integrity_errors(new), transaction.atomic():
             execute(Q["insert_trigger"], params)
             self._write_details(trigger_id, new)
         return self.get(trigger_id)  # type: ignore[return-value]
@@ -70,12 +77,16 @@ class PgTriggerRepo:
         if current is None:
             raise TriggerNotFound(trigger_id)
         new = validate_trigger(as_new(current, changes))
-        with _translating_duplicate(new.name), transaction.atomic():
+        check_references(new, _script_app, self.get)
+        with _translating_integrity_errors(new), transaction.atomic():
             execute(Q["update_trigger"], {**new.__dict__, "id": trigger_id})
             self._write_details(trigger_id, new)
         return self.get(trigger_id)  # type: ignore[return-value]
 
     def delete(self, trigger_id: uuid.UUID) -> bool:
+        filtering = fetch_all(Q["filters_naming_trigger"], {"id": trigger_id})
+        if filtering:
+            raise TriggerInUse([row["name"] for row in filtering])
         return execute(Q["delete_trigger"], {"id": trigger_id}) > 0
 
     def list_for_app(self, app_id: uuid.UUID, *, kind: str | None = None) -> list[TriggerRecord]:
@@ -116,22 +127,35 @@ class PgTriggerRepo:
                 Q["upsert_dead_letter_details"],
                 {
                     "trigger_id": trigger_id,
+                    "app_id": new.app_id,
                     "source_kind": new.dead_letter.source_kind,
                     "source_trigger_id": new.dead_letter.source_trigger_id,
                 },
             )
 
 
-class _translating_duplicate:
-    """Turn the unique (app_id, name) violation into DuplicateTriggerName."""
+def _script_app(script_id: uuid.UUID) -> uuid.UUID | None:
+    row = fetch_one(Q["script_app"], {"id": script_id})
+    return row["app_id"] if row else None
 
-    def __init__(self, name: str):
-        self.name = name
+
+class _translating_integrity_errors:
+    """Turn the violations a check before the write can race with into the
+    repository's errors: the unique (app_id, name) into DuplicateTriggerName,
+    and a script or source trigger deleted meanwhile (both keys are checked at
+    commit) into ForeignScript or ForeignSourceTrigger."""
+
+    def __init__(self, new: NewTrigger):
+        self.new = new
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is IntegrityError and NAME_CONSTRAINT in str(exc):
-            raise DuplicateTriggerName(self.name) from exc
+            raise DuplicateTriggerName(self.new.name) from exc
+        if exc_type is IntegrityError and SCRIPT_CONSTRAINT in str(exc):
+            raise ForeignScript(self.new.script_id) from exc
+        if exc_type is IntegrityError and SOURCE_CONSTRAINT in str(exc) and self.new.dead_letter:
+            raise ForeignSourceTrigger(self.new.dead_letter.source_trigger_id) from exc
         return False

@@ -8,6 +8,7 @@ contract suite (tests/contract) runs against both.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -85,6 +86,36 @@ class DuplicateTriggerName(ValidationError):
         )
 
 
+class ForeignScript(ValidationError):
+    def __init__(self, script_id: uuid.UUID):
+        super().__init__(
+            {
+                "script_id": f"No script {script_id} in this app: a trigger runs only a script "
+                "of its own app."
+            }
+        )
+
+
+class ForeignSourceTrigger(ValidationError):
+    def __init__(self, source_trigger_id: uuid.UUID):
+        super().__init__(
+            {
+                "source_trigger_id": f"No trigger {source_trigger_id} in this app: a dead-letter "
+                "trigger filters only on a trigger of its own app, or on any (None)."
+            }
+        )
+
+
+class TriggerInUse(ValidationError):
+    """Deleting a trigger that other dead-letter triggers' filters name."""
+
+    def __init__(self, filtering: list[str]):
+        super().__init__(
+            f"Dead-letter trigger(s) {', '.join(map(repr, filtering))} filter on this trigger; "
+            "change their filter or delete them first."
+        )
+
+
 UPDATABLE = frozenset(
     {
         "name",
@@ -105,8 +136,10 @@ class TriggerRepo(Protocol):
 
         Raises ValidationError (naming the field and what is allowed) for an
         unknown kind, missing or mismatched details, an invalid collection
-        pattern or ops, or out-of-range retry overrides; DuplicateTriggerName
-        when the app already has a trigger of that name.
+        pattern or ops, or out-of-range retry overrides; ForeignScript or
+        ForeignSourceTrigger when the script, or the trigger a dead-letter
+        filter names, is not of the same app; DuplicateTriggerName when the
+        app already has a trigger of that name.
         """
 
     def get(self, trigger_id: uuid.UUID) -> TriggerRecord | None:
@@ -120,7 +153,11 @@ class TriggerRepo(Protocol):
         """
 
     def delete(self, trigger_id: uuid.UUID) -> bool:
-        """Delete the trigger and its details; False if there was none."""
+        """Delete the trigger and its details; False if there was none.
+
+        Raises TriggerInUse, naming them, while other dead-letter triggers'
+        filters name it (deleting it would silently widen them to any).
+        """
 
     def list_for_app(self, app_id: uuid.UUID, *, kind: str | None = None) -> list[TriggerRecord]:
         """The app's triggers (enabled or not), by name."""
@@ -181,6 +218,24 @@ def validate_trigger(new: NewTrigger) -> NewTrigger:
     if base is not None and cap is not None and cap < base:
         raise ValidationError({"retry_max_delay_ms": "Must be at least retry_base_delay_ms."})
     return NewTrigger(**{**new.__dict__, "kv": kv, "dead_letter": dl})
+
+
+def check_references(
+    new: NewTrigger,
+    script_app: Callable[[uuid.UUID], uuid.UUID | None] | None,
+    get: Callable[[uuid.UUID], TriggerRecord | None],
+) -> None:
+    """The script, and the trigger a dead-letter filter names (if any), are of
+    the trigger's own app. `script_app` gives a script's app (None: no such
+    script; itself None: scripts are not checked), `get` a trigger."""
+    if script_app is not None and script_app(new.script_id) != new.app_id:
+        raise ForeignScript(new.script_id)
+    source_id = new.dead_letter.source_trigger_id if new.dead_letter else None
+    if source_id is None:
+        return
+    source = get(source_id)
+    if source is None or source.app_id != new.app_id:
+        raise ForeignSourceTrigger(source_id)
 
 
 def check_update_fields(changes: dict) -> None:

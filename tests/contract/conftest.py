@@ -49,8 +49,13 @@ def _pick(request, memory_cls, pg_cls):
 
 
 @pytest.fixture(params=IMPLEMENTATIONS)
-def trigger_repo(request, transactional_db):
-    return _pick(request, MemoryTriggerRepo, PgTriggerRepo)
+def trigger_repo(request, world):
+    if request.param == "memory":
+        # What the scripts table tells PostgreSQL.
+        return MemoryTriggerRepo(
+            {world.script_id: world.app_id, world.other_script_id: world.other_app_id}
+        )
+    return PgTriggerRepo()
 
 
 @pytest.fixture(params=IMPLEMENTATIONS)

@@ -8,8 +8,11 @@ from django.core.exceptions import ValidationError
 from triggers.repository import (
     DeadLetterSpec,
     DuplicateTriggerName,
+    ForeignScript,
+    ForeignSourceTrigger,
     KvSpec,
     NewTrigger,
+    TriggerInUse,
     TriggerNotFound,
 )
 
@@ -220,3 +223,43 @@ def test_list_matching_dead_letter_applies_filters(trigger_repo, new_kv, new_dl,
 def test_unknown_dead_letter_source_kind_is_refused(trigger_repo, new_dl):
     with pytest.raises(ValidationError, match="allowed: kv, cron"):
         trigger_repo.create(new_dl(source_kind="dead_letter"))
+
+
+def test_a_dead_letter_filter_names_only_a_trigger_of_its_own_app(
+    trigger_repo, new_kv, new_dl, world
+):
+    foreign = trigger_repo.create(
+        new_kv(name="theirs", app_id=world.other_app_id, script_id=world.other_script_id)
+    )
+    for source_id in (foreign.id, uuid.uuid4()):
+        with pytest.raises(ForeignSourceTrigger, match="filters only on a trigger of its own app"):
+            trigger_repo.create(new_dl(source_trigger_id=source_id))
+    assert trigger_repo.list_for_app(world.app_id) == []
+    handler = trigger_repo.create(new_dl())
+    with pytest.raises(ForeignSourceTrigger):
+        trigger_repo.update(handler.id, dead_letter=DeadLetterSpec(None, foreign.id))
+    assert trigger_repo.get(handler.id) == handler, "a refused update changes nothing"
+    own = trigger_repo.create(new_kv(name="ours"))
+    updated = trigger_repo.update(handler.id, dead_letter=DeadLetterSpec(None, own.id))
+    assert updated.dead_letter == DeadLetterSpec(None, own.id)
+
+
+def test_a_trigger_named_by_a_filter_is_deleted_only_after_it(trigger_repo, new_kv, new_dl):
+    source = trigger_repo.create(new_kv(name="source"))
+    handler = trigger_repo.create(new_dl(name="alert", source_trigger_id=source.id))
+    with pytest.raises(TriggerInUse, match="'alert' filter on this trigger"):
+        trigger_repo.delete(source.id)
+    assert trigger_repo.get(source.id) is not None
+    assert trigger_repo.delete(handler.id) is True
+    assert trigger_repo.delete(source.id) is True
+
+
+def test_a_trigger_runs_only_a_script_of_its_own_app(trigger_repo, new_kv, world):
+    for script_id in (world.other_script_id, uuid.uuid4()):
+        with pytest.raises(ForeignScript, match="runs only a script of its own app"):
+            trigger_repo.create(new_kv(script_id=script_id))
+    assert trigger_repo.list_for_app(world.app_id) == []
+    t = trigger_repo.create(new_kv())
+    with pytest.raises(ForeignScript):
+        trigger_repo.update(t.id, script_id=world.other_script_id)
+    assert trigger_repo.get(t.id) == t, "a refused update changes nothing"

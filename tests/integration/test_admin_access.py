@@ -4,59 +4,14 @@ changes only the apps where their role grants the page's capability."""
 import pytest
 from django.urls import reverse
 
-from deadletters.models import AbandonedExecution, DeadLetter
-from outbox.models import OutboxEntry
+from deadletters.models import DeadLetter
 from picloud import tokens
 from picloud.authz import Role
 from picloud.models import ApiToken, AppMembership, Script
-from tests.factories import AppFactory, MembershipFactory, ScriptFactory, UserFactory, kv_trigger
+from tests.factories import MembershipFactory, UserFactory
 from triggers.models import Trigger
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def world():
-    """Two apps, each with a trigger, a dead letter, an outbox row, an
-    abandoned execution; Alice administers app A only."""
-    alice = MembershipFactory(role=Role.AppAdmin.value)
-    app_a = alice.app
-    app_b = AppFactory(slug="app-b-secret")
-    bob = MembershipFactory(app=app_b, role=Role.AppAdmin.value)
-    objects = {}
-    for key, app, member in (("a", app_a, alice), ("b", app_b, bob)):
-        script = ScriptFactory(app=app, name=f"script-{key}")
-        trigger = kv_trigger(app, script, member.principal, name=f"trigger-{key}")
-        letter = DeadLetter.objects.create(
-            app=app,
-            source_kind="kv",
-            trigger_id=trigger.id,
-            script=script,
-            payload={"k": key},
-            last_error=f"error-of-{key}",
-            errors=[f"error-of-{key}"],
-            attempts=1,
-            depth=0,
-        )
-        row = OutboxEntry.objects.create(
-            app=app, source_kind="kv", script=script, trigger_id=trigger.id
-        )
-        abandoned = AbandonedExecution.objects.create(
-            app=app,
-            outbox_id=row.id,
-            inbox_id=row.id,
-            status_code=200,
-            result_summary=f"summary-of-{key}",
-        )
-        objects[key] = {
-            "app": app,
-            "script": script,
-            "trigger": Trigger.objects.get(pk=trigger.id),
-            "dead_letter": letter,
-            "outbox": row,
-            "abandoned": abandoned,
-        }
-    return {"alice": alice.principal.user, "bob": bob.principal.user, **objects}
 
 
 def login(client, user):

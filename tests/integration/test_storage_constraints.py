@@ -62,15 +62,49 @@ def test_trigger_script_must_belong_to_the_same_app(ctx):
         _check_deferred_constraints_now()
 
 
+def _insert_dead_letter_details(trigger_id, app_id, source_trigger_id=None):
+    _sql(
+        "INSERT INTO dead_letter_trigger_details (trigger_id, app_id, source_trigger_id) "
+        "VALUES (%s, %s, %s)",
+        [trigger_id, app_id, source_trigger_id],
+    )
+
+
 def test_deleting_a_trigger_that_a_dead_letter_filter_names_is_refused(ctx):
     source = _insert_trigger(ctx)
     handler = _insert_trigger(ctx, kind="dead_letter")
-    _sql(
-        "INSERT INTO dead_letter_trigger_details (trigger_id, source_trigger_id) VALUES (%s, %s)",
-        [handler, source],
-    )
-    with pytest.raises(IntegrityError, match="source_trigger_id_fkey"), transaction.atomic():
+    _insert_dead_letter_details(handler, ctx["app"], source)
+    with (
+        pytest.raises(IntegrityError, match="source_same_app_fkey"),
+        transaction.atomic(),
+    ):
         _sql("DELETE FROM triggers WHERE id = %s", [source])
+        _check_deferred_constraints_now()
+
+
+def test_a_dead_letter_filter_names_only_a_trigger_of_its_own_app(ctx):
+    other_app = AppFactory()
+    other = {**ctx, "app": other_app.id, "script": ScriptFactory(app=other_app).id}
+    foreign_source = _insert_trigger(other)
+    handler = _insert_trigger(ctx, kind="dead_letter")
+    # The row saying it is of the other app is refused too: app_id is the trigger's.
+    for claimed_app, constraint in (
+        (ctx["app"], "source_same_app_fkey"),
+        (other_app.id, "trigger_app_fkey"),
+    ):
+        with pytest.raises(IntegrityError, match=constraint), transaction.atomic():
+            _insert_dead_letter_details(handler, claimed_app, foreign_source)
+            _check_deferred_constraints_now()
+    # Pointing an existing filter at it later is refused the same way.
+    _insert_dead_letter_details(handler, ctx["app"])
+    with (
+        pytest.raises(IntegrityError, match="source_same_app_fkey"),
+        transaction.atomic(),
+    ):
+        _sql(
+            "UPDATE dead_letter_trigger_details SET source_trigger_id = %s WHERE trigger_id = %s",
+            [foreign_source, handler],
+        )
         _check_deferred_constraints_now()
 
 
@@ -81,9 +115,9 @@ def test_detail_row_for_missing_trigger_is_refused():
         constraint="kv_trigger_details_trigger_id_fkey",
     )
     _refused(
-        "INSERT INTO dead_letter_trigger_details (trigger_id) VALUES (%s)",
-        [uuid.uuid4()],
-        constraint="dead_letter_trigger_details_trigger_id_fkey",
+        "INSERT INTO dead_letter_trigger_details (trigger_id, app_id) VALUES (%s, %s)",
+        [uuid.uuid4(), AppFactory().id],
+        constraint="dead_letter_trigger_details_trigger_app_fkey",
     )
 
 
@@ -173,10 +207,7 @@ def test_deleting_an_app_cascades_to_all_its_rows(ctx):
         [kv_id],
     )
     dl_id = _insert_trigger(ctx, kind="dead_letter")
-    _sql(
-        "INSERT INTO dead_letter_trigger_details (trigger_id, source_trigger_id) VALUES (%s, %s)",
-        [dl_id, kv_id],
-    )
+    _insert_dead_letter_details(dl_id, app_id, kv_id)
     for target_app, script in ((app_id, ctx["script"]), (survivor.id, survivor_script.id)):
         _sql(
             "INSERT INTO outbox (app_id, source_kind, script_id) VALUES (%s, 'kv', %s)",

@@ -17,10 +17,15 @@ VALUES (%(trigger_id)s, %(collection)s, %(ops)s)
 ON CONFLICT (trigger_id) DO UPDATE SET collection = EXCLUDED.collection, ops = EXCLUDED.ops;
 
 -- upsert_dead_letter_details --
-INSERT INTO dead_letter_trigger_details (trigger_id, source_kind, source_trigger_id)
-VALUES (%(trigger_id)s, %(source_kind)s, %(source_trigger_id)s)
+-- app_id is the trigger's own; the composite keys hold the source trigger to it.
+INSERT INTO dead_letter_trigger_details (trigger_id, app_id, source_kind, source_trigger_id)
+VALUES (%(trigger_id)s, %(app_id)s, %(source_kind)s, %(source_trigger_id)s)
 ON CONFLICT (trigger_id) DO UPDATE
     SET source_kind = EXCLUDED.source_kind, source_trigger_id = EXCLUDED.source_trigger_id;
+
+-- script_app --
+-- Which app a script belongs to: a trigger may run only its own app's.
+SELECT app_id FROM scripts WHERE id = %(id)s;
 
 -- update_trigger --
 UPDATE triggers
@@ -31,6 +36,14 @@ WHERE id = %(id)s;
 
 -- delete_trigger --
 DELETE FROM triggers WHERE id = %(id)s;
+
+-- filters_naming_trigger --
+-- The other dead-letter triggers whose filter names this one: while they do,
+-- it cannot be deleted (dead_letter_trigger_details_source_same_app_fkey).
+SELECT t.name FROM dead_letter_trigger_details d
+JOIN triggers t ON t.id = d.trigger_id
+WHERE d.source_trigger_id = %(id)s AND d.trigger_id <> %(id)s
+ORDER BY t.name COLLATE "C";
 
 -- get_trigger --
 SELECT * FROM triggers_with_details WHERE id = %(id)s;
