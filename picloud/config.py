@@ -310,3 +310,40 @@ def validate_environment(env: Mapping[str, str] | None = None) -> None:
     WebhookConfig.from_env(env)
     DispatcherConfig.from_env(env)
     SyncConfig.from_env(env)
+
+
+# Around the dispatcher's own stop, the cluster wakes its guard, stops the
+# pusher and the monitor, and each worker closes its connections: about a
+# second, more on a loaded machine. The floor keeps a stop grace from cutting
+# the dispatcher's short; the default leaves room to spare.
+STOP_MIN_MARGIN_MS = 2_000
+STOP_DEFAULT_MARGIN_MS = 10_000
+
+
+@dataclass(frozen=True)
+class StopConfig:
+    """How long `qcluster` and `runstack` wait for an orderly stop before SIGKILL."""
+
+    grace_ms: int = 20_000  # the dispatcher's default grace + STOP_DEFAULT_MARGIN_MS
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> StopConfig:
+        env = os.environ if env is None else env
+        dispatcher_grace_ms = DispatcherConfig.from_env(env).shutdown_grace_ms
+        try:
+            grace_ms = env_int(
+                env,
+                "PICLOUD_STOP_GRACE_MS",
+                dispatcher_grace_ms + STOP_DEFAULT_MARGIN_MS,
+                low=dispatcher_grace_ms + STOP_MIN_MARGIN_MS,
+                high=3_600_000,
+            )
+        except ConfigError as exc:
+            raise ConfigError(
+                f"{exc} (at least PICLOUD_DISPATCHER_SHUTDOWN_GRACE_MS + {STOP_MIN_MARGIN_MS})"
+            ) from None
+        return cls(grace_ms=grace_ms)
+
+    @property
+    def grace(self) -> float:
+        return self.grace_ms / 1000  # seconds

@@ -52,8 +52,10 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django.contrib.postgres",
-    "django_q",
+    # Before django_q: its `qcluster` command replaces django-q2's (the first
+    # app that has a command wins), see picloud/management/commands/qcluster.py.
     "picloud",
+    "django_q",
     "triggers",
     "outbox",
     "deadletters",

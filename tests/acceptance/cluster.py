@@ -61,7 +61,8 @@ class Cluster:
     def stop(self, timeout: float = 60, *, may_hang: bool = False) -> int:
         """SIGTERM and wait. `may_hang`: after a worker was SIGKILLed, django-q2's
         other workers can be stuck on the task queue's lock the dead process held
-        (docs/dispatcher.md), so the cluster may never stop; kill it instead."""
+        (docs/dispatcher.md): the cluster then stops only when PICLOUD_STOP_GRACE_MS
+        ends, killing them; if `timeout` is shorter, kill it here instead."""
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

@@ -7,7 +7,9 @@ waits, and Django's runserver turns away bursts of connections.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import math
 import signal
 import subprocess
 import sys
@@ -18,7 +20,13 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from gunicorn.util import parse_address
 
-STOP_GRACE = 15.0  # seconds each child gets to exit after SIGTERM before SIGKILL
+from picloud.config import ConfigError, StopConfig
+from picloud.stopping import kill_all, process_group, wait_gone
+
+# Beyond the children's own grace (PICLOUD_STOP_GRACE_MS), before runstack
+# kills what is left of them: qcluster kills its stragglers itself when its
+# grace ends and reports them, which takes well under a second.
+KILL_MARGIN = 3.0  # seconds
 
 
 class Command(BaseCommand):
@@ -36,17 +44,28 @@ class Command(BaseCommand):
     def handle(self, *args, addr: str, threads: int, **options):
         if threads < 1:
             raise CommandError(f"--threads must be at least 1, got {threads}")
+        try:
+            grace = StopConfig.from_env().grace
+        except ConfigError as exc:
+            raise CommandError(str(exc)) from None
         if warning := exposed_bind_warning(addr):
             self.stderr.write(warning)
         manage = str(Path(settings.BASE_DIR) / "manage.py")
         web = [sys.executable, "-m", "gunicorn", "picloud.wsgi:application"]
         web += ["--worker-class", "gthread", "--workers", "1", "--threads", str(threads)]
         web += ["--bind", addr, "--access-logfile", "-", "--chdir", str(settings.BASE_DIR)]
+        web += ["--graceful-timeout", str(math.ceil(grace))]
         commands = {
             "web": web,
             "cluster": [sys.executable, manage, "qcluster"],
         }
-        children = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}
+        # Each child leads its own session and process group: a signal to
+        # runstack's group (Ctrl-C, `kill -- -PGID`, systemd) reaches runstack
+        # alone, which stops the children in order; and whatever a child
+        # leaves behind, even re-parented to PID 1, is still in its group.
+        children = {
+            name: subprocess.Popen(cmd, start_new_session=True) for name, cmd in commands.items()
+        }
         self.stdout.write(
             f"picloud: web on http://{addr}/admin/ and qcluster started; Ctrl-C stops both"
         )
@@ -68,21 +87,33 @@ class Command(BaseCommand):
                         stopping = True
                 time.sleep(0.2)  # supervision tick; nothing time-critical waits on it
         finally:
-            self._stop(children)
+            problems = self._stop(children, grace)
         if failed:
-            raise CommandError(f"{failed[0]} exited with status {failed[1]}; stopped the rest")
+            problems.insert(0, f"{failed[0]} exited with status {failed[1]}; stopped the rest")
+        if problems:
+            raise CommandError("; ".join(problems))
 
-    def _stop(self, children: dict[str, subprocess.Popen]) -> None:
-        for proc in children.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE
-        for proc in children.values():
-            try:
+    def _stop(self, children: dict[str, subprocess.Popen], grace: float) -> list[str]:
+        """SIGTERM each child, then SIGKILL what is left of its process group; say what."""
+        running = {name for name, proc in children.items() if proc.poll() is None}
+        for name in running:
+            children[name].send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace + KILL_MARGIN
+        problems = []
+        for name, proc in children.items():
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            if wait_gone(process_group(proc.pid), deadline):
+                killed = kill_all(lambda pgid=proc.pid: process_group(pgid))
+                problems.append(
+                    f"{name} still running {grace + KILL_MARGIN:g} s after SIGTERM; "
+                    f"killed with SIGKILL: {', '.join(killed)}"
+                )
+            elif name in running and proc.wait() != 0:
+                # qcluster exits 1 when it had to kill part of itself (it said what).
+                problems.append(f"{name} exited with status {proc.returncode} while stopping")
+            proc.wait()
+        return problems
 
 
 def exposed_bind_warning(addr: str) -> str | None:
