@@ -16,8 +16,8 @@ from picloud.admin_access import (
     allowed_app_ids,
     scope,
 )
-from picloud.authz import Capability, Scope
-from picloud.models import ApiToken, App, AppMembership, Runtime, Script, principal_for
+from picloud.authz import Capability, Scope, has_capability
+from picloud.models import ApiToken, App, AppMembership, Principal, Runtime, Script, principal_for
 from picloud.scripts import registered_names
 
 
@@ -151,6 +151,26 @@ class ApiTokenForm(forms.ModelForm):
         model = ApiToken
         fields = ["name", "scopes", "app", "expires_at"]
 
+    holder: Principal | None = None  # who the token is for; set by ApiTokenAdmin.get_form
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.holder is not None and not has_capability(
+            self.holder, Capability.PlatformManageApps()
+        ):
+            # Offer only scopes the user may hold (tokens.check_holder's rule).
+            field = self.fields["scopes"]
+            field.choices = [c for c in field.choices if c[0] != Scope.PlatformAdmin.value]
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.holder is not None and "scopes" in cleaned:
+            try:
+                tokens.check_holder(self.holder, cleaned["scopes"])
+            except ValidationError as exc:
+                self.add_error("scopes", exc)
+        return cleaned
+
     def clean_expires_at(self):
         value = self.cleaned_data["expires_at"]
         if value <= timezone.now():
@@ -211,6 +231,12 @@ class ApiTokenAdmin(MissingIs404, admin.ModelAdmin):
 
     def get_changeform_initial_data(self, request):
         return {"expires_at": timezone.now() + tokens.DEFAULT_LIFETIME}
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        # The form checks the holder's rules itself, so a refused scope is a
+        # message on the form, not an error from save_model.
+        return type(form.__name__, (form,), {"holder": principal_for(request.user)})
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         if db_field.name == "app":

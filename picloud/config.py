@@ -303,15 +303,6 @@ class SyncConfig:
         return min(self.timeout_ms, ceiling.timeout_ms)
 
 
-def validate_environment(env: Mapping[str, str] | None = None) -> None:
-    """Build every config once; raises ConfigError on the first bad variable."""
-    SandboxCeiling.from_env(env)
-    TriggerConfig.from_env(env)
-    WebhookConfig.from_env(env)
-    DispatcherConfig.from_env(env)
-    SyncConfig.from_env(env)
-
-
 # Around the dispatcher's own stop, the cluster wakes its guard, stops the
 # pusher and the monitor, and each worker closes its connections: about a
 # second, more on a loaded machine. The floor keeps a stop grace from cutting
@@ -347,3 +338,13 @@ class StopConfig:
     @property
     def grace(self) -> float:
         return self.grace_ms / 1000  # seconds
+
+
+def validate_environment(env: Mapping[str, str] | None = None) -> None:
+    """Build every config once; raises ConfigError on the first bad variable."""
+    SandboxCeiling.from_env(env)
+    TriggerConfig.from_env(env)
+    WebhookConfig.from_env(env)
+    DispatcherConfig.from_env(env)
+    SyncConfig.from_env(env)
+    StopConfig.from_env(env)

@@ -212,6 +212,25 @@ def test_tokens_are_private_and_shown_once(client, world):
     assert tokens.authenticate(raw) is None
 
 
+def test_the_token_form_offers_and_accepts_only_scopes_the_user_holds(client, world):
+    login(client, world["alice"])
+    page = client.get(reverse("admin:picloud_apitoken_add"))
+    offered = {value for value, _ in page.context["adminform"].form.fields["scopes"].choices}
+    assert "platform:admin" not in offered and "script:invoke" in offered
+    response = client.post(  # a forged choice: refused on the form, not a 500
+        reverse("admin:picloud_apitoken_add"),
+        {
+            "name": "escalate",
+            "scopes": ["platform:admin"],
+            "expires_at_0": "2027-06-01",
+            "expires_at_1": "00:00:00",
+        },
+    )
+    assert response.status_code == 200
+    assert "platform:admin" in str(response.context["adminform"].form.errors["scopes"])
+    assert not ApiToken.objects.filter(name="escalate").exists()
+
+
 def test_script_handlers_are_chosen_from_the_registry(client, world):
     login(client, world["alice"])
     response = client.post(
