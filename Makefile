@@ -42,6 +42,7 @@ screenshots: $(STAMP) browser
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
@@ -62,7 +63,7 @@ check-migrations: $(STAMP)
 
 # Stops the embedded PostgreSQL (it keeps running between commands on purpose).
 db-stop: $(STAMP)
-	$(PY) -m picloud.embedded_db stop
+	$(PY) -m picloud.db.embedded stop
 
 clean: db-stop
 	rm -rf $(VENV) .pgdata

@@ -1,5 +1,5 @@
 from benchmarks import probe
-from picloud.scripts import handler
+from picloud.domain.scripts import handler
 
 
 @handler("bench.noop")

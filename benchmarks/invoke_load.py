@@ -35,7 +35,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
 from benchmarks.run import admin_settings, conninfo, machine, percentile, write_report  # noqa: E402
-from picloud.pgconn import database_url  # noqa: E402
+from picloud.db.pgconn import database_url  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
 
 BENCH_DB = "picloud_bench_invoke"
@@ -75,7 +75,7 @@ class Setup:
     def seed(self) -> str:
         from django.contrib.auth import get_user_model
 
-        from picloud import tokens
+        from picloud.domain import tokens
         from picloud.models import App, AppMembership, Script, principal_for
 
         user = get_user_model().objects.create_user("bench", password=None)

@@ -38,7 +38,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
 from benchmarks.probe import Receiver  # noqa: E402
-from picloud.pgconn import database_url  # noqa: E402
+from picloud.db.pgconn import database_url  # noqa: E402
 
 BENCH_DB = "picloud_bench"
 REPORT = PROJECT / "docs" / "benchmarks.md"
@@ -50,7 +50,7 @@ def admin_settings() -> dict:
         import environ
 
         return environ.Env().db_url("DATABASE_URL")
-    from picloud.embedded_db import ensure_running
+    from picloud.db.embedded import ensure_running
 
     return ensure_running()
 
@@ -345,12 +345,12 @@ class Bench:
         from django.db import connection, transaction
 
         from deadletters.pg_repository import PgAbandonedRepo, PgDeadLetterRepo
-        from outbox.dispatcher import Dispatcher
-        from outbox.metrics import Counters
-        from outbox.pg_repository import PgOutboxRepo, PgReplyInbox
-        from outbox.replies import InboxReplySink
-        from outbox.worker import DispatcherHost
-        from picloud.execution import Lookups, RowExecutor, execute_row
+        from outbox.dispatch.dispatcher import Dispatcher
+        from outbox.dispatch.metrics import Counters
+        from outbox.dispatch.replies import InboxReplySink
+        from outbox.dispatch.worker import DispatcherHost
+        from outbox.storage.pg_repository import PgOutboxRepo, PgReplyInbox
+        from picloud.runtime.execution import Lookups, RowExecutor, execute_row
         from triggers.pg_repository import PgTriggerRepo
 
         os.environ.pop("PICLOUD_BENCH_PROBE", None)

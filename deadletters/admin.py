@@ -16,7 +16,7 @@ from django.utils.html import format_html
 from deadletters.models import AbandonedExecution, DeadLetter, Resolution
 from deadletters.resolve import postgres_resolver
 from picloud.admin_access import AppFilter, AppScopedAdmin, IdFilter, WrittenBySystem, scope
-from picloud.authz import Capability
+from picloud.domain.authz import Capability
 from picloud.text import truncate
 from triggers.models import Trigger
 

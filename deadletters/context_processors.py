@@ -6,8 +6,9 @@ from functools import cached_property
 
 from django.urls import reverse
 
+from deadletters.pg_repository import PgDeadLetterRepo
 from picloud.admin_access import ALL, allowed_app_ids
-from picloud.authz import Capability
+from picloud.domain.authz import Capability
 
 
 def dead_letter_badge(request) -> dict:
@@ -35,7 +36,6 @@ class _Badge:
 
     @cached_property
     def count(self) -> int:
-        from deadletters.pg_repository import PgDeadLetterRepo
 
         repo = PgDeadLetterRepo()
         ids = self.app_ids

@@ -1,4 +1,4 @@
-"""Retention sweeps: resolved dead letters, abandoned executions, orphaned inboxes.
+"""Retention sweeps: resolved dead letters and abandoned executions.
 
 The management commands and the daily django-q2 schedule both call these;
 each deletes in batches (one short statement and commit per batch) through
@@ -15,12 +15,7 @@ from datetime import datetime, timedelta
 from django.utils import timezone
 
 from deadletters.repository import AbandonedRepo, DeadLetterRepo
-from outbox.repository import ReplyInbox
-
-BATCH_SIZE = 1_000  # rows per DELETE: each batch holds its row locks for milliseconds
-# A reply inbox older than this has no waiter left: no wait lasts longer
-# than PICLOUD_SYNC_TIMEOUT_MS, which is at most 15 minutes.
-INBOX_ORPHAN_AGE = timedelta(hours=1)
+from picloud.db.batches import BATCH_SIZE
 
 Progress = Callable[[int, int], None]  # (deleted so far, expected total)
 
@@ -83,8 +78,3 @@ def sweep_abandoned(
     return SweepResult(
         "abandoned executions", cutoff, matched, deleted, time.monotonic() - started, dry_run
     )
-
-
-def sweep_orphaned_inboxes(inbox: ReplyInbox, *, batch_size: int = BATCH_SIZE) -> int:
-    """Reply inboxes whose waiting request died with its process."""
-    return inbox.gc(timezone.now() - INBOX_ORPHAN_AGE, batch_size)

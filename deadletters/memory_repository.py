@@ -20,11 +20,11 @@ from deadletters.repository import (
     NewDeadLetter,
     ProgressCallback,
     cap_summary,
-    check_batch_size,
     check_new_dead_letter,
     check_page,
     check_resolution,
 )
+from picloud.db.batches import check_batch_size
 
 
 def _delete_in_batches(rows: dict, doomed: list, batch_size: int, on_batch) -> int:

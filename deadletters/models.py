@@ -8,9 +8,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from outbox.storage.kinds import SourceKind
 from picloud.models import App, Principal, Script
-from triggers.kinds import SourceKind
-from triggers.models import Trigger
 
 
 class Resolution(models.TextChoices):
@@ -27,7 +26,11 @@ class DeadLetter(models.Model):
     app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="dead_letters")
     source_kind = models.CharField(max_length=20, choices=SourceKind.choices)
     trigger = models.ForeignKey(
-        Trigger, on_delete=models.SET_NULL, null=True, blank=True, related_name="dead_letters"
+        "triggers.Trigger",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="dead_letters",
     )
     script = models.ForeignKey(
         Script, on_delete=models.SET_NULL, null=True, blank=True, related_name="dead_letters"

@@ -7,8 +7,6 @@ from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-from django.db import transaction
-
 from deadletters.repository import (
     AbandonedRecord,
     AlreadyResolved,
@@ -19,13 +17,13 @@ from deadletters.repository import (
     NewDeadLetter,
     ProgressCallback,
     cap_summary,
-    check_batch_size,
     check_new_dead_letter,
     check_page,
     check_resolution,
 )
-from picloud.sqlexec import execute, fetch_all, fetch_one, from_json, to_json
-from picloud.sqlfiles import load_queries
+from picloud.db.batches import check_batch_size, run_batches
+from picloud.db.sqlexec import fetch_all, fetch_one, from_json, to_json
+from picloud.db.sqlfiles import load_queries
 
 Q = load_queries("deadletters")
 
@@ -42,19 +40,6 @@ def _app_ids(app_id: uuid.UUID | None, app_ids: Collection[uuid.UUID] | None):
     if app_id is not None:
         return [app_id]
     return None if app_ids is None else list(app_ids)
-
-
-def run_batches(query: str, params: dict[str, Any], on_batch: ProgressCallback | None) -> int:
-    """Repeat a batched DELETE until it deletes nothing; each batch commits on its own."""
-    total = 0
-    while True:
-        with transaction.atomic():
-            deleted = execute(query, params)
-        if deleted == 0:
-            return total
-        total += deleted
-        if on_batch:
-            on_batch(total)
 
 
 class PgDeadLetterRepo:

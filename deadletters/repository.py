@@ -7,14 +7,15 @@ tests/contract holds both to the same behaviour.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
 from deadletters.models import Resolution
+from outbox.storage.kinds import SourceKind
+from picloud.db.batches import ProgressCallback
 from picloud.text import truncate
-from triggers.kinds import SourceKind
 
 MAX_SUMMARY_CHARS = 1_000  # abandoned_executions.result_summary, capped at write time
 MAX_PAGE_SIZE = 500
@@ -86,9 +87,6 @@ class AlreadyResolved(Exception):
             f"dead letter {record.id} is already resolved as {record.resolution!r} "
             f"at {record.resolved_at:%Y-%m-%d %H:%M:%S}"
         )
-
-
-ProgressCallback = Callable[[int], None]
 
 
 class DeadLetterRepo(Protocol):
@@ -198,11 +196,6 @@ def check_page(limit: int, offset: int) -> None:
         raise ValueError(f"limit must be 1..{MAX_PAGE_SIZE}, got {limit}")
     if offset < 0:
         raise ValueError(f"offset must be >= 0, got {offset}")
-
-
-def check_batch_size(batch_size: int) -> None:
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
 
 def cap_summary(summary: str | None) -> str | None:

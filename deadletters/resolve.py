@@ -15,14 +15,18 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
+from django.db import transaction
+
 from deadletters.models import Resolution
+from deadletters.pg_repository import PgDeadLetterRepo
 from deadletters.repository import (
     AlreadyResolved,
     DeadLetterNotFound,
     DeadLetterRecord,
     DeadLetterRepo,
 )
-from outbox.repository import NewOutboxRow, OutboxRepo
+from outbox.storage.pg_repository import PgOutboxRepo
+from outbox.storage.repository import NewOutboxRow, OutboxRepo
 
 
 class CannotReplay(Exception):
@@ -106,9 +110,5 @@ class Resolver:
 
 
 def postgres_resolver() -> Resolver:
-    from django.db import transaction
-
-    from deadletters.pg_repository import PgDeadLetterRepo
-    from outbox.pg_repository import PgOutboxRepo
 
     return Resolver(PgDeadLetterRepo(), PgOutboxRepo(), transaction.atomic)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.utils import timezone
+from django_q.models import Schedule
 
 SCHEDULE_NAME = "picloud: retention sweep"
 SCHEDULE_FUNC = "deadletters.tasks.sweep_retention"
@@ -17,7 +18,6 @@ SCHEDULE_FUNC = "deadletters.tasks.sweep_retention"
 
 def ensure_schedules() -> bool:
     """Create or repair the sweep's schedule; True when something changed."""
-    from django_q.models import Schedule
 
     wanted = {"func": SCHEDULE_FUNC, "schedule_type": Schedule.DAILY, "repeats": -1}
     schedule, created = Schedule.objects.get_or_create(

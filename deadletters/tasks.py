@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from deadletters.gc import sweep_abandoned, sweep_dead_letters, sweep_orphaned_inboxes
+from deadletters.gc import sweep_abandoned, sweep_dead_letters
+from deadletters.pg_repository import PgAbandonedRepo, PgDeadLetterRepo
+from outbox.storage.pg_repository import PgReplyInbox
+from outbox.sync.inboxes import sweep_orphaned_inboxes
 from picloud.config import TriggerConfig
 
 logger = logging.getLogger("picloud.gc")
@@ -13,8 +16,6 @@ logger = logging.getLogger("picloud.gc")
 def sweep_retention() -> str:
     """Both sweeps with the configured retention; returns the summary (kept
     by django-q2 as the task's result)."""
-    from deadletters.pg_repository import PgAbandonedRepo, PgDeadLetterRepo
-    from outbox.pg_repository import PgReplyInbox
 
     config = TriggerConfig.from_env()
     letters = sweep_dead_letters(

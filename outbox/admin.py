@@ -7,9 +7,9 @@ from django.db.models import Count, Min, Q
 from django.utils import timezone
 
 from outbox.models import OutboxEntry
-from outbox.pg_repository import PgOutboxRepo
+from outbox.storage.pg_repository import PgOutboxRepo
 from picloud.admin_access import AppFilter, AppScopedAdmin, WrittenBySystem
-from picloud.authz import Capability
+from picloud.domain.authz import Capability
 from picloud.text import truncate
 
 

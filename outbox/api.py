@@ -22,12 +22,12 @@ from django.db import DatabaseError, InterfaceError
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from outbox.invoke import default_invoker
-from picloud import tokens
-from picloud.authz import Capability, Scope, has_capability
+from outbox.sync.invoke import default_invoker
 from picloud.config import SandboxCeiling
+from picloud.db.storable import Unstorable, check_json, clean_text, parse_json
+from picloud.domain import tokens
+from picloud.domain.authz import Capability, Scope, has_capability
 from picloud.models import Principal, Script
-from picloud.storable import Unstorable, check_json, clean_text, parse_json
 
 logger = logging.getLogger("picloud.api")
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 import logging
 from multiprocessing import util
 
+from django_q.signals import post_spawn
+
+from outbox.dispatch.worker import postgres_host
 from picloud.config import DispatcherConfig
 
 logger = logging.getLogger("picloud.dispatcher")
@@ -23,7 +26,6 @@ def start_dispatcher(sender=None, proc_name: str = "", **kwargs) -> None:
     config = DispatcherConfig.from_env()
     if not config.enabled or _host is not None:
         return
-    from outbox.worker import postgres_host
 
     _host = postgres_host(config=config)
     _host.start()
@@ -32,6 +34,5 @@ def start_dispatcher(sender=None, proc_name: str = "", **kwargs) -> None:
 
 
 def connect() -> None:
-    from django_q.signals import post_spawn
 
     post_spawn.connect(start_dispatcher, dispatch_uid="picloud-dispatcher")

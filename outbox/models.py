@@ -7,9 +7,8 @@ import uuid
 from django.db import models
 from django.utils import timezone
 
+from outbox.storage.kinds import SourceKind
 from picloud.models import App, Principal, Script
-from triggers.kinds import SourceKind
-from triggers.models import Trigger
 
 
 class OutboxEntry(models.Model):
@@ -17,7 +16,11 @@ class OutboxEntry(models.Model):
     app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="outbox_entries")
     source_kind = models.CharField(max_length=20, choices=SourceKind.choices)
     trigger = models.ForeignKey(
-        Trigger, on_delete=models.CASCADE, null=True, blank=True, related_name="outbox_entries"
+        "triggers.Trigger",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="outbox_entries",
     )
     script = models.ForeignKey(Script, on_delete=models.CASCADE, related_name="outbox_entries")
     run_as_principal = models.ForeignKey(

@@ -13,8 +13,8 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from outbox.metrics import COUNTERS
-from outbox.pg_repository import PgCounterStore, PgOutboxRepo
+from outbox.dispatch.metrics import COUNTERS
+from outbox.storage.pg_repository import PgCounterStore, PgOutboxRepo
 
 HELP = {
     "dispatched": "Outbox rows the dispatchers started to handle.",

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from picloud import tokens
 from picloud.admin_access import (
     ALL,
     AppFilter,
@@ -16,9 +16,10 @@ from picloud.admin_access import (
     allowed_app_ids,
     scope,
 )
-from picloud.authz import Capability, Scope, has_capability
+from picloud.domain import tokens
+from picloud.domain.authz import Capability, Scope, has_capability
+from picloud.domain.scripts import registered_names
 from picloud.models import ApiToken, App, AppMembership, Principal, Runtime, Script, principal_for
-from picloud.scripts import registered_names
 
 
 @admin.register(App)
@@ -64,7 +65,6 @@ class MembershipForm(forms.ModelForm):
             self.fields["username"].initial = self.instance.principal.user.get_username()
 
     def clean_username(self):
-        from django.contrib.auth import get_user_model
 
         name = self.cleaned_data["username"].strip()
         user = get_user_model().objects.filter(username=name).first()

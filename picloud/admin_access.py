@@ -24,7 +24,7 @@ from django.contrib.admin.views.main import ERROR_FLAG
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest
 
-from picloud.authz import Capability, _AppCapability, role_satisfies
+from picloud.domain.authz import Capability, _AppCapability, role_satisfies
 from picloud.models import App, AppMembership, Script, principal_for
 from picloud.text import truncate
 

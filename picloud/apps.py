@@ -7,8 +7,8 @@ class PicloudConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from picloud import scripts, signals
         from picloud.config import validate_environment
+        from picloud.domain import scripts, signals
 
         signals.connect()
         scripts.autodiscover()

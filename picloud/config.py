@@ -220,7 +220,7 @@ class WebhookConfig:
 
     # Only globally routable unicast destinations are allowed unless this is
     # set (a guard against requests into our network and to cloud metadata
-    # services; picloud/webhooks.py has the refused blocks).
+    # services; picloud/runtime/webhooks.py has the refused blocks).
     allow_private: bool = False
     # Plain-HTTP URLs are refused unless this is set.
     allow_http: bool = False
@@ -276,7 +276,7 @@ class DispatcherConfig:
 
 @dataclass(frozen=True)
 class SyncConfig:
-    """Synchronous invocation over HTTP (outbox/invoke.py)."""
+    """Synchronous invocation over HTTP (outbox/sync/invoke.py)."""
 
     # How long a caller waits for the result; the effective wait is also
     # capped by the sandbox timeout (``wait_ms``).

@@ -12,9 +12,13 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
-from picloud import kv, tokens
-from picloud.authz import Role, Scope
+from picloud import kv
+from picloud.domain import tokens
+from picloud.domain.authz import Role, Scope
 from picloud.models import ApiToken, App, AppMembership, Principal, Script, principal_for
+from triggers.models import Trigger
+from triggers.pg_repository import PgTriggerRepo
+from triggers.repository import KvSpec, NewTrigger
 
 DEMO_USERNAME = "admin"
 DEMO_APP_SLUG = "demo"
@@ -72,9 +76,6 @@ def load_demo(password: str | None = None) -> DemoCredentials:
 
 
 def _ensure_triggers(app: App, scripts: dict[str, Script], principal: Principal) -> None:
-    from triggers.models import Trigger
-    from triggers.pg_repository import PgTriggerRepo
-    from triggers.repository import KvSpec, NewTrigger
 
     wanted = [
         NewTrigger(

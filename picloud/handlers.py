@@ -2,7 +2,7 @@
 
 import time
 
-from picloud.scripts import PermanentError, handler
+from picloud.domain.scripts import PermanentError, handler
 
 
 @handler("picloud.noop")

@@ -8,13 +8,15 @@ apps can use them. Change the SQL first, then the model, and keep
 
 from __future__ import annotations
 
+import secrets
 import uuid
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
-from picloud.authz import Role, Scope
+from picloud.domain.roles import Role, Scope
+from picloud.domain.scripts import Runtime, validate_runtime_fields
 
 
 class App(models.Model):
@@ -82,11 +84,6 @@ class AppMembership(models.Model):
         return f"{self.principal} is {self.role} of {self.app}"
 
 
-class Runtime(models.TextChoices):
-    PYTHON = "python", "Python handler"
-    WEBHOOK = "webhook", "Webhook"
-
-
 class Script(models.Model):
     """Code an app can run: a registered Python handler or a webhook."""
 
@@ -116,8 +113,6 @@ class Script(models.Model):
         return f"{self.app}/{self.name}"
 
     def save(self, *args, **kwargs) -> None:
-        from picloud.scripts import validate_runtime_fields
-
         if self.runtime == Runtime.WEBHOOK and not self.secret:
             self.secret = new_webhook_secret()
         # Saving through the ORM checks the runtime too, not only admin forms.
@@ -126,13 +121,10 @@ class Script(models.Model):
 
     def clean(self) -> None:
         super().clean()
-        from picloud.scripts import validate_runtime_fields
-
         validate_runtime_fields(self)
 
 
 def new_webhook_secret() -> str:
-    import secrets
 
     return "whsec_" + secrets.token_urlsafe(32)
 
@@ -166,7 +158,7 @@ class KvEntry(models.Model):
 class ApiToken(models.Model):
     """A principal's credential for the HTTP API: some scopes, maybe one app, an expiry.
 
-    Only a hash of the token is stored; picloud.tokens creates, checks and
+    Only a hash of the token is stored; picloud.domain.tokens creates, checks and
     revokes them.
     """
 

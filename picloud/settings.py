@@ -2,7 +2,7 @@
 
 Everything an operator sets comes from the environment (django-environ).
 DATABASE_URL selects the database; without it an embedded PostgreSQL is
-started under .pgdata/ (see picloud/embedded_db.py).
+started under .pgdata/ (see picloud/db/embedded.py).
 
 Numbers, booleans and levels go through picloud.config's validators, like
 the PICLOUD_* configs: a bad value raises ConfigError, which manage.py prints
@@ -124,7 +124,7 @@ def _database() -> dict:
         db = _database_url()
         where = f"PostgreSQL at {db.get('HOST') or 'local socket'}:{db.get('PORT') or 5432}/{db['NAME']}"
     else:
-        from picloud.embedded_db import DEFAULT_PGDATA, ensure_running
+        from picloud.db.embedded import DEFAULT_PGDATA, ensure_running
 
         db = ensure_running()
         where = f"embedded PostgreSQL (data in {DEFAULT_PGDATA.name}/, socket {db['HOST']})"

@@ -14,7 +14,7 @@ def _stop_handler_threads():
     # Handler helper threads hold their own database connections; end them
     # after each test so the test database can be dropped at the end.
     yield
-    from picloud.sandbox import stop_helper
+    from picloud.runtime.sandbox import stop_helper
 
     stop_helper()
 

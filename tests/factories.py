@@ -1,7 +1,7 @@
 import factory
 from django.contrib.auth import get_user_model
 
-from picloud.authz import Role
+from picloud.domain.authz import Role
 from picloud.models import App, AppMembership, Script, principal_for
 
 

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from picloud.pgconn import database_url
+from picloud.db.pgconn import database_url
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -46,8 +46,8 @@ def drain_outbox(max_rows: int = 1_000):
     A stand-in for the dispatcher in tests of what scripts do: rows are
     deleted after one execution whatever the outcome.
     """
-    from outbox.pg_repository import PgOutboxRepo
-    from picloud.execution import execute_row
+    from outbox.storage.pg_repository import PgOutboxRepo
+    from picloud.runtime.execution import execute_row
 
     repo = PgOutboxRepo()
     ran = []

@@ -12,7 +12,7 @@ from django.utils.html import format_html
 
 from outbox.models import OutboxEntry
 from picloud.admin_access import AppFilter, AppScopedAdmin, allowed_app_ids, scope
-from picloud.authz import Capability
+from picloud.domain.authz import Capability
 from triggers.kinds import TriggerKind
 from triggers.models import (
     DeadLetterTriggerDetails,

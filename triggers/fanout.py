@@ -10,32 +10,17 @@ silently, never an endless loop).
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict, dataclass
 from typing import Any
 
+from deadletters.pg_repository import PgDeadLetterRepo
 from deadletters.repository import DeadLetterRecord, DeadLetterRepo, NewDeadLetter
-from outbox.repository import NewOutboxRow, OutboxRepo
+from outbox.storage.kinds import SourceKind
+from outbox.storage.pg_repository import PgOutboxRepo
+from outbox.storage.repository import NewOutboxRow, OutboxRepo
 from picloud.config import TriggerConfig
-from triggers.kinds import SourceKind
+from picloud.kv import KvEvent
+from triggers.pg_repository import PgTriggerRepo
 from triggers.repository import TriggerRecord, TriggerRepo
-
-
-@dataclass(frozen=True)
-class KvEvent:
-    app_id: uuid.UUID
-    app_slug: str
-    collection: str
-    key: str
-    op: str
-    old: Any
-    new: Any
-    version: int
-
-    def payload(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["app_id"] = str(self.app_id)
-        data["app"] = data.pop("app_slug")
-        return data
 
 
 class FanOut:
@@ -93,7 +78,7 @@ class FanOut:
             f"not enqueued for {len(matching)} trigger(s): {names}"
         )
         first = matching[0]
-        self.record_dead_letter(
+        self.dead_letter(
             NewDeadLetter(
                 app_id=app_id,
                 source_kind=SourceKind.KV,
@@ -109,9 +94,9 @@ class FanOut:
             )
         )
 
-    def record_dead_letter(self, new: NewDeadLetter) -> DeadLetterRecord:
-        """Insert a dead letter and enqueue the app's matching dead_letter
-        triggers, in the caller's transaction.
+    def dead_letter(self, new: NewDeadLetter) -> DeadLetterRecord:
+        """Record a dead letter and fan it out to the app's matching
+        dead_letter triggers, in the caller's transaction.
 
         Dead letters about dead-letter handlers are never written (the
         dispatcher resolves the original as handler_failed instead), so a
@@ -151,10 +136,6 @@ def dead_letter_event(record: DeadLetterRecord) -> dict[str, Any]:
 
 
 def default_fan_out() -> FanOut:
-    from deadletters.pg_repository import PgDeadLetterRepo
-    from outbox.pg_repository import PgOutboxRepo
-    from triggers.pg_repository import PgTriggerRepo
-
     return FanOut(PgTriggerRepo(), PgOutboxRepo(), PgDeadLetterRepo())
 
 

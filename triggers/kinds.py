@@ -2,6 +2,8 @@
 
 from django.db import models
 
+from outbox.storage.kinds import SourceKind
+
 
 class TriggerKind(models.TextChoices):
     KV = "kv", "KV write"
@@ -10,18 +12,6 @@ class TriggerKind(models.TextChoices):
     QUEUE = "queue", "Queue"
     EMAIL = "email", "Email"
     DEAD_LETTER = "dead_letter", "Dead letter"
-
-
-class SourceKind(models.TextChoices):
-    """What put a row into the outbox: a trigger kind, or a sync invocation."""
-
-    KV = "kv", "KV write"
-    CRON = "cron", "Cron"
-    PUBSUB = "pubsub", "Pub/sub"
-    QUEUE = "queue", "Queue"
-    EMAIL = "email", "Email"
-    DEAD_LETTER = "dead_letter", "Dead letter"
-    INVOKE = "invoke", "HTTP invocation"
 
 
 class KvOp(models.TextChoices):

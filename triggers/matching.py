@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from django.core.exceptions import ValidationError
 
+from triggers.kinds import KvOp
+
 MAX_COLLECTION_LENGTH = 255  # characters, for names and patterns alike
 
 PATTERN_RULE = (
@@ -57,7 +59,6 @@ def validate_collection_pattern(pattern: object) -> None:
 
 def validate_ops(ops: object) -> None:
     """A non-empty list of distinct KV ops."""
-    from triggers.kinds import KvOp
 
     allowed = ", ".join(KvOp.values)
     if not ops:

@@ -7,8 +7,8 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 
-from picloud.sqlexec import execute, fetch_all, fetch_one
-from picloud.sqlfiles import load_queries
+from picloud.db.sqlexec import execute, fetch_all, fetch_one
+from picloud.db.sqlfiles import load_queries
 from triggers.kinds import TriggerKind
 from triggers.repository import (
     DeadLetterSource,

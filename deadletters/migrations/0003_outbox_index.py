@@ -2,7 +2,7 @@
 
 from django.db import migrations
 
-from picloud.sqlfiles import read_sql
+from picloud.db.sqlfiles import read_sql
 
 
 class Migration(migrations.Migration):

@@ -6,7 +6,7 @@ import django.db.models.deletion
 from django.conf import settings
 from django.db import migrations, models
 
-from picloud.sqlfiles import sql_migration
+from picloud.db.sqlfiles import sql_migration
 
 
 class Migration(migrations.Migration):

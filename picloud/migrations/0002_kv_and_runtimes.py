@@ -5,7 +5,7 @@ import uuid
 import django.db.models.deletion
 from django.db import migrations, models
 
-from picloud.sqlfiles import sql_migration
+from picloud.db.sqlfiles import sql_migration
 
 
 class Migration(migrations.Migration):

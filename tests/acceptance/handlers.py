@@ -4,7 +4,7 @@
 import os
 import time
 
-from picloud.scripts import handler
+from picloud.domain.scripts import handler
 
 
 def _record(event, ctx, **extra):

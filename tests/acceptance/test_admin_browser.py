@@ -22,7 +22,7 @@ from django.db import connection, connections
 
 from deadletters.models import DeadLetter
 from picloud import kv
-from picloud.authz import Role
+from picloud.domain.authz import Role
 from tests.factories import AppFactory, MembershipFactory, ScriptFactory, UserFactory
 from tests.helpers import PROJECT_DIR, free_port, subprocess_env, wait_for
 from triggers.models import Trigger

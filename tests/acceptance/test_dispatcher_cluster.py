@@ -12,7 +12,7 @@ from django.db import connection
 from deadletters.models import DeadLetter
 from outbox.models import OutboxEntry
 from picloud import kv
-from picloud.authz import Role
+from picloud.domain.authz import Role
 from picloud.models import AppMembership, KvEntry, Script
 from tests.acceptance import handlers  # noqa: F401 - registers the acc.* handlers here too
 from tests.acceptance.cluster import Cluster

@@ -11,7 +11,7 @@ from django.db import connection
 from deadletters.models import DeadLetter
 from outbox.models import OutboxEntry
 from picloud import kv
-from picloud.authz import Role
+from picloud.domain.authz import Role
 from picloud.models import Script
 from tests.acceptance.cluster import Cluster
 from tests.endpoints import POISON_ANSWERS, PoisonEndpoint, poison_endpoint

@@ -11,8 +11,8 @@ import pytest
 from django.db import connection
 
 from deadletters.models import DeadLetter
-from picloud import tokens
 from picloud.demo import DEMO_ORDERS, load_demo
+from picloud.domain import tokens
 from tests.factories import MembershipFactory, ScriptFactory
 from tests.helpers import PROJECT_DIR, free_port, subprocess_env, wait_for
 

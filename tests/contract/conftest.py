@@ -12,8 +12,8 @@ import pytest
 
 from deadletters.memory_repository import MemoryAbandonedRepo, MemoryDeadLetterRepo
 from deadletters.pg_repository import PgAbandonedRepo, PgDeadLetterRepo
-from outbox.memory_repository import MemoryOutboxRepo, MemoryReplyInbox
-from outbox.pg_repository import PgOutboxRepo, PgReplyInbox
+from outbox.storage.memory_repository import MemoryOutboxRepo, MemoryReplyInbox
+from outbox.storage.pg_repository import PgOutboxRepo, PgReplyInbox
 from tests.factories import AppFactory, ScriptFactory, UserFactory
 from triggers.memory_repository import MemoryTriggerRepo
 from triggers.pg_repository import PgTriggerRepo

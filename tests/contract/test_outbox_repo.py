@@ -6,7 +6,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from outbox.repository import MAX_ERROR_CHARS, MAX_ERRORS_KEPT, NewOutboxRow
+from outbox.storage.repository import MAX_ERRORS_KEPT, NewOutboxRow
+from picloud.db.storable import MAX_ERROR_CHARS
 from tests.helpers import wait_for
 
 LEASE = 60.0  # seconds: long enough that no test outlives it
@@ -168,8 +169,8 @@ def test_next_due_at_and_stats(outbox_repo, new_row):
 
 @pytest.fixture(params=["memory", "postgres"])
 def counter_store(request, transactional_db):
-    from outbox.memory_repository import MemoryCounterStore
-    from outbox.pg_repository import PgCounterStore
+    from outbox.storage.memory_repository import MemoryCounterStore
+    from outbox.storage.pg_repository import PgCounterStore
 
     return MemoryCounterStore() if request.param == "memory" else PgCounterStore()
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from outbox.repository import Reply
+from outbox.storage.repository import Reply
 
 OK = Reply(200, {"answer": 42})
 

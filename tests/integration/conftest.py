@@ -4,7 +4,7 @@ import pytest
 
 from deadletters.models import AbandonedExecution, DeadLetter
 from outbox.models import OutboxEntry
-from picloud.authz import Role
+from picloud.domain.authz import Role
 from tests.factories import AppFactory, MembershipFactory, ScriptFactory, kv_trigger
 from triggers.models import Trigger
 

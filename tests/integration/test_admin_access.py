@@ -5,8 +5,8 @@ import pytest
 from django.urls import reverse
 
 from deadletters.models import DeadLetter
-from picloud import tokens
-from picloud.authz import Role
+from picloud.domain import tokens
+from picloud.domain.authz import Role
 from picloud.models import ApiToken, AppMembership, Script
 from tests.factories import MembershipFactory, UserFactory
 from triggers.models import Trigger

@@ -6,7 +6,7 @@ from django.utils import timezone
 
 from deadletters.models import DeadLetter
 from outbox.models import OutboxEntry
-from picloud.authz import Role
+from picloud.domain.authz import Role
 from tests.factories import AppFactory, MembershipFactory, ScriptFactory, kv_trigger
 from triggers.models import DeadLetterTriggerDetails, KvTriggerDetails, Trigger
 

@@ -11,7 +11,7 @@ from django.core.exceptions import ValidationError
 from django.db import connection, models
 from django.urls import reverse
 
-from picloud.authz import Role
+from picloud.domain.authz import Role
 from picloud.models import AppMembership
 from tests.factories import AppFactory, MembershipFactory, ScriptFactory, kv_trigger
 from triggers.models import DeadLetterTriggerDetails, Trigger

@@ -1,7 +1,7 @@
 import pytest
 from django.core.exceptions import PermissionDenied
 
-from picloud.authz import Capability, Role, has_capability, require
+from picloud.domain.authz import Capability, Role, has_capability, require
 from picloud.models import principal_for
 from tests.factories import AppFactory, MembershipFactory, UserFactory
 

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 from django.db import connection, connections
 
-from outbox.pg_repository import PgOutboxRepo
+from outbox.storage.pg_repository import PgOutboxRepo
 from tests.factories import AppFactory, ScriptFactory, UserFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -3,8 +3,8 @@
 import pytest
 
 from outbox.models import OutboxEntry
-from picloud import tokens
 from picloud.demo import DEMO_ORDERS, load_demo
+from picloud.domain import tokens
 from picloud.models import ApiToken, App
 from triggers.models import Trigger
 

@@ -4,14 +4,14 @@ import time
 
 import pytest
 
-from outbox.pg_repository import PgOutboxRepo
-from outbox.repository import NewOutboxRow
+from outbox.storage.pg_repository import PgOutboxRepo
+from outbox.storage.repository import NewOutboxRow
 from picloud import kv
-from picloud.authz import Role
 from picloud.config import SandboxCeiling
-from picloud.execution import Failure, Success, execute_row
+from picloud.domain.authz import Role
+from picloud.domain.scripts import PermanentError, handler
 from picloud.models import AppMembership, KvEntry, Script
-from picloud.scripts import PermanentError, handler
+from picloud.runtime.execution import Failure, Success, execute_row
 from tests.factories import AppFactory, MembershipFactory, ScriptFactory
 
 seen = {}
@@ -209,12 +209,12 @@ class TestScriptsWriteThroughTheirPrincipal:
 @pytest.mark.django_db(transaction=True)
 def test_a_batch_stops_at_the_first_timeout_and_runs_none_after_it():
     from deadletters.pg_repository import PgAbandonedRepo, PgDeadLetterRepo
-    from outbox.dispatcher import Dispatcher
-    from outbox.metrics import Counters
-    from outbox.pg_repository import PgOutboxRepo as Repo
-    from outbox.pg_repository import PgReplyInbox
-    from outbox.replies import InboxReplySink
-    from picloud.execution import RowExecutor
+    from outbox.dispatch.dispatcher import Dispatcher
+    from outbox.dispatch.metrics import Counters
+    from outbox.dispatch.replies import InboxReplySink
+    from outbox.storage.pg_repository import PgOutboxRepo as Repo
+    from outbox.storage.pg_repository import PgReplyInbox
+    from picloud.runtime.execution import RowExecutor
     from triggers.pg_repository import PgTriggerRepo
 
     app = AppFactory()

@@ -8,9 +8,9 @@ from django.db import transaction
 from deadletters.models import DeadLetter
 from outbox.models import OutboxEntry
 from picloud import kv
-from picloud.authz import Role
+from picloud.domain.authz import Role
+from picloud.domain.scripts import handler
 from picloud.models import KvEntry
-from picloud.scripts import handler
 from tests.factories import AppFactory, MembershipFactory, ScriptFactory, kv_trigger
 from tests.helpers import drain_outbox
 

@@ -8,12 +8,12 @@ import pytest
 from django.utils import timezone
 
 from deadletters.models import AbandonedExecution, DeadLetter
-from outbox.invoke import close_default_invoker
+from outbox.dispatch.worker import postgres_host
 from outbox.models import OutboxEntry
-from outbox.worker import postgres_host
-from picloud import tokens
-from picloud.authz import Role
+from outbox.sync.invoke import close_default_invoker
 from picloud.config import DispatcherConfig
+from picloud.domain import tokens
+from picloud.domain.authz import Role
 from picloud.models import ApiToken
 from tests.factories import AppFactory, MembershipFactory, ScriptFactory
 from tests.helpers import wait_for
@@ -329,7 +329,7 @@ def test_tokens_are_stored_hashed_and_scopes_checked(member):
 def test_python_api_invokes_as_the_principal_and_checks_its_role(dispatcher, member, script):
     from django.core.exceptions import PermissionDenied
 
-    from outbox.invoke import invoke
+    from outbox.sync.invoke import invoke
 
     result = invoke(member.principal, script, {"via": "python"})
     assert (result.reply.status, result.reply.body, result.timed_out) == (
@@ -357,7 +357,7 @@ def test_python_api_invokes_as_the_principal_and_checks_its_role(dispatcher, mem
 def test_python_api_refuses_bad_values_before_enqueueing(member, script, payload, wait_ms, message):
     from django.core.exceptions import ValidationError
 
-    from outbox.invoke import invoke
+    from outbox.sync.invoke import invoke
 
     with pytest.raises(ValidationError, match=message):
         invoke(member.principal, script, payload, wait_ms=wait_ms)

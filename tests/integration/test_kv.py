@@ -7,7 +7,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connections
 
 from picloud import kv
-from picloud.authz import Role
+from picloud.domain.authz import Role
 from tests.factories import AppFactory, MembershipFactory, UserFactory
 
 pytestmark = pytest.mark.django_db

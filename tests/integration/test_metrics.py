@@ -4,8 +4,8 @@ import pytest
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from outbox.pg_repository import PgCounterStore, PgOutboxRepo
-from outbox.repository import NewOutboxRow
+from outbox.storage.pg_repository import PgCounterStore, PgOutboxRepo
+from outbox.storage.repository import NewOutboxRow
 from tests.factories import ScriptFactory, UserFactory
 
 pytestmark = pytest.mark.django_db

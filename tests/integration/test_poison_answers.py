@@ -9,17 +9,17 @@ from django.utils import timezone
 
 from deadletters.models import DeadLetter
 from deadletters.pg_repository import PgAbandonedRepo, PgDeadLetterRepo
-from outbox.dispatcher import Dispatcher
-from outbox.metrics import Counters
+from outbox.dispatch.dispatcher import Dispatcher
+from outbox.dispatch.metrics import Counters
+from outbox.dispatch.replies import InboxReplySink, reply_for
 from outbox.models import OutboxEntry
-from outbox.pg_repository import PgOutboxRepo, PgReplyInbox
-from outbox.replies import InboxReplySink, reply_for
-from outbox.repository import NewOutboxRow
+from outbox.storage.pg_repository import PgOutboxRepo, PgReplyInbox
+from outbox.storage.repository import NewOutboxRow
 from picloud import kv
-from picloud.authz import Role
 from picloud.config import RetryPolicy, SandboxCeiling, TriggerConfig, WebhookConfig
-from picloud.execution import RowExecutor, execute_row
+from picloud.domain.authz import Role
 from picloud.models import Script
+from picloud.runtime.execution import RowExecutor, execute_row
 from tests.endpoints import POISON_ANSWERS, PoisonEndpoint, poison_endpoint
 from tests.factories import MembershipFactory, kv_trigger
 from tests.helpers import wait_for
@@ -131,8 +131,8 @@ def test_poison_and_clean_webhooks_from_the_same_writes(endpoint, member):
 def test_a_synchronous_caller_gets_a_200_whose_json_held_nul(endpoint, member, monkeypatch):
     """Before: the reply could not be stored, so the caller waited its whole
     timeout and got a 504."""
-    from outbox.invoke import close_default_invoker, invoke
-    from outbox.worker import postgres_host
+    from outbox.dispatch.worker import postgres_host
+    from outbox.sync.invoke import close_default_invoker, invoke
     from picloud.config import DispatcherConfig
 
     monkeypatch.setenv("PICLOUD_WEBHOOK_ALLOW_PRIVATE", "true")  # read as the host starts

@@ -15,13 +15,13 @@ from django.utils import timezone
 
 from deadletters.models import AbandonedExecution
 from deadletters.pg_repository import PgAbandonedRepo
-from outbox.metrics import Counters
-from outbox.pg_repository import PgReplyInbox, Q
-from outbox.replies import InboxReplySink
-from outbox.repository import OutboxRow, Reply
-from picloud.execution import Success
-from picloud.pgconn import connect
-from picloud.sqlexec import to_json
+from outbox.dispatch.metrics import Counters
+from outbox.dispatch.replies import InboxReplySink
+from outbox.storage.pg_repository import PgReplyInbox, Q
+from outbox.storage.repository import OutboxRow, Reply
+from picloud.db.pgconn import connect
+from picloud.db.sqlexec import to_json
+from picloud.runtime.execution import Success
 from tests.factories import AppFactory, ScriptFactory
 from tests.helpers import wait_for
 

@@ -1,4 +1,4 @@
-"""Token rules (picloud.tokens.create_token) and the create_api_token command."""
+"""Token rules (picloud.domain.tokens.create_token) and the create_api_token command."""
 
 import io
 from datetime import datetime, timedelta
@@ -8,7 +8,7 @@ from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from picloud import tokens
+from picloud.domain import tokens
 from picloud.models import ApiToken, principal_for
 from tests.factories import AppFactory, UserFactory
 

@@ -8,12 +8,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from outbox.pg_repository import PgOutboxRepo
-from outbox.repository import NewOutboxRow
-from picloud.authz import Role
+from outbox.storage.pg_repository import PgOutboxRepo
+from outbox.storage.repository import NewOutboxRow
 from picloud.config import SandboxCeiling, WebhookConfig
-from picloud.execution import Failure, Success, execute_row
+from picloud.domain.authz import Role
 from picloud.models import Script
+from picloud.runtime.execution import Failure, Success, execute_row
 from tests.factories import MembershipFactory
 from tests.helpers import PROJECT_DIR, free_port
 
@@ -196,13 +196,13 @@ def test_the_guard_reads_the_environment_by_default(receiver, deliver, monkeypat
     ],
 )
 def test_non_public_addresses_are_recognised(address):
-    from picloud.webhooks import _is_public
+    from picloud.runtime.webhooks import _is_public
 
     assert not _is_public(address)
 
 
 @pytest.mark.parametrize("address", ["93.184.216.34", "2606:4700:4700::1111", "8.8.8.8"])
 def test_public_addresses_pass(address):
-    from picloud.webhooks import _is_public
+    from picloud.runtime.webhooks import _is_public
 
     assert _is_public(address)

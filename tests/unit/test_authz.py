@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 
-from picloud.authz import ROLE_SCOPES, Capability, Role, Scope, role_satisfies
+from picloud.domain.authz import ROLE_SCOPES, Capability, Role, Scope, role_satisfies
 
 APP = uuid.uuid4()
 

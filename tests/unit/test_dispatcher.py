@@ -6,12 +6,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from deadletters.memory_repository import MemoryDeadLetterRepo
-from outbox.dispatcher import Dispatcher, iter_batches
-from outbox.memory_repository import MemoryOutboxRepo
-from outbox.metrics import Counters
-from outbox.repository import NewOutboxRow
+from outbox.dispatch.dispatcher import Dispatcher, iter_batches
+from outbox.dispatch.metrics import Counters
+from outbox.storage.memory_repository import MemoryOutboxRepo
+from outbox.storage.repository import NewOutboxRow
 from picloud.config import RetryPolicy, SandboxCeiling, TriggerConfig
-from picloud.execution import Failure, Success
+from picloud.runtime.execution import Failure, Success
 from triggers.memory_repository import MemoryTriggerRepo
 from triggers.repository import DeadLetterSpec, KvSpec, NewTrigger
 

@@ -14,13 +14,13 @@ from datetime import timedelta
 import pytest
 
 from deadletters.memory_repository import MemoryDeadLetterRepo
-from outbox.dispatcher import Dispatcher
-from outbox.memory_repository import MemoryOutboxRepo
-from outbox.metrics import Counters
-from outbox.repository import NewOutboxRow
+from outbox.dispatch.dispatcher import Dispatcher
+from outbox.dispatch.metrics import Counters
+from outbox.storage.memory_repository import MemoryOutboxRepo
+from outbox.storage.repository import NewOutboxRow
 from picloud.config import RetryPolicy, SandboxCeiling, TriggerConfig
-from picloud.execution import Failure, OutcomeRun, Success
-from picloud.sandbox import run_each
+from picloud.runtime.execution import Failure, OutcomeRun, Success
+from picloud.runtime.sandbox import run_each
 from tests.unit.test_dispatcher import Clock, Replies
 from triggers.memory_repository import MemoryTriggerRepo
 

@@ -8,13 +8,13 @@ from types import SimpleNamespace
 import pytest
 
 from deadletters.memory_repository import MemoryAbandonedRepo
-from outbox.invoke import SyncInvoker
-from outbox.memory_repository import MemoryOutboxRepo, MemoryReplyInbox
-from outbox.metrics import Counters
-from outbox.replies import InboxReplySink, reply_for
-from outbox.reply_hub import ReplyHub
-from outbox.repository import Reply
-from picloud.execution import Failure, Success
+from outbox.dispatch.metrics import Counters
+from outbox.dispatch.replies import InboxReplySink, reply_for
+from outbox.storage.memory_repository import MemoryOutboxRepo, MemoryReplyInbox
+from outbox.storage.repository import Reply
+from outbox.sync.invoke import SyncInvoker
+from outbox.sync.reply_hub import ReplyHub
+from picloud.runtime.execution import Failure, Success
 from tests.helpers import wait_for
 
 APP = uuid.uuid4()

@@ -7,7 +7,7 @@ import pytest
 from deadletters.memory_repository import MemoryDeadLetterRepo
 from deadletters.repository import AlreadyResolved, NewDeadLetter
 from deadletters.resolve import Resolver
-from outbox.memory_repository import MemoryOutboxRepo
+from outbox.storage.memory_repository import MemoryOutboxRepo
 
 APP, SCRIPT, TRIGGER, PRINCIPAL, OPERATOR = (uuid.uuid4() for _ in range(5))
 

@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from picloud.sandbox import SandboxTimeout, run_each, run_with_timeout
+from picloud.runtime.sandbox import SandboxTimeout, run_each, run_with_timeout
 
 
 def test_results_and_exceptions_come_back_in_order():

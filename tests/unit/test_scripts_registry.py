@@ -2,8 +2,8 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 
 from picloud.config import WebhookConfig
-from picloud.scripts import get_handler, handler, registered_names, unregister
-from picloud.webhooks import sign, validate_webhook_url
+from picloud.domain.scripts import get_handler, handler, registered_names, unregister
+from picloud.runtime.webhooks import sign, validate_webhook_url
 
 
 def test_shipped_handlers_are_registered_at_start_up():

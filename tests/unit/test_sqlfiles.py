@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from picloud.sqlfiles import parse_queries
+from picloud.db.sqlfiles import parse_queries
 from tests.helpers import PROJECT_DIR
 
 APPS = ["picloud", "triggers", "outbox", "deadletters"]

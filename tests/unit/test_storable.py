@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from picloud.storable import (
+from picloud.db.storable import (
     MAX_JSON_DEPTH,
     Unstorable,
     check_json,

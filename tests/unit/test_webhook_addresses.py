@@ -3,7 +3,7 @@
 The tables below restate the IANA special-purpose address registries
 (iana.org/assignments/iana-ipv4-special-registry and
 iana-ipv6-special-registry) and the multicast and reserved blocks, on purpose
-independently of picloud/webhooks.py: the test is the specification.
+independently of picloud/runtime/webhooks.py: the test is the specification.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import socket
 
 import pytest
 
-from picloud import webhooks
 from picloud.config import WebhookConfig
-from picloud.webhooks import WebhookRefused, _is_public, resolve_destination
+from picloud.runtime import webhooks
+from picloud.runtime.webhooks import WebhookRefused, _is_public, resolve_destination
 
 # Every block here is refused, including those the registry marks "globally
 # reachable" (anycast service blocks such as AS112, AMT, PCP/TURN anycast):

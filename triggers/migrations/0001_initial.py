@@ -7,7 +7,7 @@ import django.db.models.deletion
 from django.db import migrations, models
 
 import triggers.matching
-from picloud.sqlfiles import sql_migration
+from picloud.db.sqlfiles import sql_migration
 
 
 class Migration(migrations.Migration):

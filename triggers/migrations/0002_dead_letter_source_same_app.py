@@ -4,7 +4,7 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
-from picloud.sqlfiles import sql_migration
+from picloud.db.sqlfiles import sql_migration
 
 REVERSE_SQL = """
 ALTER TABLE dead_letter_trigger_details

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand
 
-from deadletters.gc import BATCH_SIZE
+from picloud.db.batches import BATCH_SIZE
 from picloud.management.arguments import check_between, int_between
 
 WIDTH = 30  # characters of the progress bar

@@ -1,7 +1,8 @@
-from deadletters.gc import sweep_abandoned, sweep_orphaned_inboxes
+from deadletters.gc import sweep_abandoned
 from deadletters.management.commands._sweep import ProgressBar, SweepCommand
 from deadletters.pg_repository import PgAbandonedRepo
-from outbox.pg_repository import PgReplyInbox
+from outbox.storage.pg_repository import PgReplyInbox
+from outbox.sync.inboxes import sweep_orphaned_inboxes
 from picloud.config import TriggerConfig
 
 

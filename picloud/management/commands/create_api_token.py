@@ -5,8 +5,8 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from picloud import tokens
-from picloud.authz import Scope
+from picloud.domain import tokens
+from picloud.domain.authz import Scope
 from picloud.management.arguments import check_between, int_between
 from picloud.models import App, principal_for
 

@@ -18,22 +18,23 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 
-from outbox.repository import OutboxRow, bounded_error
-from picloud import webhooks
-from picloud.authz import Capability, Role, has_capability
+from outbox.storage.repository import OutboxRow
 from picloud.config import SandboxCeiling, WebhookConfig
+from picloud.db.sqlexec import fetch_one, model_from_row
+from picloud.db.sqlfiles import load_queries
+from picloud.db.storable import bounded_error, clean_json
+from picloud.domain.authz import Capability, Role, has_capability
+from picloud.domain.scripts import PermanentError, get_handler
 from picloud.kv import KvClient
 from picloud.models import App, Principal, Runtime, Script
-from picloud.sandbox import SandboxTimeout, run_each, run_with_timeout
-from picloud.scripts import PermanentError, get_handler
-from picloud.sqlexec import fetch_one, model_from_row
-from picloud.sqlfiles import load_queries
-from picloud.storable import clean_json
+from picloud.runtime import webhooks
+from picloud.runtime.sandbox import SandboxTimeout, run_each, run_with_timeout
 from picloud.text import truncate
 
-logger = logging.getLogger("picloud.execution")
+logger = logging.getLogger("picloud.runtime.execution")
 QUERIES = load_queries("picloud")
 
 
@@ -47,7 +48,7 @@ class Success:
 class Failure:
     # Storable by construction: errors quote what scripts and endpoints said,
     # and one NUL in one of them must not fail the statement that settles a
-    # whole batch (picloud/storable.py).
+    # whole batch (picloud/db/storable.py).
     error: str
     retryable: bool
     # HTTP status to report to a synchronous caller (the webhook's own status
@@ -94,7 +95,7 @@ class ExecutionContext:
     @cached_property
     def logger(self) -> logging.LoggerAdapter:
         return logging.LoggerAdapter(
-            logging.getLogger(f"picloud.scripts.{self.handler}"),
+            logging.getLogger(f"picloud.domain.scripts.{self.handler}"),
             {"outbox_id": str(self.outbox_id), "app": self.app.slug},
         )
 
@@ -121,7 +122,7 @@ class Lookups:
     One query per (script, run-as principal) reads the script, its app, the
     principal, its user's flags and its role in the app. The dispatcher makes
     one Lookups per batch, so a batch of rows for one trigger costs one query;
-    a batch lasts a few dozen milliseconds (outbox/worker.py sizes them),
+    a batch lasts a few dozen milliseconds (outbox/dispatch/worker.py sizes them),
     which bounds how stale a revoked role can be.
     """
 
@@ -166,7 +167,6 @@ def _refusal(script_id, script, principal, role) -> Failure | None:
 
 
 def _load_context(script_id, principal_id):
-    from django.contrib.auth import get_user_model
 
     row = fetch_one(QUERIES["run_context"], {"script_id": script_id, "principal_id": principal_id})
     if row is None:

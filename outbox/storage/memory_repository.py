@@ -10,17 +10,17 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
-from deadletters.repository import check_batch_size
-from outbox.repository import (
+from outbox.storage.repository import (
     MAX_ERRORS_KEPT,
     NewOutboxRow,
     OutboxRow,
     Reply,
-    bounded_error,
     check_claim_args,
     check_new_row,
     payload_size,
 )
+from picloud.db.batches import check_batch_size
+from picloud.db.storable import bounded_error
 
 
 class MemoryOutboxRepo:

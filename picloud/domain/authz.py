@@ -12,37 +12,15 @@ it onto an existing scope, not inventing an eighth.
 
 from __future__ import annotations
 
-import enum
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from django.core.exceptions import PermissionDenied
 
-if TYPE_CHECKING:
-    from picloud.models import Principal
-
-
-class Scope(enum.StrEnum):
-    """The seven scopes. docs/authorization.md says what each allows."""
-
-    AppRead = "app:read"
-    KvRead = "kv:read"
-    KvWrite = "kv:write"
-    ScriptInvoke = "script:invoke"
-    ScriptManage = "script:manage"
-    AppAdmin = "app:admin"
-    PlatformAdmin = "platform:admin"
-
-
-class Role(enum.StrEnum):
-    """Per-app roles, weakest first. Stored as text in app_memberships.role."""
-
-    Viewer = "viewer"
-    Developer = "developer"
-    AppAdmin = "admin"
-
+from picloud.domain.roles import Role, Scope
+from picloud.models import AppMembership, Principal
 
 _VIEWER = frozenset({Scope.AppRead, Scope.KvRead})
 _DEVELOPER = _VIEWER | {Scope.KvWrite, Scope.ScriptInvoke, Scope.ScriptManage}
@@ -123,8 +101,6 @@ def role_satisfies(role: Role | str | None, capability: _Capability) -> bool:
 
 
 def role_in_app(principal: Principal, app_id: uuid.UUID) -> Role | None:
-    from picloud.models import AppMembership
-
     role = (
         AppMembership.objects.filter(principal_id=principal.pk, app_id=app_id)
         .values_list("role", flat=True)

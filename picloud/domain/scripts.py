@@ -1,6 +1,8 @@
-"""The Python handler registry: Django apps register handlers by name.
+"""The rules of scripts: their runtimes, the Python handler registry, the shape of a webhook URL.
 
-    from picloud.scripts import handler
+Django apps register handlers by name:
+
+    from picloud.domain.scripts import handler
 
     @handler("orders.notify")
     def notify(event, ctx):
@@ -18,11 +20,21 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured, ValidationError
+from django.db import models
 from django.utils.module_loading import autodiscover_modules
 
+from picloud.config import WebhookConfig
+
 Handler = Callable[[dict[str, Any], Any], Any]
+
+
+class Runtime(models.TextChoices):
+    PYTHON = "python", "Python handler"
+    WEBHOOK = "webhook", "Webhook"
+
 
 _registry: dict[str, Handler] = {}
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
@@ -74,9 +86,6 @@ def autodiscover() -> None:
 
 def validate_runtime_fields(script) -> None:
     """The fields a script's runtime needs, with messages that say what is allowed."""
-    from picloud.models import Runtime
-    from picloud.webhooks import validate_webhook_url
-
     if script.runtime == Runtime.PYTHON:
         if script.handler not in _registry:
             known = ", ".join(registered_names()) or "(none registered)"
@@ -93,3 +102,21 @@ def validate_runtime_fields(script) -> None:
         raise ValidationError(
             {"runtime": f"Unknown runtime {script.runtime!r}; allowed: python, webhook."}
         )
+
+
+def validate_webhook_url(url: str, config: WebhookConfig | None = None) -> None:
+    """Shape checks done when a script is saved (addresses are checked at send time)."""
+    config = config or WebhookConfig.from_env()
+    allowed = "https://host/path" + (" or http://host/path" if config.allow_http else "")
+    parts = urlsplit(url or "")
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValidationError({"webhook_url": f"Enter an absolute URL; allowed: {allowed}."})
+    if parts.scheme == "http" and not config.allow_http:
+        raise ValidationError(
+            {
+                "webhook_url": "Plain http:// is refused; use https:// (or set "
+                "PICLOUD_WEBHOOK_ALLOW_HTTP=true for development)."
+            }
+        )
+    if parts.username or parts.password:
+        raise ValidationError({"webhook_url": "Credentials in the URL are not allowed."})

@@ -14,9 +14,9 @@ import json
 import logging
 
 from deadletters.repository import AbandonedRepo, NewAbandonedExecution, cap_summary
-from outbox.metrics import Counters
-from outbox.repository import OutboxRow, Reply, ReplyInbox
-from picloud.execution import Outcome
+from outbox.dispatch.metrics import Counters
+from outbox.storage.repository import OutboxRow, Reply, ReplyInbox
+from picloud.runtime.execution import Outcome
 
 logger = logging.getLogger("picloud.dispatcher")
 

@@ -10,19 +10,19 @@ from typing import Any
 from django.db import connection
 from psycopg.types.datetime import TimestamptzLoader
 
-from deadletters.repository import check_batch_size
-from outbox.repository import (
+from outbox.storage.repository import (
     MAX_ERRORS_KEPT,
     NewOutboxRow,
     OutboxRow,
     Reply,
-    bounded_error,
     check_claim_args,
     check_new_row,
     payload_size,
 )
-from picloud.sqlexec import execute, fetch_all, fetch_one, from_json, to_json
-from picloud.sqlfiles import load_queries
+from picloud.db.batches import check_batch_size
+from picloud.db.sqlexec import execute, fetch_all, fetch_one, from_json, to_json
+from picloud.db.sqlfiles import load_queries
+from picloud.db.storable import bounded_error
 
 Q = load_queries("outbox")
 

@@ -3,7 +3,7 @@
 The server is left running when a process exits, on purpose: the web server,
 the qcluster and the test run all attach to the same data directory, and the
 last one out must not pull it from under the others. `make db-stop` (or
-`python -m picloud.embedded_db stop`) stops it.
+`python -m picloud.db.embedded stop`) stops it.
 """
 
 from __future__ import annotations
@@ -64,4 +64,4 @@ if __name__ == "__main__":
     elif sys.argv[1:] == ["start"]:
         print(ensure_running()["HOST"])
     else:
-        sys.exit("usage: python -m picloud.embedded_db start|stop")
+        sys.exit("usage: python -m picloud.db.embedded start|stop")

@@ -13,10 +13,8 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Protocol
 
-from picloud.storable import storable_text
-from triggers.kinds import SourceKind
+from outbox.storage.kinds import SourceKind
 
-MAX_ERROR_CHARS = 2_000  # one attempt's error, as kept on the row
 MAX_ERRORS_KEPT = 100  # attempts whose errors are kept (= the highest max_attempts)
 
 
@@ -173,9 +171,3 @@ def check_claim_args(limit: int, lease: float) -> None:
 
 def payload_size(payload: Any) -> int:
     return len(json.dumps(payload, separators=(",", ":")).encode())
-
-
-def bounded_error(error: str) -> str:
-    """An attempt's error as it may be stored: at most MAX_ERROR_CHARS, with
-    characters PostgreSQL refuses replaced (and said so)."""
-    return storable_text(error, MAX_ERROR_CHARS)

@@ -19,12 +19,17 @@ from datetime import datetime
 from django.db import DatabaseError, InterfaceError, connection, connections, transaction
 from django.utils import timezone
 
-from outbox.dispatcher import BatchReport, Dispatcher
-from outbox.metrics import Counters, CounterStore
-from outbox.wakeup import CHANNEL, Wakeup
+from deadletters.pg_repository import PgAbandonedRepo, PgDeadLetterRepo
+from outbox.dispatch.dispatcher import BatchReport, Dispatcher
+from outbox.dispatch.metrics import Counters, CounterStore
+from outbox.dispatch.replies import InboxReplySink
+from outbox.dispatch.wakeup import CHANNEL, Wakeup
+from outbox.storage.pg_repository import PgCounterStore, PgOutboxRepo, PgReplyInbox
 from picloud.config import DispatcherConfig
-from picloud.pglisten import Listener
-from picloud.sandbox import stop_helper
+from picloud.db.pgconn import connect
+from picloud.db.pglisten import Listener
+from picloud.runtime.sandbox import stop_helper
+from triggers.pg_repository import PgTriggerRepo
 
 logger = logging.getLogger("picloud.dispatcher")
 
@@ -207,11 +212,6 @@ class DispatcherHost:
 
 def postgres_host(config: DispatcherConfig | None = None) -> DispatcherHost:
     """A host wired to the PostgreSQL repositories."""
-    from deadletters.pg_repository import PgAbandonedRepo, PgDeadLetterRepo
-    from outbox.pg_repository import PgCounterStore, PgOutboxRepo, PgReplyInbox
-    from outbox.replies import InboxReplySink
-    from picloud.pgconn import connect
-    from triggers.pg_repository import PgTriggerRepo
 
     config = config or DispatcherConfig.from_env()
 

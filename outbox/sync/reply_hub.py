@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import psycopg
 
-from picloud.pglisten import Listener
+from picloud.db.pglisten import Listener
 
 CHANNEL = "picloud_reply"
 

@@ -7,8 +7,8 @@ whether the reply reached the caller or, arriving too late, becomes an
 abandoned execution (outbox/sql/0003_reply_inboxes.sql). The row runs as
 the calling principal and gets exactly one attempt.
 
-Database work goes through a small fixed set of threads (picloud/dbthreads.py)
-and wake-ups through one listening connection (outbox/reply_hub.py), so a
+Database work goes through a small fixed set of threads (picloud/db/dbthreads.py)
+and wake-ups through one listening connection (outbox/sync/reply_hub.py), so a
 process holds a bounded number of connections whatever the number of waiters.
 The invocation commits on its own: it never joins a caller's transaction,
 whose uncommitted row no dispatcher could see.
@@ -25,14 +25,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.core.exceptions import ValidationError
+from django.db import connection, transaction
 
-from outbox.reply_hub import ReplyHub
-from outbox.repository import NewOutboxRow, OutboxRepo, Reply, ReplyInbox
-from picloud.authz import Capability, require
+from outbox.storage.kinds import SourceKind
+from outbox.storage.pg_repository import PgOutboxRepo, PgReplyInbox
+from outbox.storage.repository import NewOutboxRow, OutboxRepo, Reply, ReplyInbox
+from outbox.sync.reply_hub import ReplyHub
 from picloud.config import SandboxCeiling, SyncConfig
+from picloud.db.dbthreads import DbThreads
+from picloud.db.pgconn import connect
+from picloud.db.storable import Unstorable, check_json
+from picloud.domain.authz import Capability, require
 from picloud.models import Principal, Script
-from picloud.storable import Unstorable, check_json
-from triggers.kinds import SourceKind
 
 
 @dataclass(frozen=True)
@@ -138,12 +142,6 @@ def default_invoker() -> SyncInvoker:
     global _default
     with _default_lock:
         if _default is None:
-            from django.db import transaction
-
-            from outbox.pg_repository import PgOutboxRepo, PgReplyInbox
-            from picloud.dbthreads import DbThreads
-            from picloud.pgconn import connect
-
             hub = ReplyHub(connect)
             hub.start()
             db = DbThreads(SyncConfig.from_env().db_connections, on_connect=_commit_without_flush)
@@ -162,7 +160,6 @@ def _commit_without_flush() -> None:
     """An invocation's writes need not wait for the WAL flush: if PostgreSQL
     crashes and loses the last few, those callers get an error or a 504 and
     no script ran for them; an inbox that comes back is swept by GC."""
-    from django.db import connection
 
     with connection.cursor() as cursor:
         cursor.execute("SET synchronous_commit TO off")

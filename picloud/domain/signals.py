@@ -3,11 +3,11 @@
 from django.conf import settings
 from django.db.models.signals import post_save
 
+from picloud.models import Principal
+
 
 def _create_principal(sender, instance, created, raw=False, **kwargs):
     if created and not raw:
-        from picloud.models import Principal
-
         Principal.objects.get_or_create(user=instance)
 
 

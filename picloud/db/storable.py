@@ -22,6 +22,7 @@ from typing import Any
 
 from picloud.text import truncate
 
+MAX_ERROR_CHARS = 2_000  # one error message, as stored (an outbox attempt, a dead letter)
 MAX_JSON_DEPTH = 100  # nesting levels of arrays and objects in a stored JSON value
 REPLACEMENT = "\ufffd"  # what an unstorable character becomes
 
@@ -155,3 +156,9 @@ def clean_json(value: Any) -> tuple[Any, int]:
     if value is None or isinstance(value, bool | int):
         return value, 0  # the usual handler result: nothing to walk
     return _walk(value, fix_text=True)
+
+
+def bounded_error(error: str) -> str:
+    """An error message as it may be stored: at most MAX_ERROR_CHARS, with
+    characters PostgreSQL refuses replaced (and said so)."""
+    return storable_text(error, MAX_ERROR_CHARS)

@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from django.core.exceptions import ValidationError
-
 from picloud.config import WebhookConfig
-from picloud.storable import clean_json, clean_text, parse_json
+from picloud.db.storable import clean_json, clean_text, parse_json
+from picloud.domain.scripts import validate_webhook_url
 
 USER_AGENT = "PiCloud-Webhook/1"
 MAX_ERROR_BODY_CHARS = 500  # of a failed answer's body, kept in the error
@@ -48,24 +47,6 @@ class WebhookResponse:
 def sign(secret: str, timestamp: str, body: bytes) -> str:
     mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
     return "sha256=" + mac.hexdigest()
-
-
-def validate_webhook_url(url: str, config: WebhookConfig | None = None) -> None:
-    """Shape checks done when a script is saved (addresses are checked at send time)."""
-    config = config or WebhookConfig.from_env()
-    allowed = "https://host/path" + (" or http://host/path" if config.allow_http else "")
-    parts = urlsplit(url or "")
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ValidationError({"webhook_url": f"Enter an absolute URL; allowed: {allowed}."})
-    if parts.scheme == "http" and not config.allow_http:
-        raise ValidationError(
-            {
-                "webhook_url": "Plain http:// is refused; use https:// (or set "
-                "PICLOUD_WEBHOOK_ALLOW_HTTP=true for development)."
-            }
-        )
-    if parts.username or parts.password:
-        raise ValidationError({"webhook_url": "Credentials in the URL are not allowed."})
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -262,7 +243,7 @@ def delivery_headers(secret: str, body: bytes, delivery_id: str) -> dict[str, st
 def decode_result(response: WebhookResponse) -> Any:
     """A 2xx answer's body as the script's result: JSON if it says so and
     PostgreSQL can store it as JSON, else the text. Either way storable
-    (picloud/storable.py): an endpoint's answer must never fail the statement
+    (picloud/db/storable.py): an endpoint's answer must never fail the statement
     that delivers or settles it."""
     if not response.body:
         return None

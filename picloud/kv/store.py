@@ -5,9 +5,10 @@
     kv.get(app, "orders", "o-1", principal=principal)   # -> KvItem | None
 
 Every call checks the principal's capability in that app (KvRead / KvWrite)
-and raises PermissionDenied when it is missing. A put or delete fans out to
-the app's matching kv triggers in the same transaction: if the caller's
-transaction rolls back, neither the entry nor the outbox rows exist.
+and raises PermissionDenied when it is missing. A put or delete tells its
+listeners (picloud/kv/hooks.py; the triggers app fans out to matching kv
+triggers) in the same transaction: if the caller's transaction rolls back,
+neither the entry nor the outbox rows exist.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from picloud.authz import Capability, require
+from picloud.db.sqlexec import fetch_all as _fetch_all
+from picloud.db.sqlexec import fetch_one, from_json, to_json
+from picloud.db.sqlfiles import load_queries
+from picloud.db.storable import Unstorable, check_json, clean_text
+from picloud.domain.authz import Capability, require
+from picloud.kv import hooks
+from picloud.kv.hooks import KvEvent
 from picloud.models import App, Principal, principal_for
-from picloud.sqlexec import fetch_all as _fetch_all
-from picloud.sqlexec import fetch_one, from_json, to_json
-from picloud.sqlfiles import load_queries
-from picloud.storable import Unstorable, check_json, clean_text
 
 MAX_KEY_LENGTH = 1024  # characters
 MAX_COLLECTION_LENGTH = 255  # characters
@@ -175,8 +178,6 @@ def delete(
 
 
 def _fan_out(app: App, item: KvItem, op: str, old: Any, new: Any, depth: int, cause) -> None:
-    from triggers.fanout import KvEvent, fan_out_kv
-
     event = KvEvent(
         app_id=app.id,
         app_slug=app.slug,
@@ -187,7 +188,7 @@ def _fan_out(app: App, item: KvItem, op: str, old: Any, new: Any, depth: int, ca
         new=new,
         version=item.version,
     )
-    fan_out_kv(event, depth=depth, cause=cause)
+    hooks.written(event, depth=depth, cause=cause)
 
 
 class KvClient:

@@ -27,10 +27,10 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from picloud.authz import Capability, Scope, _AppCapability, _Capability, has_capability
+from picloud.db.sqlexec import fetch_one, model_from_row
+from picloud.db.sqlfiles import load_queries
+from picloud.domain.authz import Capability, Scope, _AppCapability, _Capability, has_capability
 from picloud.models import ApiToken, App, Principal
-from picloud.sqlexec import fetch_one, model_from_row
-from picloud.sqlfiles import load_queries
 
 QUERIES = load_queries("picloud")
 

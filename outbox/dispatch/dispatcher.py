@@ -7,7 +7,7 @@ with backoff; the last failure moves the row into a dead letter (one
 transaction: delete the row, insert the dead letter, enqueue dead-letter
 triggers). It reaches the database only through repositories, so its unit
 tests run on the in-memory ones. The loop, threads and wake-ups live in
-outbox/worker.py; the django-q2 wiring in outbox/hosting.py.
+outbox/dispatch/worker.py; the django-q2 wiring in outbox/hosting.py.
 """
 
 from __future__ import annotations
@@ -31,19 +31,19 @@ from deadletters.repository import (
     DeadLetterRepo,
     NewDeadLetter,
 )
-from outbox.backoff import policy_for, retry_delay
-from outbox.metrics import Counters
-from outbox.repository import OutboxRepo, OutboxRow
+from outbox.dispatch.backoff import policy_for, retry_delay
+from outbox.dispatch.metrics import Counters
+from outbox.storage.kinds import SourceKind
+from outbox.storage.repository import OutboxRepo, OutboxRow
 from picloud.config import SandboxCeiling, TriggerConfig
-from picloud.execution import Failure, Outcome, RowExecutor
+from picloud.runtime.execution import Failure, Outcome, RowExecutor
 from triggers.fanout import FanOut
-from triggers.kinds import SourceKind
 from triggers.repository import TriggerRecord, TriggerRepo
 
 logger = logging.getLogger("picloud.dispatcher")
 
 # Successes are acknowledged with the next claim, which a loop makes at
-# least once a second (outbox/worker.py MAX_IDLE); with a lease shorter than
+# least once a second (outbox/dispatch/worker.py MAX_IDLE); with a lease shorter than
 # this, acknowledge at once rather than risk the lease running out first.
 DEFER_ACKS_MIN_LEASE = 10.0  # seconds
 
@@ -280,7 +280,7 @@ class Dispatcher:
                 # Never a dead letter about a dead-letter handler.
                 self._resolve_handled(row, Resolution.HANDLER_FAILED, note=outcome.error)
                 return
-            self.fan_out.record_dead_letter(
+            self.fan_out.dead_letter(
                 NewDeadLetter(
                     app_id=row.app_id,
                     source_kind=row.source_kind,

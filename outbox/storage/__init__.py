@@ -1,0 +1,1 @@
+"""Outbox storage: the row shape, its repositories and the reply inboxes."""

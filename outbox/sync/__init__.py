@@ -1,0 +1,1 @@
+"""Synchronous invocation: enqueue with a reply inbox and wait for the outcome."""

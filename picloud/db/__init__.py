@@ -1,0 +1,1 @@
+"""Database helpers: named SQL, connections, LISTEN, storable values; no domain knowledge."""

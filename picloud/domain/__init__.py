@@ -1,0 +1,1 @@
+"""The platform domain: roles and capabilities, script rules, API tokens (models live in picloud/models.py)."""
