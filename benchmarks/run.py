@@ -70,6 +70,48 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
+class InlineExecutor:
+    """Runs each row in the calling thread, so cProfile (which follows one
+    thread) sees the per-row work: production hands the batch to a handler
+    thread instead (RowExecutor). One Lookups for the whole run: the
+    per-batch context query is not what the profile studies."""
+
+    def __init__(self) -> None:
+        # Imported here: the benchmark sets Django up before touching models.
+        from picloud.runtime.execution import Lookups, RowExecutor, execute_row
+
+        self.execute_row = execute_row
+        self.limits = RowExecutor()  # ceilings read once, as production's executor does
+        self.lookups = Lookups()
+
+    def run_batch(self, rows):
+        return _InlineRun(self, rows)
+
+
+class _InlineRun:
+    def __init__(self, executor: InlineExecutor, rows) -> None:
+        self.executor, self.rows = executor, iter(rows)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        limits = self.executor.limits
+        return self.executor.execute_row(
+            next(self.rows),
+            ceiling=limits.ceiling,
+            webhook_config=limits.webhook_config,
+            lookups=self.executor.lookups,
+            in_sandbox=True,
+        )
+
+    def cancel(self) -> None:
+        self.rows = iter(())
+
+    def close(self) -> None:
+        self.rows = iter(())
+
+
 class Bench:
     def __init__(self, args) -> None:
         self.args = args
@@ -350,7 +392,6 @@ class Bench:
         from outbox.dispatch.replies import InboxReplySink
         from outbox.dispatch.worker import DispatcherHost
         from outbox.storage.pg_repository import PgOutboxRepo, PgReplyInbox
-        from picloud.runtime.execution import Lookups, RowExecutor, execute_row
         from triggers.pg_repository import PgTriggerRepo
 
         os.environ.pop("PICLOUD_BENCH_PROBE", None)
@@ -361,21 +402,13 @@ class Bench:
         n = self.args.profile_rows
         self.sql("VACUUM ANALYZE outbox")
         self.bulk_insert(n)
-        lookups = Lookups()  # one for the whole run: the per-batch query is not what we study
-        limits = RowExecutor()  # ceilings read once, as the dispatcher's executor does
         dispatcher = Dispatcher(
             outbox=PgOutboxRepo(),
             triggers=PgTriggerRepo(),
             dead_letters=PgDeadLetterRepo(),
             replies=InboxReplySink(PgReplyInbox(), PgAbandonedRepo(), Counters()),
             atomic=transaction.atomic,
-            execute=lambda row: execute_row(
-                row,
-                ceiling=limits.ceiling,
-                webhook_config=limits.webhook_config,
-                lookups=lookups,
-                in_sandbox=True,
-            ),
+            executor=InlineExecutor(),
         )
         profiler = cProfile.Profile()
         started = time.perf_counter()

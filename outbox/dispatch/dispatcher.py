@@ -73,8 +73,8 @@ class Dispatcher:
         dead_letters: DeadLetterRepo,
         replies: ReplySink,
         atomic: Callable[[], AbstractContextManager] = nullcontext,
-        # Runs one row; an executor with run_batch(rows) runs a batch at once.
-        execute: Callable[[OutboxRow], Outcome] | None = None,
+        # Runs a batch: run_batch(rows) -> outcomes in order (RowExecutor).
+        executor: RowExecutor | None = None,
         counters: Counters | None = None,
         config: TriggerConfig | None = None,
         ceiling: SandboxCeiling | None = None,
@@ -93,7 +93,7 @@ class Dispatcher:
         self.fan_out = FanOut(triggers, outbox, dead_letters, self.config)
         ceiling = ceiling or SandboxCeiling.from_env()
         self.atomic = atomic
-        self.execute = execute or RowExecutor(ceiling)
+        self.executor = executor or RowExecutor(ceiling)
         self.replies = replies
         self.counters = counters or Counters()
         self.timeout = ceiling.timeout_ms / 1000
@@ -136,7 +136,7 @@ class Dispatcher:
             )
             self._record(report, row, lost, done, unsettled)
         runnable = [r for r in rows if r.id in unsettled]
-        run = self._start(runnable)
+        run = self.executor.run_batch(runnable)
         cancelled = False
         try:
             for row in runnable:
@@ -222,17 +222,6 @@ class Dispatcher:
             )
             return self._settle(row, _plain(row, outcome, exc))
 
-    def _start(self, rows: list[OutboxRow]):
-        run_batch = getattr(self.execute, "run_batch", None)
-        return run_batch(rows) if run_batch else _CallEach(rows, self._call)
-
-    def _call(self, row: OutboxRow) -> Outcome:
-        try:
-            return self.execute(row)
-        except Exception as exc:  # execute_row does not raise for scripts; this is ours
-            logger.exception("executing outbox row %s failed", row.id)
-            return Failure(f"dispatcher error: {type(exc).__name__}: {exc}", retryable=True)
-
     def flush_acks(self) -> None:
         """Settle any backlog and acknowledge successes still waiting for the
         next claim; what a failing statement could not settle stays kept."""
@@ -307,27 +296,6 @@ class Dispatcher:
 
     def _trigger(self, row: OutboxRow) -> TriggerRecord | None:
         return self.triggers.get(row.trigger_id) if row.trigger_id else None
-
-
-class _CallEach:
-    """The batch protocol (next, cancel, close) over a one-row executor."""
-
-    def __init__(self, rows: list[OutboxRow], call: Callable[[OutboxRow], Outcome]) -> None:
-        self.rows, self.call, self.cancelled = iter(rows), call, False
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> Outcome:
-        if self.cancelled:
-            raise StopIteration
-        return self.call(next(self.rows))
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-    def close(self) -> None:
-        self.cancelled = True
 
 
 def _plain(row: OutboxRow, outcome: Outcome, exc: Exception) -> Outcome:

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -31,7 +32,7 @@ from picloud.domain.scripts import PermanentError, get_handler
 from picloud.kv import KvClient
 from picloud.models import App, Principal, Runtime, Script
 from picloud.runtime import webhooks
-from picloud.runtime.sandbox import SandboxTimeout, run_each, run_with_timeout
+from picloud.runtime.sandbox import SandboxFull, SandboxTimeout, run_each, run_with_timeout
 from picloud.text import truncate
 
 logger = logging.getLogger("picloud.runtime.execution")
@@ -213,33 +214,31 @@ def _load_context(script_id, principal_id):
 
 
 class RowExecutor:
-    """execute_row for the dispatcher: ceilings read once, lookups shared per batch."""
+    """Runs a batch of rows for the dispatcher: ceilings read once, lookups
+    shared per batch, the whole batch handed to the handler thread at once.
+
+    `run_row` is what runs one row (``execute_row``); tests put their own
+    there, so the batching, time limits and hand-off they exercise are the
+    ones production uses."""
 
     def __init__(
         self,
         ceiling: SandboxCeiling | None = None,
         webhook_config: WebhookConfig | None = None,
+        *,
+        run_row: Callable[..., Outcome] | None = None,
     ) -> None:
         self.ceiling = ceiling or SandboxCeiling.from_env()
         self.webhook_config = webhook_config or WebhookConfig.from_env()
-        self.lookups = Lookups()
-
-    def begin_batch(self) -> None:
-        self.lookups = Lookups()
-
-    def __call__(self, row: OutboxRow) -> Outcome:
-        return execute_row(
-            row, ceiling=self.ceiling, webhook_config=self.webhook_config, lookups=self.lookups
-        )
+        self.run_row = run_row or execute_row
 
     def run_batch(self, rows: list[OutboxRow]) -> OutcomeRun:
         """Outcomes of `rows` in order, all executed in one hand-off to the
         handler thread (see OutcomeRun)."""
-        self.begin_batch()
-        lookups = self.lookups
+        lookups = Lookups()  # per batch: bounds how stale a revoked role can be
 
         def job(row: OutboxRow):
-            return lambda: execute_row(
+            return lambda: self.run_row(
                 row,
                 ceiling=self.ceiling,
                 webhook_config=self.webhook_config,
@@ -247,9 +246,39 @@ class RowExecutor:
                 in_sandbox=True,
             )
 
-        return OutcomeRun(
-            run_each([job(r) for r in rows], self.ceiling.timeout_ms / 1000), self.ceiling
-        )
+        timeout = self.ceiling.timeout_ms / 1000
+        try:
+            run = run_each([job(r) for r in rows], timeout)
+        except SandboxFull as full:
+            return OutcomeRun(_refused(len(rows), full), self.ceiling)
+        return OutcomeRun(run, self.ceiling)
+
+
+def _refused(count: int, full: SandboxFull) -> RefusedRun:
+    """A run in which no row starts: each outcome is the retryable refusal."""
+    return RefusedRun(count, Failure(str(full), retryable=True, status=503))
+
+
+class RefusedRun:
+    """The batch protocol (next, cancel, close) for rows that never start."""
+
+    def __init__(self, count: int, failure: Failure) -> None:
+        self.left, self.failure = count, failure
+
+    def __iter__(self) -> RefusedRun:
+        return self
+
+    def __next__(self) -> tuple[bool, Outcome]:
+        if self.left <= 0:
+            raise StopIteration
+        self.left -= 1
+        return True, self.failure
+
+    def cancel(self) -> None:
+        self.left = 0
+
+    def close(self) -> None:
+        self.left = 0
 
 
 class OutcomeRun:
@@ -349,6 +378,8 @@ def _run_python(
             result = run_with_timeout(lambda: fn(row.payload, ctx), timeout)
     except SandboxTimeout:
         return _timed_out(ceiling)
+    except SandboxFull as full:
+        return Failure(str(full), retryable=True, status=503)
     except PermanentError as exc:
         return Failure(_error(exc), retryable=False, status=422)
     except PermissionDenied as exc:

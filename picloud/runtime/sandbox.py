@@ -9,6 +9,12 @@ executions instead of opened per call; an abandoned helper is replaced.
 ``run_each`` hands a whole batch to the helper in one go and reads results
 as they come: one thread hand-off per batch instead of one per callable,
 while each callable still gets its own time limit.
+
+An abandoned helper keeps its thread and database connection (and any
+transaction its callable left open) until the callable returns. At most
+MAX_HUNG_HELPERS of them per process: past that, ``run_each`` raises
+SandboxFull and nothing new starts until one ends (the dispatcher turns that
+into a retryable failure, so the rows come back with backoff).
 """
 
 from __future__ import annotations
@@ -20,9 +26,25 @@ from typing import Any
 
 from django.db import connections
 
+# Helpers still running a callable that overran its time. Each holds a
+# thread and its database connection (with any transaction it left open)
+# until the callable returns; past this many in one process, no further
+# callable starts until one of them ends.
+MAX_HUNG_HELPERS = 8
+
 
 class SandboxTimeout(Exception):
     pass
+
+
+class SandboxFull(Exception):
+    """Too many handlers overran their time and still run in this process."""
+
+    def __init__(self, hung: int) -> None:
+        super().__init__(
+            f"{hung} handler(s) in this worker process still run past their timeout "
+            f"(at most {MAX_HUNG_HELPERS}); not starting another until one ends"
+        )
 
 
 class _Batch:
@@ -66,13 +88,23 @@ class _Helper:
                     _drop_broken_connections()
                     self.results.put(outcome)
         finally:
-            connections.close_all()  # this thread's own connections
+            connections.close_all()  # this thread's own connections, rolling back what it left
+            with _hung_lock:
+                _hung.discard(self)
 
     def stop(self) -> None:
         self.jobs.put(None)
 
 
 _local = threading.local()
+_hung: set[_Helper] = set()
+_hung_lock = threading.Lock()
+
+
+def hung_helpers() -> int:
+    """How many abandoned helpers still run a callable that overran its time."""
+    with _hung_lock:
+        return sum(h.thread.is_alive() for h in _hung)
 
 
 def _helper() -> _Helper:
@@ -84,6 +116,9 @@ def _helper() -> _Helper:
 
 def _abandon(helper: _Helper) -> None:
     # It ends after its running callable returns; a fresh helper serves the next call.
+    with _hung_lock:
+        if helper.thread.is_alive():
+            _hung.add(helper)
     helper.stop()
     if getattr(_local, "helper", None) is helper:
         _local.helper = None
@@ -100,6 +135,8 @@ class BatchRun:
     """
 
     def __init__(self, fns: Sequence[Callable[[], Any]], timeout: float) -> None:
+        if fns and (hung := hung_helpers()) >= MAX_HUNG_HELPERS:
+            raise SandboxFull(hung)
         self.timeout = timeout
         self.expected = len(fns)
         self.received = 0

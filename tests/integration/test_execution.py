@@ -239,7 +239,7 @@ def test_a_batch_stops_at_the_first_timeout_and_runs_none_after_it():
         triggers=PgTriggerRepo(),
         dead_letters=PgDeadLetterRepo(),
         replies=InboxReplySink(PgReplyInbox(), PgAbandonedRepo(), Counters()),
-        execute=RowExecutor(ceiling),
+        executor=RowExecutor(ceiling),
         ceiling=ceiling,
     )
     report = dispatcher.run_once(limit=10)

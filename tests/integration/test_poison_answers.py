@@ -99,7 +99,7 @@ def test_poison_and_clean_webhooks_from_the_same_writes(endpoint, member):
         triggers=PgTriggerRepo(),
         dead_letters=PgDeadLetterRepo(),
         replies=InboxReplySink(PgReplyInbox(), PgAbandonedRepo(), Counters()),
-        execute=RowExecutor(ceiling, LOCAL),
+        executor=RowExecutor(ceiling, LOCAL),
         config=TriggerConfig(retry=RetryPolicy(2, 1, 1, 0.0)),
         ceiling=ceiling,
     )

@@ -2,7 +2,7 @@
 
 Rows run through the same batch path production uses (RowExecutor.run_batch:
 a helper thread runs the batch ahead of the settling loop), with the outcome
-of each row decided by the test, on in-memory repositories that fail on
+of each row decided by the test (RowExecutor's run_row), on in-memory repositories that fail on
 demand the way PostgreSQL does (a refused value, or a connection gone).
 """
 
@@ -18,9 +18,8 @@ from outbox.dispatch.dispatcher import Dispatcher
 from outbox.dispatch.metrics import Counters
 from outbox.storage.memory_repository import MemoryOutboxRepo
 from outbox.storage.repository import NewOutboxRow
-from picloud.config import RetryPolicy, SandboxCeiling, TriggerConfig
-from picloud.runtime.execution import Failure, OutcomeRun, Success
-from picloud.runtime.sandbox import run_each
+from picloud.config import RetryPolicy, SandboxCeiling, TriggerConfig, WebhookConfig
+from picloud.runtime.execution import Failure, RowExecutor, Success
 from tests.unit.test_dispatcher import Clock, Replies
 from triggers.memory_repository import MemoryTriggerRepo
 
@@ -65,26 +64,23 @@ class FaultyOutbox(MemoryOutboxRepo):
         return super().reschedule(row_id, due_at, error)
 
 
-class BatchExecutor:
-    """Runs rows through run_each/OutcomeRun like RowExecutor.run_batch;
-    counts executions per row; `outcome(row)` decides each result."""
+class CountingScripts:
+    """Stands in for running a script: `outcome(row)` decides each result;
+    counts executions per row. Reached through a real RowExecutor."""
 
     def __init__(self, outcome):
         self.outcome = outcome
         self.runs = Counter()
         self.lock = threading.Lock()
 
-    def _one(self, row):
+    def __call__(self, row, **_limits):
         with self.lock:
             self.runs[row.id] += 1
         return self.outcome(row)
 
-    def __call__(self, row):
-        return self._one(row)
 
-    def run_batch(self, rows):
-        jobs = [lambda r=r: self._one(r) for r in rows]
-        return OutcomeRun(run_each(jobs, CEILING.timeout_ms / 1000), CEILING)
+def executor_for(scripts):
+    return RowExecutor(CEILING, WebhookConfig(), run_row=scripts)
 
 
 @pytest.fixture
@@ -132,8 +128,8 @@ def test_outcomes_survive_a_settling_statement_that_fails(world):
             return Failure("first attempt failed", retryable=True)
         return Success(None)
 
-    executor = BatchExecutor(outcome)
-    dispatcher.execute = executor
+    executor = CountingScripts(outcome)
+    dispatcher.executor = executor_for(executor)
     with pytest.raises(DatabaseGone):
         dispatcher.run_once(limit=10)
 
@@ -149,8 +145,8 @@ def test_outcomes_survive_a_settling_statement_that_fails(world):
 def test_acknowledgements_survive_a_claim_that_fails(world):
     clock, outbox, dispatcher = world
     rows = _enqueue(outbox, 3)
-    executor = BatchExecutor(lambda row: Success(None))
-    dispatcher.execute = executor
+    executor = CountingScripts(lambda row: Success(None))
+    dispatcher.executor = executor_for(executor)
     dispatcher.run_once(limit=10)
     assert dispatcher.pending_acks, "successes wait for the next claim"
 
@@ -168,8 +164,8 @@ def test_acknowledgements_survive_a_claim_that_fails(world):
 def test_acknowledgements_survive_a_flush_that_fails(world):
     clock, outbox, dispatcher = world
     rows = _enqueue(outbox, 2)
-    executor = BatchExecutor(lambda row: Success(None))
-    dispatcher.execute = executor
+    executor = CountingScripts(lambda row: Success(None))
+    dispatcher.executor = executor_for(executor)
     dispatcher.run_once(limit=10)
     outbox.down = True
     with pytest.raises(DatabaseGone):
@@ -192,8 +188,8 @@ def test_a_row_whose_error_the_database_refuses_is_stored_escaped(world):
             return Failure("endpoint said: caf\u00e9\x01\n", retryable=True)
         return Success(None)
 
-    executor = BatchExecutor(outcome)
-    dispatcher.execute = executor
+    executor = CountingScripts(outcome)
+    dispatcher.executor = executor_for(executor)
     report = dispatcher.run_once(limit=10)  # does not raise
     assert report.executed == 4
     stored = outbox.get(poison.id)

@@ -58,3 +58,40 @@ def test_close_abandons_the_helper_and_later_calls_get_clean_results():
     run.close()
     gate.set()
     assert run_with_timeout(lambda: 42, 1) == 42
+
+
+def test_hung_handlers_are_capped_and_the_cap_lifts_when_they_end():
+    """Each timed-out handler keeps its thread (and database connection) until
+    it returns; past MAX_HUNG_HELPERS nothing new starts, and the dispatcher
+    gets a retryable refusal for every row instead."""
+    import threading
+    import uuid
+
+    from picloud.config import SandboxCeiling, WebhookConfig
+    from picloud.runtime import sandbox
+    from picloud.runtime.execution import Failure, RowExecutor
+    from tests.helpers import wait_for
+
+    release = threading.Event()
+    for _ in range(sandbox.MAX_HUNG_HELPERS):
+        with pytest.raises(sandbox.SandboxTimeout):
+            sandbox.run_with_timeout(lambda: release.wait(30), timeout=0.01)
+    assert sandbox.hung_helpers() == sandbox.MAX_HUNG_HELPERS
+    started = []
+    with pytest.raises(sandbox.SandboxFull, match="still run past their timeout"):
+        sandbox.run_each([lambda: started.append(1)], timeout=1)
+
+    executor = RowExecutor(
+        SandboxCeiling(timeout_ms=1000),
+        WebhookConfig(),
+        run_row=lambda row, **_: started.append(row),
+    )
+    rows = [type("Row", (), {"id": uuid.uuid4()})() for _ in range(3)]
+    outcomes = list(executor.run_batch(rows))
+    assert started == [], "nothing starts while the cap is reached"
+    assert len(outcomes) == 3
+    assert all(isinstance(o, Failure) and o.retryable and o.status == 503 for o in outcomes)
+
+    release.set()
+    wait_for(lambda: sandbox.hung_helpers() == 0, timeout=10, what="the hung handlers to end")
+    assert sandbox.run_with_timeout(lambda: "runs again", timeout=1) == "runs again"
