@@ -3,7 +3,8 @@ import time
 
 import pytest
 
-from picloud.runtime.sandbox import SandboxTimeout, run_each, run_with_timeout
+from picloud.runtime.sandbox import SandboxTimeout, hung_helpers, run_each, run_with_timeout
+from tests.helpers import wait_for
 
 
 def test_results_and_exceptions_come_back_in_order():
@@ -29,7 +30,9 @@ def test_a_timeout_stops_the_batch_and_runs_none_of_the_rest():
         next(it)
     assert time.monotonic() - started < 1.0
     release.set()
-    time.sleep(0.1)
+    # The abandoned helper ends once its callable returns; had it gone on to
+    # the third callable, that would have run by then.
+    wait_for(lambda: hung_helpers() == 0, timeout=10, what="the abandoned helper to end")
     assert ran == [1], "nothing after the overrunning callable may run"
     assert run_with_timeout(lambda: "fresh helper", 1) == "fresh helper"
 
@@ -72,6 +75,8 @@ def test_hung_handlers_are_capped_and_the_cap_lifts_when_they_end():
     from picloud.runtime.execution import Failure, RowExecutor
     from tests.helpers import wait_for
 
+    # Handlers abandoned by earlier tests end within seconds: start from none.
+    wait_for(lambda: sandbox.hung_helpers() == 0, timeout=10, what="earlier hung handlers")
     release = threading.Event()
     for _ in range(sandbox.MAX_HUNG_HELPERS):
         with pytest.raises(sandbox.SandboxTimeout):

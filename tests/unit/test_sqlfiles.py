@@ -1,3 +1,4 @@
+import hashlib
 import re
 
 import pytest
@@ -37,3 +38,38 @@ def test_parse_queries_splits_on_headers():
 def test_parse_queries_refuses_duplicates():
     with pytest.raises(ValueError, match="defined twice"):
         parse_queries("-- a --\nSELECT 1;\n-- a --\nSELECT 2;")
+
+
+# The SQL that released migrations run, pinned: a database migrated with the
+# old text would differ from one migrated with the new, and nobody would
+# know. Change a table with a new migration and a new file; add its hash here
+# when it is released.
+RELEASED_MIGRATION_SQL = {
+    "deadletters/sql/0001_dead_letters.sql": "8fec08ee3b3a275c21fd2912f51cb152b4163c072c18c42530ab19adfe4f86e2",
+    "deadletters/sql/0002_abandoned_executions.sql": "05e37c86eec1614c25aec0daf4ac599e7d75a6ed0a8e0b5d5a891b125a8c24bb",
+    "deadletters/sql/0003_outbox_index.sql": "00199505e255bbf79f814e5be07d4afbb403b0f6439b5efc5d0477e599d780d5",
+    "outbox/sql/0001_outbox.sql": "aaa634b37c66ca85024f5f1ac1a85608724c38029be19796ac491507c9dea1c8",
+    "outbox/sql/0002_notify.sql": "b8ad5e084978305a68077ee126806d225bf78584de450a3c318ee72d65fa25bf",
+    "outbox/sql/0003_reply_inboxes.sql": "48163695f3bec1832b259d4ee6b4d33dfa7a4e483e95a5559c0e7894b8c5e23a",
+    "picloud/sql/0001_core.sql": "dbd30827f9eff6be097e26c580efd6c66d40a1c45860d65a669b12670d6837f3",
+    "picloud/sql/0002_kv_and_runtimes.sql": "b0f38c7b32c56779f5fc6ca45b180508191783f6699f49914f255d4b3f66d282",
+    "picloud/sql/0003_api_tokens.sql": "d1dbec3c1227f5709f1ef39dde8861fe5cd7fe62fa6c4ef0ca0c011002657829",
+    "triggers/sql/0001_triggers.sql": "e116e8e1729105023746c442bafd46c5c61b1d8120de177df23dab110f96ce69",
+    "triggers/sql/0002_dead_letter_source_same_app.sql": "75522c3dcee7c91094365474bca29858b58f597a57ebf73a6651ab23811ebd16",
+}
+
+
+def test_the_sql_of_released_migrations_does_not_change():
+    changed, unpinned = [], []
+    for app in APPS:
+        for path in sorted((PROJECT_DIR / app / "sql").glob("0*.sql")):
+            name = f"{app}/sql/{path.name}"
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            if name not in RELEASED_MIGRATION_SQL:
+                unpinned.append(f"{name}: {digest}")
+            elif RELEASED_MIGRATION_SQL[name] != digest:
+                changed.append(name)
+    assert not changed, f"released migration SQL changed: {changed}; write a new migration instead"
+    assert not unpinned, "pin the SQL of new migrations in RELEASED_MIGRATION_SQL:\n" + "\n".join(
+        unpinned
+    )
