@@ -12,16 +12,26 @@ from django.db import connection
 from deadletters.models import DeadLetter
 from outbox.models import OutboxEntry
 from picloud import kv
+from picloud.config import DispatcherConfig
 from picloud.domain.authz import Role
 from picloud.models import AppMembership, KvEntry, Script
 from tests.acceptance import handlers  # noqa: F401 - registers the acc.* handlers here too
-from tests.acceptance.cluster import Cluster
+from tests.acceptance.cluster import ACCEPTANCE_ENV, Cluster
 from tests.factories import AppFactory, MembershipFactory, kv_trigger
 from tests.helpers import wait_for
 from triggers.pg_repository import PgTriggerRepo
 from triggers.repository import DeadLetterSpec, NewTrigger
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.django_db(transaction=True)]
+
+# Rows a cluster may have run but not yet acknowledged: each loop's claimed
+# batch plus the successes it acknowledges with its next claim.
+IN_FLIGHT_AT_MOST = (
+    int(ACCEPTANCE_ENV["PICLOUD_QCLUSTER_WORKERS"])
+    * int(ACCEPTANCE_ENV["PICLOUD_DISPATCHER_CONCURRENCY"])
+    * 2
+    * DispatcherConfig().max_batch
+)
 
 
 @pytest.fixture
@@ -50,11 +60,13 @@ def _script(app, handler_name):
 
 
 def _runs(app):
-    """{outbox_id: [attempt, ...]} from the records the handlers write."""
+    """{outbox_id: [attempt, ...]}: one entry per execution, counted. Handlers
+    write their record under "<outbox id>:<attempt>"; two executions of the
+    same attempt write the same key twice, which its version counts."""
     runs: dict[str, list[int]] = {}
     for entry in KvEntry.objects.filter(app=app, collection="runs"):
         outbox_id, attempt = entry.key.rsplit(":", 1)
-        runs.setdefault(outbox_id, []).append(int(attempt))
+        runs.setdefault(outbox_id, []).extend([int(attempt)] * entry.version)
     return runs
 
 
@@ -135,6 +147,7 @@ def test_kill_9_mid_handler_loses_nothing(cluster, tenant):
     assert not DeadLetter.objects.exists()
     assert "reincarnated worker" in c.log(), "django-q2 replaced the killed worker"
     c.stop(timeout=15, may_hang=True)
+    assert list(_runs(app).values()) == [[1, 2]], "the killed attempt, then exactly one more"
 
 
 def test_two_clusters_drain_5000_rows_each_exactly_once(cluster, tenant):
@@ -237,7 +250,14 @@ def test_the_dispatcher_survives_its_connections_being_killed(cluster, tenant):
         timeout=120,
         what="draining to finish after the drop",
     )
-    assert len(_runs(app)) == 1000, "nothing lost"
+    runs = _runs(app)
+    assert len(runs) == 1000, "nothing lost"
+    # Rows whose acknowledgement the drop lost run again, each on a new
+    # attempt (after its lease): never twice on the same claim, and no more
+    # than the loops had claimed or waiting to be acknowledged at the drop.
+    assert all(len(set(v)) == len(v) for v in runs.values()), "a claim ran twice"
+    again = sum(len(v) - 1 for v in runs.values())
+    assert again <= IN_FLIGHT_AT_MOST, f"{again} rows ran again, more than a drop explains"
     kv.put(app, "c", "after", 1, principal=admin)  # and new work still flows
     kv_trigger(app, script, admin, collection="late")
     kv.put(app, "late", "k", 1, principal=admin)
