@@ -220,8 +220,8 @@ class RowExecutor:
         ceiling: SandboxCeiling | None = None,
         webhook_config: WebhookConfig | None = None,
     ) -> None:
-        self.ceiling = ceiling or SandboxCeiling.from_env()
-        self.webhook_config = webhook_config or WebhookConfig.from_env()
+        self.ceiling = ceiling or SandboxCeiling.current()
+        self.webhook_config = webhook_config or WebhookConfig.current()
         self.lookups = Lookups()
 
     def begin_batch(self) -> None:
@@ -290,7 +290,7 @@ def execute_row(
 ) -> Outcome:
     """Run `row`'s script. `in_sandbox`: the caller already runs this in a
     timed helper thread (RowExecutor.run_batch), so the handler runs inline."""
-    ceiling = ceiling or SandboxCeiling.from_env()
+    ceiling = ceiling or SandboxCeiling.current()
     lookups = lookups or Lookups()
     script, principal, refusal = lookups.gate(row.script_id, row.run_as_principal)
     if refusal is not None:
