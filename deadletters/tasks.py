@@ -17,7 +17,7 @@ def sweep_retention() -> str:
     """Both sweeps with the configured retention; returns the summary (kept
     by django-q2 as the task's result)."""
 
-    config = TriggerConfig.from_env()
+    config = TriggerConfig.current()
     letters = sweep_dead_letters(
         PgDeadLetterRepo(), older_than_days=config.dead_letter_retention_days
     )

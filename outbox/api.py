@@ -173,7 +173,7 @@ def invoke_view(request: HttpRequest, app_slug: str, script_name: str) -> JsonRe
         raw_token = bearer_token(request)
         principal, script = invoker.run_db(authorize, raw_token, app_slug, script_name)
         # Authorized first: nobody gets to make us read a large body for free.
-        payload = read_payload(request, SandboxCeiling.from_env().max_payload_bytes)
+        payload = read_payload(request, SandboxCeiling.current().max_payload_bytes)
         wait_ms = read_wait_ms(request, invoker.max_wait_ms)
         result = invoker.invoke(principal, script, payload, wait_ms=wait_ms, authorized=True)
     except ApiError as error:

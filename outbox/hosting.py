@@ -23,7 +23,7 @@ _host = None
 
 def start_dispatcher(sender=None, proc_name: str = "", **kwargs) -> None:
     global _host
-    config = DispatcherConfig.from_env()
+    config = DispatcherConfig.current()
     if not config.enabled or _host is not None:
         return
 

@@ -7,10 +7,8 @@ class PicloudConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from picloud.config import validate_environment
+        from picloud import checks  # noqa: F401 - registers the PICLOUD_* system checks
         from picloud.domain import scripts, signals
 
         signals.connect()
         scripts.autodiscover()
-        # A bad PICLOUD_* value must stop start-up, not surface at first use.
-        validate_environment()

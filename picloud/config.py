@@ -1,11 +1,16 @@
 """Typed configuration read from PICLOUD_* environment variables.
 
-Each config is a frozen dataclass built by ``from_env()``, which reads the
-environment when called (never at import time, so tests and processes can set
-variables first) and validates every value. A bad value raises ``ConfigError``
-whose message is one line naming the variable, the value given and what is
-allowed; ``PicloudConfig.ready()`` builds each config once so a bad value stops
-start-up.
+Each config is a frozen dataclass built by ``from_env(env)``, which reads the
+given mapping (``os.environ`` by default) and validates every value. A bad
+value raises ``ConfigError`` whose message is one line naming the variable,
+the value given and what is allowed.
+
+Code uses ``Config.current()``: this process's config, built from
+``os.environ`` on first use and then kept, so no hot path (a KV write, a
+request, a script save) parses the environment again. Bad values are reported
+before that by the system checks of ``picloud/checks.py`` (``manage.py check``
+and every command that runs checks). Tests replace a config with
+``override(...)`` (docs/configuration.md); ``reset()`` forgets what was built.
 
 An unset or empty variable means "use the default"; surrounding whitespace
 is ignored. Numbers are plain ASCII: Python's ``int()`` and ``float()`` also
@@ -17,8 +22,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Self, TypeVar
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -116,8 +124,24 @@ def env_choice(env: Mapping[str, str], name: str, default: str, *, choices: Sequ
     raise ConfigError(f"{name}={raw!r} is not valid: allowed is one of {', '.join(choices)}")
 
 
+C = TypeVar("C", bound="EnvConfig")
+
+
+class EnvConfig:
+    """A config built from PICLOUD_* variables, once per process (see ``current``)."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
+        raise NotImplementedError
+
+    @classmethod
+    def current(cls) -> Self:
+        """This process's config: built from os.environ on first use, then kept."""
+        return _current(cls)
+
+
 @dataclass(frozen=True)
-class SandboxCeiling:
+class SandboxCeiling(EnvConfig):
     """Hard limits every script execution runs under, whatever its runtime."""
 
     timeout_ms: int = 30_000  # wall-clock limit of one execution
@@ -160,7 +184,7 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
-class TriggerConfig:
+class TriggerConfig(EnvConfig):
     """Limits and retention of the triggers framework."""
 
     max_trigger_depth: int = 8  # deepest cascade of script-made writes that still fans out
@@ -215,7 +239,7 @@ class TriggerConfig:
 
 
 @dataclass(frozen=True)
-class WebhookConfig:
+class WebhookConfig(EnvConfig):
     """Where webhook scripts may send requests."""
 
     # Only globally routable unicast destinations are allowed unless this is
@@ -235,7 +259,7 @@ class WebhookConfig:
 
 
 @dataclass(frozen=True)
-class DispatcherConfig:
+class DispatcherConfig(EnvConfig):
     """How each django-q2 worker process dispatches outbox rows."""
 
     enabled: bool = True  # false: this cluster runs tasks and schedules only
@@ -275,7 +299,7 @@ class DispatcherConfig:
 
 
 @dataclass(frozen=True)
-class SyncConfig:
+class SyncConfig(EnvConfig):
     """Synchronous invocation over HTTP (outbox/sync/invoke.py)."""
 
     # How long a caller waits for the result; the effective wait is also
@@ -312,7 +336,7 @@ STOP_DEFAULT_MARGIN_MS = 10_000
 
 
 @dataclass(frozen=True)
-class StopConfig:
+class StopConfig(EnvConfig):
     """How long `qcluster` and `runstack` wait for an orderly stop before SIGKILL."""
 
     grace_ms: int = 20_000  # the dispatcher's default grace + STOP_DEFAULT_MARGIN_MS
@@ -340,11 +364,67 @@ class StopConfig:
         return self.grace_ms / 1000  # seconds
 
 
-def validate_environment(env: Mapping[str, str] | None = None) -> None:
-    """Build every config once; raises ConfigError on the first bad variable."""
-    SandboxCeiling.from_env(env)
-    TriggerConfig.from_env(env)
-    WebhookConfig.from_env(env)
-    DispatcherConfig.from_env(env)
-    SyncConfig.from_env(env)
-    StopConfig.from_env(env)
+CONFIGS: tuple[type[EnvConfig], ...] = (
+    SandboxCeiling,
+    TriggerConfig,
+    WebhookConfig,
+    DispatcherConfig,
+    SyncConfig,
+    StopConfig,
+)
+
+# The configs this process built (or a test put in place), by class. Read
+# without the lock (a dict lookup is atomic); built under it, so threads that
+# start together build each config once.
+_built: dict[type[EnvConfig], EnvConfig] = {}
+_lock = threading.Lock()
+
+
+def _current(cls: type[C]) -> C:
+    config = _built.get(cls)
+    if config is None:
+        with _lock:
+            config = _built.get(cls)
+            if config is None:
+                # A bad value raises here, at every use until it is fixed: the
+                # system checks report it first wherever they run.
+                config = _built[cls] = cls.from_env()
+    return config  # type: ignore[return-value]
+
+
+def build_all() -> None:
+    """Build every config now; raises ConfigError on the first bad variable.
+
+    For processes that run no system checks (a WSGI server), so a bad value
+    stops them at start-up rather than failing requests.
+    """
+    for cls in CONFIGS:
+        cls.current()
+
+
+@contextmanager
+def override(*configs: EnvConfig) -> Iterator[None]:
+    """Use `configs` as this process's configs (every thread) inside the block.
+
+    The one way tests change configuration (docs/configuration.md): setting
+    PICLOUD_* variables has no effect once a config was built.
+    """
+    with _lock:
+        saved = {type(c): _built.get(type(c)) for c in configs}
+        for config in configs:
+            _built[type(config)] = config
+    try:
+        yield
+    finally:
+        with _lock:
+            for cls, previous in saved.items():
+                if previous is None:
+                    _built.pop(cls, None)
+                else:
+                    _built[cls] = previous
+
+
+def reset() -> None:
+    """Forget every built config: the next use reads os.environ again."""
+    with _lock:
+        _built.clear()

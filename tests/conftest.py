@@ -1,5 +1,8 @@
+from contextlib import ExitStack
+
 import pytest
 
+from picloud import config
 from tests.factories import AppFactory, UserFactory
 
 
@@ -17,6 +20,23 @@ def _stop_handler_threads():
     from picloud.runtime.sandbox import stop_helper
 
     stop_helper()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_config():
+    # Configs are built once per process; each test starts from os.environ
+    # as it is, and nothing one test built or overrode reaches the next.
+    config.reset()
+    yield
+    config.reset()
+
+
+@pytest.fixture
+def override_config():
+    """Use the given configs, in every thread, until the test ends:
+    ``override_config(SandboxCeiling(timeout_ms=300))`` (docs/configuration.md)."""
+    with ExitStack() as stack:
+        yield lambda *configs: stack.enter_context(config.override(*configs))
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ class FanOut:
         matching = self.triggers.list_matching_kv(event.app_id, event.collection, event.op)
         if not matching:
             return 0
-        config = self.config or TriggerConfig.from_env()
+        config = self.config or TriggerConfig.current()
         payload = event.payload()
         if depth > config.max_trigger_depth:
             self._stop_cascade(event.app_id, payload, matching, depth, cause, config)

@@ -89,9 +89,9 @@ class Dispatcher:
         should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
         self.outbox, self.triggers, self.dead_letters = outbox, triggers, dead_letters
-        self.config = config or TriggerConfig.from_env()
+        self.config = config or TriggerConfig.current()
         self.fan_out = FanOut(triggers, outbox, dead_letters, self.config)
-        ceiling = ceiling or SandboxCeiling.from_env()
+        ceiling = ceiling or SandboxCeiling.current()
         self.atomic = atomic
         self.executor = executor or RowExecutor(ceiling)
         self.replies = replies

@@ -84,7 +84,7 @@ class DispatcherHost:
         counter_store: CounterStore,
         config: DispatcherConfig | None = None,
     ) -> None:
-        self.config = config or DispatcherConfig.from_env()
+        self.config = config or DispatcherConfig.current()
         self.make_dispatcher = make_dispatcher
         self.counter_store = counter_store
         self.counters = Counters()
@@ -213,7 +213,7 @@ class DispatcherHost:
 def postgres_host(config: DispatcherConfig | None = None) -> DispatcherHost:
     """A host wired to the PostgreSQL repositories."""
 
-    config = config or DispatcherConfig.from_env()
+    config = config or DispatcherConfig.current()
 
     def make_dispatcher(*, counters: Counters, **kwargs) -> Dispatcher:
         return Dispatcher(

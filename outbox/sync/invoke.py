@@ -61,7 +61,7 @@ class SyncInvoker:
         self.outbox, self.inbox, self.hub = outbox, inbox, hub
         self.run_db, self.atomic, self._close = run_db, atomic, close
         if max_wait_ms is None:
-            max_wait_ms = SyncConfig.from_env().wait_ms(SandboxCeiling.from_env())
+            max_wait_ms = SyncConfig.current().wait_ms(SandboxCeiling.current())
         self.max_wait_ms = max_wait_ms
 
     def invoke(
@@ -144,7 +144,7 @@ def default_invoker() -> SyncInvoker:
         if _default is None:
             hub = ReplyHub(connect)
             hub.start()
-            db = DbThreads(SyncConfig.from_env().db_connections, on_connect=_commit_without_flush)
+            db = DbThreads(SyncConfig.current().db_connections, on_connect=_commit_without_flush)
             _default = SyncInvoker(
                 outbox=PgOutboxRepo(),
                 inbox=PgReplyInbox(),

@@ -106,7 +106,7 @@ def validate_runtime_fields(script) -> None:
 
 def validate_webhook_url(url: str, config: WebhookConfig | None = None) -> None:
     """Shape checks done when a script is saved (addresses are checked at send time)."""
-    config = config or WebhookConfig.from_env()
+    config = config or WebhookConfig.current()
     allowed = "https://host/path" + (" or http://host/path" if config.allow_http else "")
     parts = urlsplit(url or "")
     if parts.scheme not in ("https", "http") or not parts.hostname:

@@ -228,8 +228,8 @@ class RowExecutor:
         *,
         run_row: Callable[..., Outcome] | None = None,
     ) -> None:
-        self.ceiling = ceiling or SandboxCeiling.from_env()
-        self.webhook_config = webhook_config or WebhookConfig.from_env()
+        self.ceiling = ceiling or SandboxCeiling.current()
+        self.webhook_config = webhook_config or WebhookConfig.current()
         self.run_row = run_row or execute_row
 
     def run_batch(self, rows: list[OutboxRow]) -> OutcomeRun:
@@ -319,7 +319,7 @@ def execute_row(
 ) -> Outcome:
     """Run `row`'s script. `in_sandbox`: the caller already runs this in a
     timed helper thread (RowExecutor.run_batch), so the handler runs inline."""
-    ceiling = ceiling or SandboxCeiling.from_env()
+    ceiling = ceiling or SandboxCeiling.current()
     lookups = lookups or Lookups()
     script, principal, refusal = lookups.gate(row.script_id, row.run_as_principal)
     if refusal is not None:

@@ -201,7 +201,7 @@ def post(
     """POST `body`. Raises WebhookRefused, TimeoutError (socket.timeout is
     the same class), OSError for connection errors, or ResponseTooLarge; any
     HTTP status is returned, not raised."""
-    config = config or WebhookConfig.from_env()
+    config = config or WebhookConfig.current()
     validate_webhook_url(url, config)
     parts = urlsplit(url)
     https = parts.scheme == "https"

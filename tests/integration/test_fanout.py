@@ -8,6 +8,7 @@ from django.db import transaction
 from deadletters.models import DeadLetter
 from outbox.models import OutboxEntry
 from picloud import kv
+from picloud.config import TriggerConfig
 from picloud.domain.authz import Role
 from picloud.domain.scripts import handler
 from picloud.models import KvEntry
@@ -117,9 +118,9 @@ class TestFanOut:
         assert not OutboxEntry.objects.exists()
 
     def test_a_write_past_the_depth_limit_is_a_dead_letter_once_per_cascade(
-        self, setup, monkeypatch
+        self, setup, override_config
     ):
-        monkeypatch.setenv("PICLOUD_MAX_TRIGGER_DEPTH", "2")
+        override_config(TriggerConfig(max_trigger_depth=2))
         app, admin, script = setup
         trigger = kv_trigger(app, script, admin, name="loop")
         cause = uuid.uuid4()
@@ -150,8 +151,8 @@ def _cascade_five(event, ctx):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_script_writing_to_its_own_collection_stops_at_the_depth_limit(monkeypatch):
-    monkeypatch.setenv("PICLOUD_MAX_TRIGGER_DEPTH", "3")
+def test_a_script_writing_to_its_own_collection_stops_at_the_depth_limit(override_config):
+    override_config(TriggerConfig(max_trigger_depth=3))
     app = AppFactory()
     admin = MembershipFactory(app=app, role=Role.AppAdmin.value).principal
     script = ScriptFactory(app=app, handler="tests.cascade.once")
@@ -168,8 +169,10 @@ def test_a_script_writing_to_its_own_collection_stops_at_the_depth_limit(monkeyp
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_script_writing_in_a_loop_records_one_dead_letter_per_stopped_cascade(monkeypatch):
-    monkeypatch.setenv("PICLOUD_MAX_TRIGGER_DEPTH", "1")
+def test_a_script_writing_in_a_loop_records_one_dead_letter_per_stopped_cascade(
+    override_config,
+):
+    override_config(TriggerConfig(max_trigger_depth=1))
     app = AppFactory()
     admin = MembershipFactory(app=app, role=Role.AppAdmin.value).principal
     script = ScriptFactory(app=app, handler="tests.cascade.five")

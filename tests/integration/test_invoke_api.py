@@ -11,7 +11,7 @@ from deadletters.models import AbandonedExecution, DeadLetter
 from outbox.dispatch.worker import postgres_host
 from outbox.models import OutboxEntry
 from outbox.sync.invoke import close_default_invoker
-from picloud.config import DispatcherConfig
+from picloud.config import DispatcherConfig, SandboxCeiling
 from picloud.domain import tokens
 from picloud.domain.authz import Role
 from picloud.models import ApiToken
@@ -275,8 +275,8 @@ def test_404_for_a_token_limited_to_another_app(client, member, script):
     assert_refused(post(client, raw, member.app.slug, script.name), 404, "not_found")
 
 
-def test_413_body_over_the_payload_cap(client, member, token, script, monkeypatch):
-    monkeypatch.setenv("PICLOUD_SANDBOX_MAX_PAYLOAD_BYTES", "100")
+def test_413_body_over_the_payload_cap(client, member, token, script, override_config):
+    override_config(SandboxCeiling(max_payload_bytes=100))
     body = json.dumps({"data": "x" * 200}).encode()
     response = post(client, token, member.app.slug, script.name, body)
     assert_refused(response, 413, "payload_too_large")

@@ -35,8 +35,8 @@ def endpoint():
 
 
 @pytest.fixture
-def member(db, monkeypatch):
-    monkeypatch.setenv("PICLOUD_WEBHOOK_ALLOW_HTTP", "true")  # to save http:// scripts
+def member(db, override_config):
+    override_config(WebhookConfig(allow_http=True))  # to save http:// scripts
     return MembershipFactory(role=Role.AppAdmin.value)
 
 
@@ -128,14 +128,14 @@ def test_poison_and_clean_webhooks_from_the_same_writes(endpoint, member):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_synchronous_caller_gets_a_200_whose_json_held_nul(endpoint, member, monkeypatch):
+def test_a_synchronous_caller_gets_a_200_whose_json_held_nul(endpoint, member, override_config):
     """Before: the reply could not be stored, so the caller waited its whole
     timeout and got a 504."""
     from outbox.dispatch.worker import postgres_host
     from outbox.sync.invoke import close_default_invoker, invoke
     from picloud.config import DispatcherConfig
 
-    monkeypatch.setenv("PICLOUD_WEBHOOK_ALLOW_PRIVATE", "true")  # read as the host starts
+    override_config(LOCAL)  # the host's executors use this process's config
     script = webhook(member.app, endpoint + "/nul-json")
     host = postgres_host(config=DispatcherConfig(concurrency=1, shutdown_grace_ms=5_000))
     host.start()

@@ -1,6 +1,7 @@
 import pytest
 from django.core.exceptions import ValidationError
 
+from picloud.config import WebhookConfig
 from picloud.models import Script
 
 pytestmark = pytest.mark.django_db
@@ -19,8 +20,8 @@ def test_python_script_saves_with_a_registered_handler(app):
     assert script.secret == ""
 
 
-def test_webhook_script_gets_a_secret_and_refuses_plain_http(app, monkeypatch):
-    monkeypatch.delenv("PICLOUD_WEBHOOK_ALLOW_HTTP", raising=False)
+def test_webhook_script_gets_a_secret_and_refuses_plain_http(app, override_config):
+    override_config(WebhookConfig(allow_http=False))
     script = Script.objects.create(
         app=app, name="hook", runtime="webhook", webhook_url="https://hooks.example.com/in"
     )

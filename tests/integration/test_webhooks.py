@@ -80,8 +80,8 @@ def receiver():
 
 
 @pytest.fixture
-def deliver(app, monkeypatch):
-    monkeypatch.setenv("PICLOUD_WEBHOOK_ALLOW_HTTP", "true")  # to save http:// scripts
+def deliver(app, override_config):
+    override_config(WebhookConfig(allow_http=True))  # to save http:// scripts
     principal = MembershipFactory(app=app, role=Role.Developer.value).principal
 
     def run(url, payload=None, *, config=LOCAL, ceiling=None):
@@ -172,10 +172,10 @@ def test_private_destinations_are_refused_unless_allowed(receiver, deliver):
     assert allowed.ok and len(Receiver.requests) == 1
 
 
-def test_the_guard_reads_the_environment_by_default(receiver, deliver, monkeypatch):
-    monkeypatch.setenv("PICLOUD_WEBHOOK_ALLOW_PRIVATE", "false")
+def test_the_guard_uses_the_process_config_by_default(receiver, deliver, override_config):
+    override_config(WebhookConfig(allow_private=False, allow_http=True))
     assert not deliver(receiver + "/ok", config=None)[2].ok
-    monkeypatch.setenv("PICLOUD_WEBHOOK_ALLOW_PRIVATE", "true")
+    override_config(LOCAL)
     assert deliver(receiver + "/ok", config=None)[2].ok
 
 

@@ -1,13 +1,17 @@
+import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
+from picloud import config
 from picloud.config import (
     ConfigError,
     RetryPolicy,
     SandboxCeiling,
     TriggerConfig,
+    WebhookConfig,
     env_bool,
     env_choice,
     env_float,
@@ -110,10 +114,9 @@ def test_configs_are_frozen():
         SandboxCeiling().timeout_ms = 1  # type: ignore[misc]
 
 
-def test_bad_value_stops_start_up_with_one_line():
-    """`manage.py check` (any command) refuses to start and prints one line."""
-    import os
-
+def test_bad_value_stops_start_up_with_its_system_check():
+    """`manage.py check` (any command that runs checks) refuses to start and
+    names the check, the variable, the value and what is allowed."""
     env = dict(os.environ, PICLOUD_TRIGGER_RETRY_JITTER="2")
     proc = subprocess.run(
         [sys.executable, "manage.py", "check"],
@@ -124,9 +127,9 @@ def test_bad_value_stops_start_up_with_one_line():
         timeout=120,
     )
     assert proc.returncode != 0, "start-up must fail on a bad variable"
-    error_lines = [line for line in proc.stderr.splitlines() if "configuration error" in line]
+    error_lines = [line for line in proc.stderr.splitlines() if "picloud.E" in line]
     assert error_lines == [
-        "picloud: configuration error: PICLOUD_TRIGGER_RETRY_JITTER='2' is out of range: "
+        "TriggerConfig: (picloud.E002) PICLOUD_TRIGGER_RETRY_JITTER='2' is out of range: "
         "allowed is a number from 0 to 1"
     ], proc.stderr
     assert "Traceback" not in proc.stderr
@@ -198,3 +201,85 @@ def test_env_choice_refuses_anything_else_naming_the_choices(raw):
 def test_env_bool_refuses_maybe():
     with pytest.raises(ConfigError, match="X='maybe' is not valid: allowed is one of true, false"):
         env_bool({"X": "maybe"}, "X", True)
+
+
+# Built once per process: what code uses is `Config.current()`.
+
+
+def test_current_is_built_from_the_environment_once_and_kept_until_reset(monkeypatch):
+    monkeypatch.setenv("PICLOUD_SANDBOX_TIMEOUT_MS", "1500")
+    assert SandboxCeiling.current().timeout_ms == 1500
+    monkeypatch.setenv("PICLOUD_SANDBOX_TIMEOUT_MS", "2500")
+    assert SandboxCeiling.current().timeout_ms == 1500, "the environment is read once"
+    config.reset()
+    assert SandboxCeiling.current().timeout_ms == 2500
+
+
+def count_builds(monkeypatch, cls) -> list[None]:
+    """A list that grows by one each time `cls.from_env` runs."""
+    calls = []
+    build = cls.from_env.__func__
+
+    def counted(klass, env=None):
+        calls.append(None)
+        return build(klass, env)
+
+    monkeypatch.setattr(cls, "from_env", classmethod(counted))
+    return calls
+
+
+def test_threads_that_start_together_build_a_config_once(monkeypatch):
+    calls = count_builds(monkeypatch, TriggerConfig)
+    threads = 8
+    barrier = threading.Barrier(threads)
+    seen = []
+
+    def use():
+        barrier.wait()
+        seen.append(TriggerConfig.current())
+
+    workers = [threading.Thread(target=use) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=10)
+    assert len(seen) == threads and all(c is seen[0] for c in seen)
+    assert len(calls) == 1
+
+
+def test_a_bad_value_raises_at_use_until_it_is_fixed(monkeypatch):
+    monkeypatch.setenv("PICLOUD_MAX_TRIGGER_DEPTH", "deep")
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="PICLOUD_MAX_TRIGGER_DEPTH='deep'"):
+            TriggerConfig.current()
+    with pytest.raises(ConfigError, match="PICLOUD_MAX_TRIGGER_DEPTH='deep'"):
+        config.build_all()
+    monkeypatch.delenv("PICLOUD_MAX_TRIGGER_DEPTH")
+    assert TriggerConfig.current() == TriggerConfig()
+
+
+def test_override_holds_in_every_thread_and_ends_with_its_block():
+    before = SandboxCeiling.current()
+    with config.override(SandboxCeiling(timeout_ms=300), WebhookConfig(allow_http=True)):
+        seen = []
+        thread = threading.Thread(target=lambda: seen.append(SandboxCeiling.current()))
+        thread.start()
+        thread.join(timeout=10)
+        assert seen == [SandboxCeiling(timeout_ms=300)]
+        assert WebhookConfig.current().allow_http
+        with config.override(SandboxCeiling(timeout_ms=400)):
+            assert SandboxCeiling.current().timeout_ms == 400
+        assert SandboxCeiling.current().timeout_ms == 300
+    assert SandboxCeiling.current() is before
+    assert WebhookConfig.current() == WebhookConfig.from_env()
+
+
+def test_the_override_config_fixture_lasts_the_test(override_config, monkeypatch):
+    monkeypatch.setenv("PICLOUD_SANDBOX_TIMEOUT_MS", "1500")
+    override_config(SandboxCeiling(timeout_ms=300))
+    assert SandboxCeiling.current().timeout_ms == 300, "an override beats the environment"
+    override_config(TriggerConfig(max_trigger_depth=2))
+    assert (SandboxCeiling.current().timeout_ms, TriggerConfig.current().max_trigger_depth) == (
+        300,
+        2,
+    )

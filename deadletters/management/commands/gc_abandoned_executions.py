@@ -14,7 +14,7 @@ class Command(SweepCommand):
     retention_variable = "PICLOUD_ABANDONED_EXECUTIONS_RETENTION_DAYS"
 
     def handle(self, *args, older_than, dry_run, batch_size, **options):
-        default = TriggerConfig.from_env().abandoned_executions_retention_days
+        default = TriggerConfig.current().abandoned_executions_retention_days
         bar = ProgressBar(self.stdout)
         result = sweep_abandoned(
             PgAbandonedRepo(),

@@ -20,7 +20,7 @@ class Command(SweepCommand):
         )
 
     def handle(self, *args, older_than, include_unresolved, dry_run, batch_size, **options):
-        default = TriggerConfig.from_env().dead_letter_retention_days
+        default = TriggerConfig.current().dead_letter_retention_days
         bar = ProgressBar(self.stdout)
         result = sweep_dead_letters(
             PgDeadLetterRepo(),

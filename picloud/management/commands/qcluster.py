@@ -32,7 +32,7 @@ from django.core.management.base import CommandError
 from django_q import cluster as django_q_cluster
 from django_q.management.commands.qcluster import Command as DjangoQClusterCommand
 
-from picloud.config import ConfigError, StopConfig
+from picloud.config import ConfigError, StopConfig, build_all
 from picloud.stopping import Descendants, kill_all, wait_gone
 
 logger = logging.getLogger("django-q")  # where django-q2 logs the cluster's start and stop
@@ -90,7 +90,10 @@ class Command(DjangoQClusterCommand):
 
     def handle(self, *args, run_once: bool = False, cluster_name: str | None = None, **options):
         try:
-            grace = StopConfig.from_env().grace
+            # Checks already ran unless --skip-checks: a bad value must not
+            # start processes that would fail on it later.
+            build_all()
+            grace = StopConfig.current().grace
         except ConfigError as exc:
             raise CommandError(str(exc)) from None
         settings.SECRET_KEY  # noqa: B018 - as django-q2's command: the cluster signs with it

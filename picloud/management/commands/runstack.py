@@ -20,7 +20,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from gunicorn.util import parse_address
 
-from picloud.config import ConfigError, StopConfig
+from picloud.config import ConfigError, StopConfig, build_all
 from picloud.stopping import kill_all, process_group, wait_gone
 
 # Beyond the children's own grace (PICLOUD_STOP_GRACE_MS), before runstack
@@ -45,7 +45,10 @@ class Command(BaseCommand):
         if threads < 1:
             raise CommandError(f"--threads must be at least 1, got {threads}")
         try:
-            grace = StopConfig.from_env().grace
+            # Checks already ran unless --skip-checks: a bad value must not
+            # start processes that would fail on it later.
+            build_all()
+            grace = StopConfig.current().grace
         except ConfigError as exc:
             raise CommandError(str(exc)) from None
         if warning := exposed_bind_warning(addr):
