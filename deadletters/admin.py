@@ -103,7 +103,7 @@ class DeadLetterAdmin(WrittenBySystem, AppScopedAdmin):
         (None, {"fields": ["app", "source_kind", "trigger", "script", "run_as_principal"]}),
         ("What failed", {"fields": ["pretty_payload", "attempts", "depth", "all_errors"]}),
         ("Resolution", {"fields": ["resolution", "resolved_at", "resolved_by", "note"]}),
-        ("Identifiers", {"fields": ["id", "outbox_id", "created_at"]}),
+        ("Identifiers", {"fields": ["id", "outbox_id", "cause_outbox_id", "created_at"]}),
     ]
     readonly_fields = [
         "app",
@@ -121,6 +121,7 @@ class DeadLetterAdmin(WrittenBySystem, AppScopedAdmin):
         "note",
         "id",
         "outbox_id",
+        "cause_outbox_id",
         "created_at",
     ]
 

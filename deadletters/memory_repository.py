@@ -53,7 +53,7 @@ class MemoryDeadLetterRepo:
         with self._lock:
             self.rows.clear()
 
-    def insert(self, new: NewDeadLetter) -> DeadLetterRecord:
+    def insert(self, new: NewDeadLetter) -> DeadLetterRecord | None:
         check_new_dead_letter(new)
         record = DeadLetterRecord(
             id=uuid.uuid4(),
@@ -65,8 +65,19 @@ class MemoryDeadLetterRepo:
             note="",
         )
         with self._lock:
+            if self._cause_recorded(new):
+                return None
             self.rows[record.id] = record
         return record
+
+    def _cause_recorded(self, new: NewDeadLetter) -> bool:
+        # dead_letters_cause_trigger_key: NULLs never conflict in a unique index.
+        if new.cause_outbox_id is None or new.trigger_id is None:
+            return False
+        return any(
+            (r.cause_outbox_id, r.trigger_id) == (new.cause_outbox_id, new.trigger_id)
+            for r in self.rows.values()
+        )
 
     def get(self, dead_letter_id: uuid.UUID) -> DeadLetterRecord | None:
         return self.rows.get(dead_letter_id)
@@ -101,9 +112,6 @@ class MemoryDeadLetterRepo:
             for r in self.rows.values()
             if not r.is_resolved and (wanted is None or r.app_id in wanted)
         )
-
-    def exists_for_outbox(self, outbox_id: uuid.UUID) -> bool:
-        return any(r.outbox_id == outbox_id for r in self.rows.values())
 
     def resolve(
         self, dead_letter_id: uuid.UUID, resolution: str, by: uuid.UUID | None, note: str = ""

@@ -43,7 +43,11 @@ class DeadLetter(models.Model):
         db_column="run_as_principal",
         related_name="+",
     )
+    # The failed row; NULL on a letter of a write stopped by the depth limit,
+    # which never had a row. Its cause_outbox_id is the row whose script made
+    # that write (NULL for a write made outside scripts).
     outbox_id = models.UUIDField(null=True, blank=True)
+    cause_outbox_id = models.UUIDField(null=True, blank=True)
     payload = models.JSONField(default=dict)
     last_error = models.TextField()
     errors = models.JSONField(default=list)

@@ -43,14 +43,15 @@ def _app_ids(app_id: uuid.UUID | None, app_ids: Collection[uuid.UUID] | None):
 
 
 class PgDeadLetterRepo:
-    def insert(self, new: NewDeadLetter) -> DeadLetterRecord:
+    def insert(self, new: NewDeadLetter) -> DeadLetterRecord | None:
         check_new_dead_letter(new)
         params = {
             **new.__dict__,
             "payload": to_json(new.payload),
             "errors": to_json(list(new.errors)),
         }
-        return _dead_letter(fetch_one(Q["insert_dead_letter"], params))  # type: ignore[arg-type]
+        row = fetch_one(Q["insert_dead_letter"], params)
+        return _dead_letter(row) if row else None
 
     def get(self, dead_letter_id: uuid.UUID) -> DeadLetterRecord | None:
         row = fetch_one(Q["get_dead_letter"], {"id": dead_letter_id})
@@ -74,9 +75,6 @@ class PgDeadLetterRepo:
     ) -> int:
         row = fetch_one(Q["unresolved_count"], {"app_ids": _app_ids(app_id, app_ids)})
         return row["n"]  # type: ignore[index]
-
-    def exists_for_outbox(self, outbox_id: uuid.UUID) -> bool:
-        return fetch_one(Q["dead_letter_exists_for_outbox"], {"outbox_id": outbox_id}) is not None
 
     def resolve(
         self, dead_letter_id: uuid.UUID, resolution: str, by: uuid.UUID | None, note: str = ""

@@ -34,6 +34,8 @@ class NewDeadLetter:
     errors: tuple[str, ...] = ()
     attempts: int = 0
     depth: int = 0
+    # Only on a write stopped by the depth limit: the row whose script made it.
+    cause_outbox_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class DeadLetterRecord:
     trigger_id: uuid.UUID | None
     run_as_principal: uuid.UUID | None
     outbox_id: uuid.UUID | None
+    cause_outbox_id: uuid.UUID | None
     payload: dict[str, Any]
     last_error: str
     errors: tuple[str, ...]
@@ -90,8 +93,12 @@ class AlreadyResolved(Exception):
 
 
 class DeadLetterRepo(Protocol):
-    def insert(self, new: NewDeadLetter) -> DeadLetterRecord:
-        """Store an unresolved dead letter (joins the caller's transaction)."""
+    def insert(self, new: NewDeadLetter) -> DeadLetterRecord | None:
+        """Store an unresolved dead letter (joins the caller's transaction).
+
+        Once per (cause_outbox_id, trigger_id) when cause_outbox_id is set:
+        None, and nothing stored, when such a letter exists already.
+        """
 
     def get(self, dead_letter_id: uuid.UUID) -> DeadLetterRecord | None:
         """The dead letter, or None."""
@@ -105,9 +112,6 @@ class DeadLetterRepo(Protocol):
         self, app_id: uuid.UUID | None = None, *, app_ids: Collection[uuid.UUID] | None = None
     ) -> int:
         """Unresolved dead letters of one app, of a set of apps, or of all."""
-
-    def exists_for_outbox(self, outbox_id: uuid.UUID) -> bool:
-        """Whether any dead letter names this outbox row."""
 
     def resolve(
         self,

@@ -3,9 +3,13 @@
 ``replay`` re-enqueues the dead letter's work as a fresh outbox row (attempt
 count from zero, the same payload, script, trigger and run-as principal) and
 marks it ``replayed`` in one transaction, so a replay happens at most once:
-the resolve is atomic and a second one raises AlreadyResolved. ``ignore``
-marks it ``ignored`` with a note. Both record who and when. Admin actions and
-Python callers use these; they reach the database only through repositories.
+the resolve is atomic and a second one raises AlreadyResolved. The row runs
+at the letter's depth, so replaying a letter of a write the depth limit
+stopped runs that trigger's script once and its writes that fire triggers are
+stopped again (new letters, caused by the replayed row): a replay never
+restarts the cascade the limit ended. ``ignore`` marks it ``ignored`` with a
+note. Both record who and when. Admin actions and Python callers use these;
+they reach the database only through repositories.
 """
 
 from __future__ import annotations

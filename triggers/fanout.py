@@ -3,7 +3,7 @@
 Runs inside the event's own transaction (the caller's), so the event and its
 rows commit or roll back together. A write made by a script carries its
 row's depth + 1; past PICLOUD_MAX_TRIGGER_DEPTH the rows are not enqueued and
-the stopped cascade is recorded as one dead letter instead (never dropped
+each stopped trigger is recorded as a dead letter instead (never dropped
 silently, never an endless loop).
 """
 
@@ -67,42 +67,49 @@ class FanOut:
         cause: uuid.UUID | None,
         config: TriggerConfig,
     ) -> None:
-        # One dead letter per stopped cascade: a script that writes in a loop
-        # past the limit records it once for the row it is running (`cause`).
-        if cause is not None and self.dead_letters.exists_for_outbox(cause):
-            return
-        names = ", ".join(t.name for t in matching)
-        error = (
-            f"depth limit stopped a cascade: a write to {payload['collection']}/{payload['key']} "
-            f"at depth {depth} exceeds PICLOUD_MAX_TRIGGER_DEPTH={config.max_trigger_depth}; "
-            f"not enqueued for {len(matching)} trigger(s): {names}"
-        )
-        first = matching[0]
-        self.dead_letter(
-            NewDeadLetter(
-                app_id=app_id,
-                source_kind=SourceKind.KV,
-                script_id=first.script_id,
-                trigger_id=first.id,
-                run_as_principal=first.registered_by_principal,
-                outbox_id=cause,
-                payload={**payload, "stopped_trigger_ids": [str(t.id) for t in matching]},
-                last_error=error,
-                errors=(error,),
-                attempts=0,
-                depth=depth,
+        # One dead letter per stopped trigger, holding what its row would have
+        # held, so replaying each runs that trigger's script as the cascade
+        # would have. No row was ever written (outbox_id stays NULL); `cause`
+        # is the row whose script made the write. The repository records a
+        # (cause, trigger) once: a script writing in a loop past the limit
+        # leaves one letter per trigger, for its first stopped write.
+        for trigger in matching:
+            error = (
+                f"depth limit stopped a cascade: a write to "
+                f"{payload['collection']}/{payload['key']} at depth {depth} exceeds "
+                f"PICLOUD_MAX_TRIGGER_DEPTH={config.max_trigger_depth}; "
+                f"not enqueued for trigger {trigger.name!r}"
             )
-        )
+            self.dead_letter(
+                NewDeadLetter(
+                    app_id=app_id,
+                    source_kind=SourceKind.KV,
+                    script_id=trigger.script_id,
+                    trigger_id=trigger.id,
+                    run_as_principal=trigger.registered_by_principal,
+                    outbox_id=None,
+                    cause_outbox_id=cause,
+                    payload=payload,
+                    last_error=error,
+                    errors=(error,),
+                    attempts=0,
+                    depth=depth,
+                )
+            )
 
-    def dead_letter(self, new: NewDeadLetter) -> DeadLetterRecord:
+    def dead_letter(self, new: NewDeadLetter) -> DeadLetterRecord | None:
         """Record a dead letter and fan it out to the app's matching
-        dead_letter triggers, in the caller's transaction.
+        dead_letter triggers, in the caller's transaction; None (and no
+        fan-out) when the repository already holds it (see
+        DeadLetterRepo.insert).
 
         Dead letters about dead-letter handlers are never written (the
         dispatcher resolves the original as handler_failed instead), so a
         dead letter can never trigger a handler about itself.
         """
         record = self.dead_letters.insert(new)
+        if record is None:
+            return None
         for trigger in self.triggers.list_matching_dead_letter(record.app_id, record):
             self.outbox.insert(
                 NewOutboxRow(
@@ -124,15 +131,20 @@ def dead_letter_event(record: DeadLetterRecord) -> dict[str, Any]:
         "dead_letter_id": str(record.id),
         "app_id": str(record.app_id),
         "source_kind": record.source_kind,
-        "trigger_id": str(record.trigger_id) if record.trigger_id else None,
-        "script_id": str(record.script_id) if record.script_id else None,
-        "outbox_id": str(record.outbox_id) if record.outbox_id else None,
+        "trigger_id": _str_or_none(record.trigger_id),
+        "script_id": _str_or_none(record.script_id),
+        "outbox_id": _str_or_none(record.outbox_id),
+        "cause_outbox_id": _str_or_none(record.cause_outbox_id),
         "payload": record.payload,
         "last_error": record.last_error,
         "errors": list(record.errors),
         "attempts": record.attempts,
         "depth": record.depth,
     }
+
+
+def _str_or_none(value: uuid.UUID | None) -> str | None:
+    return None if value is None else str(value)
 
 
 def default_fan_out() -> FanOut:

@@ -1,11 +1,17 @@
 -- Named queries of the dead-letter and abandoned-execution repositories.
 
 -- insert_dead_letter --
+-- No row back when dead_letters_cause_trigger_key already holds this
+-- (cause_outbox_id, trigger_id): a stopped trigger is recorded once per
+-- causing row, however many times its script writes. A concurrent insert of
+-- the same pair waits for the first to commit, then does nothing.
 INSERT INTO dead_letters (app_id, source_kind, trigger_id, script_id, run_as_principal,
-                          outbox_id, payload, last_error, errors, attempts, depth)
+                          outbox_id, cause_outbox_id, payload, last_error, errors, attempts,
+                          depth)
 VALUES (%(app_id)s, %(source_kind)s, %(trigger_id)s, %(script_id)s, %(run_as_principal)s,
-        %(outbox_id)s, %(payload)s::jsonb, %(last_error)s, %(errors)s::jsonb,
-        %(attempts)s, %(depth)s)
+        %(outbox_id)s, %(cause_outbox_id)s, %(payload)s::jsonb, %(last_error)s,
+        %(errors)s::jsonb, %(attempts)s, %(depth)s)
+ON CONFLICT (cause_outbox_id, trigger_id) WHERE cause_outbox_id IS NOT NULL DO NOTHING
 RETURNING *;
 
 -- get_dead_letter --
@@ -29,10 +35,6 @@ LIMIT %(limit)s OFFSET %(offset)s;
 SELECT count(*) AS n FROM dead_letters
 WHERE resolution IS NULL
   AND (%(app_ids)s::uuid[] IS NULL OR app_id = ANY (%(app_ids)s::uuid[]));
-
--- dead_letter_exists_for_outbox --
--- Served by dead_letters_outbox_idx.
-SELECT 1 FROM dead_letters WHERE outbox_id = %(outbox_id)s LIMIT 1;
 
 -- resolve --
 -- "AND resolution IS NULL" makes resolving once atomic: of two concurrent

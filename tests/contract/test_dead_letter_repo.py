@@ -4,6 +4,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from deadletters.repository import (
@@ -25,7 +26,7 @@ def new_letter(world):
             script_id=world.script_id,
             trigger_id=kw.pop("trigger_id", None),
             run_as_principal=world.principal_id,
-            outbox_id=uuid.uuid4(),
+            outbox_id=kw.pop("outbox_id", uuid.uuid4()),
             payload={"key": "k"},
             last_error=kw.pop("last_error", "boom"),
             errors=("boom",),
@@ -46,10 +47,43 @@ def test_insert_then_get(dead_letter_repo, new_letter):
     assert dead_letter_repo.get(uuid.uuid4()) is None
 
 
-def test_exists_for_outbox(dead_letter_repo, new_letter):
-    letter = dead_letter_repo.insert(new_letter())
-    assert dead_letter_repo.exists_for_outbox(letter.outbox_id)
-    assert not dead_letter_repo.exists_for_outbox(uuid.uuid4())
+@pytest.fixture
+def two_triggers(world):
+    """Two triggers of world's app (dead_letters.trigger_id references them)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO triggers (app_id, kind, script_id, name, registered_by_principal) "
+            "VALUES (%(app)s, 'kv', %(script)s, 'first', %(by)s), "
+            "(%(app)s, 'kv', %(script)s, 'second', %(by)s) RETURNING id",
+            {"app": world.app_id, "script": world.script_id, "by": world.principal_id},
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+def test_a_cause_and_trigger_are_recorded_once(dead_letter_repo, new_letter, two_triggers):
+    first, second = two_triggers
+    cause = uuid.uuid4()
+
+    def stopped(trigger_id, cause_outbox_id=cause):
+        return new_letter(trigger_id=trigger_id, outbox_id=None, cause_outbox_id=cause_outbox_id)
+
+    letter = dead_letter_repo.insert(stopped(first))
+    assert (letter.outbox_id, letter.cause_outbox_id, letter.trigger_id) == (None, cause, first)
+    assert dead_letter_repo.insert(stopped(first)) is None, "the same (cause, trigger) again"
+    assert dead_letter_repo.insert(stopped(second)) is not None, "another trigger of that cause"
+    assert dead_letter_repo.insert(stopped(first, uuid.uuid4())) is not None, "another cause"
+    assert len(dead_letter_repo.list()) == 3
+    assert dead_letter_repo.get(letter.id) == letter, "the first one stands"
+
+
+def test_letters_without_a_cause_or_trigger_are_never_merged(
+    dead_letter_repo, new_letter, two_triggers
+):
+    cause = uuid.uuid4()
+    for _ in range(2):
+        assert dead_letter_repo.insert(new_letter(trigger_id=two_triggers[0])) is not None
+        assert dead_letter_repo.insert(new_letter(cause_outbox_id=cause)) is not None
+    assert len(dead_letter_repo.list()) == 4
 
 
 def test_insert_refuses_unknown_source_kind(dead_letter_repo, new_letter):

@@ -1,11 +1,13 @@
 """KV writes fan out to the outbox in the same transaction."""
 
 import uuid
+from collections import Counter
 
 import pytest
 from django.db import transaction
 
 from deadletters.models import DeadLetter
+from deadletters.resolve import postgres_resolver
 from outbox.models import OutboxEntry
 from picloud import kv
 from picloud.config import TriggerConfig
@@ -14,6 +16,8 @@ from picloud.domain.scripts import handler
 from picloud.models import KvEntry
 from tests.factories import AppFactory, MembershipFactory, ScriptFactory, kv_trigger
 from tests.helpers import drain_outbox
+from triggers.pg_repository import PgTriggerRepo
+from triggers.repository import DeadLetterSpec, NewTrigger
 
 
 @pytest.fixture
@@ -117,23 +121,82 @@ class TestFanOut:
         assert not KvEntry.objects.exists()
         assert not OutboxEntry.objects.exists()
 
-    def test_a_write_past_the_depth_limit_is_a_dead_letter_once_per_cascade(
+    def test_a_write_past_the_depth_limit_is_a_dead_letter_per_stopped_trigger(
         self, setup, override_config
     ):
         override_config(TriggerConfig(max_trigger_depth=2))
         app, admin, script = setup
-        trigger = kv_trigger(app, script, admin, name="loop")
+        other_script = ScriptFactory(app=app, handler="picloud.noop")
+        triggers = {
+            kv_trigger(app, script, admin, name="all").id: script.id,
+            kv_trigger(app, other_script, admin, name="c-only", collection="c").id: other_script.id,
+        }
         cause = uuid.uuid4()
         kv.put(app, "c", "k", 1, principal=admin, depth=2, cause=cause)
-        assert OutboxEntry.objects.count() == 1, "depth 2 is still within the limit"
+        assert OutboxEntry.objects.count() == 2, "depth 2 is still within the limit"
+        within = OutboxEntry.objects.first().payload
         for n in range(5):
             kv.put(app, "c", "k", n, principal=admin, depth=3, cause=cause)
-        assert OutboxEntry.objects.count() == 1, "nothing past the limit is enqueued"
-        letter = DeadLetter.objects.get()
-        assert letter.outbox_id == cause and letter.depth == 3 and letter.trigger_id == trigger.id
-        assert "depth limit stopped a cascade" in letter.last_error
-        assert "PICLOUD_MAX_TRIGGER_DEPTH=2" in letter.last_error
+        assert OutboxEntry.objects.count() == 2, "nothing past the limit is enqueued"
+
+        letters = DeadLetter.objects.order_by("trigger__name")
+        assert len(letters) == 2, "one per stopped trigger, not one per write"
+        assert {letter.trigger_id: letter.script_id for letter in letters} == triggers
+        for letter in letters:
+            assert letter.outbox_id is None, "no row of this letter ever existed"
+            assert letter.cause_outbox_id == cause and letter.depth == 3
+            assert letter.run_as_principal_id == admin.id and letter.source_kind == "kv"
+            assert letter.payload == {**within, "old": 1, "new": 0, "op": "update", "version": 2}
+            assert "depth limit stopped a cascade" in letter.last_error
+            assert "PICLOUD_MAX_TRIGGER_DEPTH=2" in letter.last_error
+        assert "'all'" in letters[0].last_error and "'c-only'" in letters[1].last_error
         assert KvEntry.objects.get().value == 4, "the write itself still happens"
+
+    def test_each_stopped_write_of_a_row_records_its_own_triggers(self, setup, override_config):
+        override_config(TriggerConfig(max_trigger_depth=0))
+        app, admin, script = setup
+        orders = kv_trigger(app, script, admin, name="orders", collection="orders")
+        users = kv_trigger(app, script, admin, name="users", collection="users")
+        cause = uuid.uuid4()
+        kv.put(app, "orders", "o1", 1, principal=admin, depth=1, cause=cause)
+        kv.put(app, "users", "u1", 1, principal=admin, depth=1, cause=cause)
+        stopped = dict(DeadLetter.objects.values_list("trigger_id", "payload__collection"))
+        assert stopped == {orders.id: "orders", users.id: "users"}
+
+    def test_dead_letter_triggers_hear_of_each_stopped_trigger_once(self, setup, override_config):
+        override_config(TriggerConfig(max_trigger_depth=0))
+        app, admin, script = setup
+        kv_trigger(app, script, admin, name="first", collection="c")
+        second = kv_trigger(app, script, admin, name="second", collection="c")
+        watcher = PgTriggerRepo().create(
+            NewTrigger(
+                app_id=app.id,
+                kind="dead_letter",
+                script_id=script.id,
+                name="watch-second",
+                registered_by_principal=admin.id,
+                dead_letter=DeadLetterSpec(source_trigger_id=second.id),
+            )
+        )
+        cause = uuid.uuid4()
+        for n in range(3):
+            kv.put(app, "c", "k", n, principal=admin, depth=1, cause=cause)
+
+        (row,) = OutboxEntry.objects.all()
+        letter = DeadLetter.objects.get(trigger_id=second.id)
+        assert (row.trigger_id, row.source_kind) == (watcher.id, "dead_letter")
+        assert row.payload["dead_letter_id"] == str(letter.id)
+        assert (row.payload["outbox_id"], row.payload["cause_outbox_id"]) == (None, str(cause))
+
+    def test_a_stopped_write_from_outside_scripts_has_no_cause(self, setup, override_config):
+        override_config(TriggerConfig(max_trigger_depth=0))
+        app, admin, script = setup
+        kv_trigger(app, script, admin)
+        kv.put(app, "c", "k", 1, principal=admin, depth=1)
+        kv.put(app, "c", "k", 2, principal=admin, depth=1)
+        letters = DeadLetter.objects.all()
+        assert [(d.outbox_id, d.cause_outbox_id) for d in letters] == [(None, None)] * 2
+        assert sorted(d.payload["new"] for d in letters) == [1, 2], "each write is recorded"
 
 
 # Handlers for the cascade tests below: each writes back into the collection
@@ -164,26 +227,66 @@ def test_a_script_writing_to_its_own_collection_stops_at_the_depth_limit(overrid
     assert [row.depth for row, _ in ran] == [0, 1, 2, 3]
     assert all(outcome.ok for _, outcome in ran), [o for _, o in ran]
     letter = DeadLetter.objects.get()
-    assert letter.depth == 4 and letter.outbox_id == ran[-1][0].id
+    assert letter.depth == 4 and letter.outbox_id is None
+    assert letter.cause_outbox_id == ran[-1][0].id
     assert "depth limit stopped a cascade" in letter.last_error
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_script_writing_in_a_loop_records_one_dead_letter_per_stopped_cascade(
-    override_config,
-):
-    override_config(TriggerConfig(max_trigger_depth=1))
+def _stopped_cascade(override_config, stopped_handlers):
+    """A starter script writing five times, past a limit of 0, to a collection
+    with one trigger per handler in `stopped_handlers`; returns
+    (app, {trigger id: script id} of the stopped triggers, the starter's row)."""
+    override_config(TriggerConfig(max_trigger_depth=0))
     app = AppFactory()
     admin = MembershipFactory(app=app, role=Role.AppAdmin.value).principal
-    script = ScriptFactory(app=app, handler="tests.cascade.five")
-    kv_trigger(app, script, admin, collection="loop")
+    starter = ScriptFactory(app=app, handler="tests.cascade.five")
+    kv_trigger(app, starter, admin, name="starter", collection="start")
+    stopped = {}
+    for n, handler_name in enumerate(stopped_handlers):
+        script = ScriptFactory(app=app, handler=handler_name)
+        stopped[kv_trigger(app, script, admin, name=f"stopped-{n}", collection="loop").id] = (
+            script.id
+        )
+    kv.put(app, "start", "go", 0, principal=admin)
+    [(starter_row, outcome)] = drain_outbox(max_rows=10)
+    assert outcome.ok, outcome
+    return app, stopped, starter_row
 
-    kv.put(app, "loop", "start", 0, principal=admin)
-    ran = drain_outbox(max_rows=50)
 
-    depths = [row.depth for row, _ in ran]
-    assert depths == [0] + [1] * 5, depths
-    causes = sorted(DeadLetter.objects.values_list("outbox_id", flat=True))
-    assert causes == sorted(row.id for row, _ in ran if row.depth == 1), (
-        "one dead letter for each depth-1 row whose writes were stopped, not one per write"
-    )
+@pytest.mark.django_db(transaction=True)
+def test_replaying_each_letter_of_a_stopped_cascade_runs_each_stopped_script_once(override_config):
+    _app, stopped, starter_row = _stopped_cascade(override_config, ["picloud.noop"] * 3)
+
+    letters = list(DeadLetter.objects.all())
+    assert len(letters) == 3, "five writes, three stopped triggers: one letter per trigger"
+    assert {d.trigger_id: d.script_id for d in letters} == stopped
+    assert {(d.outbox_id, d.cause_outbox_id) for d in letters} == {(None, starter_row.id)}
+
+    resolver = postgres_resolver()
+    for letter in letters:
+        resolver.replay(letter.id, by=None)
+    ran = drain_outbox(max_rows=10)
+
+    runs = Counter(row.script_id for row, _ in ran)
+    assert runs == Counter(stopped.values()), "each stopped trigger's script ran once"
+    assert all(outcome.ok for _, outcome in ran), ran
+    by_trigger = {d.trigger_id: d for d in letters}
+    for row, _ in ran:
+        letter = by_trigger[row.trigger_id]
+        assert (row.payload, row.depth) == (letter.payload, letter.depth)
+        assert row.payload["collection"] == "loop" and "stopped_trigger_ids" not in row.payload
+    assert DeadLetter.objects.filter(resolution="replayed").count() == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_replayed_letter_runs_at_the_stopped_depth_so_its_writes_stop_again(override_config):
+    _app, stopped, _starter_row = _stopped_cascade(override_config, ["tests.cascade.once"])
+    letter = DeadLetter.objects.get()
+
+    postgres_resolver().replay(letter.id, by=None)
+    [(row, outcome)] = drain_outbox(max_rows=10)
+
+    assert outcome.ok and outcome.result == letter.depth == 1, "the script ran at the stopped depth"
+    again = DeadLetter.objects.exclude(pk=letter.pk).get()
+    assert (again.cause_outbox_id, again.outbox_id) == (row.id, None)
+    assert again.depth == 2 and again.trigger_id in stopped

@@ -1,9 +1,15 @@
 """Every migration runs backwards and forwards again (DDL is transactional in PostgreSQL)."""
 
+import json
+import uuid
+from unittest import mock
+
 import pytest
 from django.core.management import call_command
 from django.db import DatabaseError, connection
 
+from deadletters.pg_repository import PgDeadLetterRepo
+from deadletters.repository import NewDeadLetter
 from tests.factories import AppFactory, ScriptFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -147,3 +153,111 @@ def test_every_app_migrates_to_zero_and_back_on_a_populated_database(app_label):
     assert _tables() < before, f"{app_label} zero left every table in place"
     call_command("migrate", verbosity=0)
     assert _tables() == before, "forwards again, every table is back"
+
+
+def _old_depth_letter(app, trigger_id, script, principal, cause, stopped, **cols):
+    """A depth-limit dead letter as written before deadletters 0004."""
+    payload = {"collection": "loop", "key": "k", "op": "insert", "new": 1, "version": 1}
+    columns = {
+        "app_id": app.id,
+        "source_kind": "kv",
+        "trigger_id": trigger_id,
+        "script_id": script.id,
+        "run_as_principal": principal.id,
+        "outbox_id": cause,
+        "payload": json.dumps({**payload, "stopped_trigger_ids": [str(t) for t in stopped]}),
+        "last_error": "depth limit stopped a cascade: a write to loop/k at depth 2 ...",
+        "attempts": 0,
+        "depth": 2,
+        **cols,
+    }
+    [(letter_id,)] = _sql(
+        f"INSERT INTO dead_letters ({', '.join(columns)}) "
+        f"VALUES ({', '.join(['%s'] * len(columns))}) RETURNING id",
+        list(columns.values()),
+    )
+    return letter_id, payload
+
+
+def _in_order(letters):
+    return sorted(letters, key=lambda d: (str(d[5]), str(d[2]), str(d[0]), str(d[3])))
+
+
+def _letters():
+    rows = _sql(
+        "SELECT trigger_id, script_id, outbox_id, cause_outbox_id, payload, resolution "
+        "FROM dead_letters"
+    )
+    return _in_order((*row[:4], json.loads(row[4]), row[5]) for row in rows)
+
+
+def test_dead_letter_causes_migrate_forward_and_back_on_a_populated_database():
+    """Older depth-limit letters (one per cascade, causing row in outbox_id)
+    become one letter per stopped trigger with the causing row in
+    cause_outbox_id; backwards they take the older shape, and forwards again
+    they come back the same."""
+    call_command("migrate", "deadletters", "0003", verbosity=0)
+    principal = UserFactory().principal
+    app = AppFactory()
+    scripts = [ScriptFactory(app=app) for _ in range(3)]
+    t = [_old_trigger(app, s, principal, f"t{n}") for n, s in enumerate(scripts)]
+    deleted_trigger = uuid.uuid4()
+    cause, resolved_cause, failed_row = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    stopped = [t[0], t[1], t[2], deleted_trigger]
+    _, event = _old_depth_letter(app, t[0], scripts[0], principal, cause, stopped)
+    # The older code checked, then inserted: a race could record a cascade twice.
+    _old_depth_letter(app, t[0], scripts[0], principal, cause, stopped)
+    _old_depth_letter(
+        app,
+        t[1],
+        scripts[1],
+        principal,
+        resolved_cause,
+        [t[1], t[2]],
+        resolution="ignored",
+        resolved_at="2026-01-01T00:00:00Z",
+    )
+    _sql(
+        "INSERT INTO dead_letters (app_id, source_kind, trigger_id, script_id, outbox_id, "
+        "payload, last_error, attempts, depth) "
+        "VALUES (%s, 'kv', %s, %s, %s, '{\"x\": 1}', 'boom', 5, 0)",
+        [app.id, t[2], scripts[2].id, failed_row],
+    )
+
+    call_command("migrate", "deadletters", verbosity=0)
+    split = [(t[n], scripts[n].id, None, cause, event, None) for n in range(3)]
+    resolved = (t[1], scripts[1].id, None, resolved_cause, mock.ANY, "ignored")
+    failed = (t[2], scripts[2].id, failed_row, None, {"x": 1}, None)
+    raced = (t[0], scripts[0].id, None, None, event, None)  # neither split nor caused
+    migrated = _letters()
+    assert migrated == _in_order([*split, raced, failed, resolved])
+    assert migrated[-1][4]["stopped_trigger_ids"] == [str(t[1]), str(t[2])], (
+        "a resolved letter keeps its payload"
+    )
+    stopped_again = NewDeadLetter(
+        app_id=app.id,
+        source_kind="kv",
+        script_id=scripts[1].id,
+        trigger_id=t[1],
+        run_as_principal=principal.id,
+        outbox_id=None,
+        cause_outbox_id=cause,
+        payload=event,
+        last_error="depth limit stopped a cascade: again",
+    )
+    assert PgDeadLetterRepo().insert(stopped_again) is None, "the unique index is in place"
+
+    call_command("migrate", "deadletters", "0003", verbosity=0)
+    assert ("cause_outbox_id",) not in _sql(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'dead_letters'"
+    )
+    rows = _sql(
+        "SELECT trigger_id, outbox_id, payload FROM dead_letters WHERE outbox_id = %s", [cause]
+    )
+    assert sorted((r[0], json.loads(r[2])["stopped_trigger_ids"]) for r in rows) == sorted(
+        (t[n], [str(t[n])]) for n in range(3)
+    ), "backwards, each letter names its causing row and its own trigger, as before"
+    assert _sql("SELECT 1 FROM pg_indexes WHERE indexname = 'dead_letters_outbox_idx'")
+
+    call_command("migrate", "deadletters", verbosity=0)
+    assert _letters() == migrated, "forwards again, the same letters"
