@@ -432,7 +432,7 @@ class Bench:
                 "_record",
                 "  turning claimed rows into records (JSON, timestamps)",
             ),
-            ("dispatcher.py", "_call", "executing rows (execute_row)"),
+            ("execution.py", "execute_row", "executing rows (execute_row)"),
             ("execution.py", "_run_python", "  context and handler call"),
             ("execution.py", "_size", "  payload/result size checks"),
             ("dispatcher.py", "_settle", "settling outcomes"),
