@@ -7,6 +7,7 @@ class PicloudConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        import picloud.domain.user_model  # noqa: F401 (registers system check picloud.E010)
         from picloud.config import validate_environment
         from picloud.domain import scripts, signals
 
