@@ -8,7 +8,11 @@ class PicloudConfig(AppConfig):
 
     def ready(self) -> None:
         from picloud import checks  # noqa: F401 - registers the PICLOUD_* system checks
-        from picloud.domain import scripts, signals
+        from picloud.domain import (
+            scripts,
+            signals,
+            user_model,  # noqa: F401 - registers check picloud.E010
+        )
 
         signals.connect()
         scripts.autodiscover()

@@ -16,7 +16,6 @@ from picloud import kv
 from picloud.domain import tokens
 from picloud.domain.authz import Role, Scope
 from picloud.models import ApiToken, App, AppMembership, Principal, Script, principal_for
-from triggers.models import Trigger
 from triggers.pg_repository import PgTriggerRepo
 from triggers.repository import KvSpec, NewTrigger
 
@@ -76,7 +75,7 @@ def load_demo(password: str | None = None) -> DemoCredentials:
 
 
 def _ensure_triggers(app: App, scripts: dict[str, Script], principal: Principal) -> None:
-
+    """Through the repository, as admin and the Python API write triggers."""
     wanted = [
         NewTrigger(
             app_id=app.pk,
@@ -101,8 +100,9 @@ def _ensure_triggers(app: App, scripts: dict[str, Script], principal: Principal)
         ),
     ]
     repo = PgTriggerRepo()
+    existing = {t.name for t in repo.list_for_app(app.pk)}
     for new in wanted:
-        if not Trigger.objects.filter(app=app, name=new.name).exists():
+        if new.name not in existing:
             repo.create(new)
 
 

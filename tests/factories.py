@@ -3,6 +3,8 @@ from django.contrib.auth import get_user_model
 
 from picloud.domain.authz import Role
 from picloud.models import App, AppMembership, Script, principal_for
+from triggers.pg_repository import PgTriggerRepo
+from triggers.repository import KvSpec, NewTrigger
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -53,10 +55,7 @@ def kv_trigger(
     ops=("insert", "update", "delete"),
     enabled=True,
 ):
-    """A kv trigger through the repository (validated as admin would)."""
-    from triggers.pg_repository import PgTriggerRepo
-    from triggers.repository import KvSpec, NewTrigger
-
+    """A kv trigger through the repository, the one write path (admin's too)."""
     return PgTriggerRepo().create(
         NewTrigger(
             app_id=app.id,

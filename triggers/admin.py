@@ -1,11 +1,18 @@
 """Admin for triggers: list, create and edit with the kind's details inline,
-enable/disable, and a delete that says what happens to pending outbox rows."""
+enable/disable, and a delete that says what happens to pending outbox rows.
+
+The forms validate with the rules of triggers/rules.py (through the models'
+full_clean, and the formsets for what spans the trigger and its details);
+every write then goes through PgTriggerRepo, the one write path the Python
+API and the demo use too.
+"""
 
 from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.db.models import Count
 from django.urls import reverse
 from django.utils.html import format_html
@@ -13,57 +20,64 @@ from django.utils.html import format_html
 from outbox.models import OutboxEntry
 from picloud.admin_access import AppFilter, AppScopedAdmin, allowed_app_ids, scope
 from picloud.domain.authz import Capability
+from triggers import rules
 from triggers.kinds import TriggerKind
+from triggers.matching import EMPTY_PATTERN, NO_OPS, NUL_IN_PATTERN, PATTERN_TOO_LONG
 from triggers.models import (
     DeadLetterTriggerDetails,
     KvTriggerDetails,
     Trigger,
-    check_same_app_source,
+    check_source,
 )
+from triggers.pg_repository import PgTriggerRepo
+from triggers.repository import DeadLetterSpec, KvSpec, NewTrigger, TriggerRepo
 
-# Kinds that have an event source today; the others exist in the schema only.
-EDITABLE_KINDS = [TriggerKind.KV, TriggerKind.DEAD_LETTER]
+EDITABLE_KINDS = rules.CREATABLE_KINDS
+# The trigger's form fields the repository takes under another name.
+REPOSITORY_FIELDS = {"script": "script_id"}
 
 
 class DetailsFormSet(forms.BaseInlineFormSet):
-    """The details of one kind: required for that kind, refused for others."""
+    """The details of one kind: required for that kind (rules.check_details),
+    refused for others."""
 
-    kind: str = ""
-    required = False
+    details: str = ""  # "kv" or "dead_letter", as rules.DETAILS names them
 
     def clean(self):
         super().clean()
         filled = [f for f in self.forms if f.has_changed() and not self._should_delete_form(f)]
-        existing = [f for f in self.forms if f.instance.pk and not self._should_delete_form(f)]
-        trigger_kind = self.instance.kind
-        label = TriggerKind(self.kind).label
-        if trigger_kind == self.kind:
-            if self.required and not (filled or existing):
-                raise ValidationError(
-                    f"A {label} trigger needs its details: fill in the section below."
-                )
-        elif filled:
-            raise ValidationError(
-                f"Only {label} triggers have these details; clear them or choose kind {label!r}."
-            )
+        kind = self.instance.kind
+        if rules.DETAILS.get(kind) == self.details:
+            stored = [f for f in self.initial_forms if not self._should_delete_form(f)]
+            present = bool(filled or stored)
+        else:
+            # A details row that knows its trigger (editing) refuses itself in
+            # the models' clean; on a new trigger only the formset knows the kind.
+            present = any(f.instance.trigger_id is None for f in filled)
+        try:
+            rules.check_details(kind, self.details, present)
+        except ValidationError as e:
+            raise ValidationError(e.messages) from e
 
 
 class KvDetailsFormSet(DetailsFormSet):
-    kind = TriggerKind.KV
-    required = True
+    details = "kv"
 
 
 class DeadLetterDetailsFormSet(DetailsFormSet):
-    kind = TriggerKind.DEAD_LETTER
+    details = "dead_letter"
 
     def clean(self):
         super().clean()
-        # The details form's own model validation cannot see the trigger (a
-        # primary-key inline gets its parent only when saved); the formset can.
+        # A details row that knows its trigger (editing) checks its source in
+        # the models' clean; a new trigger's row gets it only when saved (a
+        # primary-key inline), so the formset checks those.
         for form in self.forms:
-            source = form.cleaned_data.get("source_trigger") if form.is_valid() else None
+            if not form.is_valid() or form.instance.trigger_id is not None:
+                continue
+            source = form.cleaned_data.get("source_trigger")
             try:
-                check_same_app_source(self.instance, source)
+                check_source(self.instance, source)
             except ValidationError as e:
                 form.add_error(None, e)
 
@@ -73,12 +87,21 @@ class KvDetailsForm(forms.ModelForm):
         choices=KvTriggerDetails._meta.get_field("ops").base_field.choices,
         widget=forms.CheckboxSelectMultiple,
         help_text="the KV operations that fire the trigger",
+        error_messages={"required": NO_OPS},
     )
 
     class Meta:
         model = KvTriggerDetails
         fields = ["collection", "ops"]
         widgets = {"collection": forms.TextInput(attrs={"size": 40})}
+        # The form's own checks run first: they say what the rules say.
+        error_messages = {
+            "collection": {
+                "required": EMPTY_PATTERN,
+                "max_length": PATTERN_TOO_LONG,
+                "null_characters_not_allowed": NUL_IN_PATTERN,
+            }
+        }
 
 
 class KvDetailsInline(admin.StackedInline):
@@ -149,22 +172,16 @@ class TriggerForm(forms.ModelForm):
             "retry_base_delay_ms",
             "retry_max_delay_ms",
         ]
-
-    def clean(self):
-        cleaned = super().clean()
-        app, script = cleaned.get("app"), cleaned.get("script")
-        if app and script and script.app_id != app.pk:
-            self.add_error(
-                "script",
-                f"Script {script.name!r} belongs to app {script.app.slug!r}; choose a "
-                f"script of app {app.slug!r}.",
-            )
-        return cleaned
+        # The form's own checks run first: they say what the rules say.
+        error_messages = {
+            "name": {"required": rules.NAME_REQUIRED, "max_length": rules.NAME_TOO_LONG}
+        }
 
 
 @admin.register(Trigger)
 class TriggerAdmin(AppScopedAdmin):
     app_capability = Capability.AppManageTriggers
+    repository: TriggerRepo = PgTriggerRepo()  # every write of this page goes through it
     form = TriggerForm
     inlines = [KvDetailsInline, DeadLetterDetailsInline]
     list_display = [
@@ -227,27 +244,65 @@ class TriggerAdmin(AppScopedAdmin):
         return [*fields, "app", "kind"] if obj is not None else fields
 
     def save_model(self, request, obj, form, change):
-        if not change:
-            # The trigger runs as whoever registers it; nobody picks that in a form.
-            obj.registered_by_principal = self.principal(request)
-        super().save_model(request, obj, form, change)
+        """Nothing yet: the trigger and its details are one write through
+        the repository, once the inlines are known (save_related)."""
 
     def save_related(self, request, form, formsets, change):
-        super().save_related(request, form, formsets, change)
         trigger = form.instance
-        if trigger.kind == TriggerKind.DEAD_LETTER:
-            # No filters filled in means "any": the row must exist all the same.
-            DeadLetterTriggerDetails.objects.get_or_create(trigger=trigger)
+        details = details_changes(formsets)
+        if change:
+            names = [REPOSITORY_FIELDS.get(f, f) for f in form.changed_data]
+            changes = {name: getattr(trigger, name) for name in names}
+            record = self.repository.update(trigger.pk, **changes, **details)
+        else:
+            record = self.repository.create(
+                NewTrigger(
+                    app_id=trigger.app_id,
+                    kind=trigger.kind,
+                    script_id=trigger.script_id,
+                    name=trigger.name,
+                    # The trigger runs as whoever registers it; nobody picks that in a form.
+                    registered_by_principal=self.principal(request).pk,
+                    enabled=trigger.enabled,
+                    max_attempts=trigger.max_attempts,
+                    retry_base_delay_ms=trigger.retry_base_delay_ms,
+                    retry_max_delay_ms=trigger.retry_max_delay_ms,
+                    **details,
+                )
+            )
+        # Django goes on with this object (the log entry, the redirect, the
+        # message): make it the stored trigger.
+        trigger.pk = record.id
+        trigger.refresh_from_db()
+        trigger._state.adding = False
 
     @admin.action(description="Enable selected triggers", permissions=["change"])
     def enable(self, request, queryset):
-        n = queryset.filter(enabled=False).update(enabled=True)
+        n = self._set_enabled(queryset, True)
         self.message_user(request, f"Enabled {n} trigger(s).", messages.SUCCESS)
 
     @admin.action(description="Disable selected triggers", permissions=["change"])
     def disable(self, request, queryset):
-        n = queryset.filter(enabled=True).update(enabled=False)
+        n = self._set_enabled(queryset, False)
         self.message_user(request, f"Disabled {n} trigger(s).", messages.SUCCESS)
+
+    @transaction.atomic
+    def _set_enabled(self, queryset, enabled: bool) -> int:
+        ids = list(queryset.filter(enabled=not enabled).values_list("pk", flat=True))
+        for trigger_id in ids:
+            self.repository.update(trigger_id, enabled=enabled)
+        return len(ids)
+
+    def delete_model(self, request, obj):
+        self.repository.delete(obj.pk)
+
+    @transaction.atomic
+    def delete_queryset(self, request, queryset):
+        # Dead-letter triggers first: the repository refuses to delete a
+        # trigger while another's filter names it (get_deleted_objects has
+        # made sure those are deleted along).
+        for trigger in sorted(queryset, key=lambda t: t.kind != TriggerKind.DEAD_LETTER):
+            self.repository.delete(trigger.pk)
 
     # Deleting: say what happens to the trigger's pending outbox rows. Both
     # delete pages (one trigger, or the bulk action) ask get_deleted_objects;
@@ -268,6 +323,23 @@ class TriggerAdmin(AppScopedAdmin):
         # Django would list their details rows, which say nothing; name the
         # triggers that filter instead, linked to where their filter changes.
         return deleted, counts, perms_needed - goes_along, blocking_filters(objs) or protected
+
+
+def details_changes(formsets) -> dict[str, KvSpec | DeadLetterSpec]:
+    """The details the inlines add or change, as the repository takes them.
+
+    save(commit=False) writes nothing; it also records what changed for
+    the admin's history."""
+    changes: dict[str, KvSpec | DeadLetterSpec] = {}
+    for formset in formsets:
+        for details in formset.save(commit=False):
+            if isinstance(details, KvTriggerDetails):
+                changes["kv"] = KvSpec(details.collection, tuple(details.ops))
+            elif isinstance(details, DeadLetterTriggerDetails):
+                changes["dead_letter"] = DeadLetterSpec(
+                    details.source_kind, details.source_trigger_id
+                )
+    return changes
 
 
 def blocking_filters(triggers: list[Trigger]) -> list[str]:

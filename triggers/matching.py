@@ -21,6 +21,15 @@ PATTERN_RULE = (
     "allowed: '*' (every collection), 'prefix:*' (names starting with 'prefix:'; "
     "the prefix is not empty and has no '*'), or an exact collection name without '*'"
 )
+OPS_ALLOWED = ", ".join(KvOp.values)
+# Messages admin's form fields give for their own checks too (they run before
+# the model's): Django fills in %(limit_value)d and %(show_value)d.
+EMPTY_PATTERN = f"Collection pattern must not be empty; {PATTERN_RULE}."
+PATTERN_TOO_LONG = (
+    "Collection pattern is %(show_value)d characters long; at most %(limit_value)d are allowed."
+)
+NUL_IN_PATTERN = "Collection pattern must not contain the NUL character."
+NO_OPS = f"Choose at least one op; allowed: {OPS_ALLOWED}."
 
 
 def collection_matches(pattern: str, name: str) -> bool:
@@ -35,19 +44,15 @@ def collection_matches(pattern: str, name: str) -> bool:
 def validate_collection_pattern(pattern: object) -> None:
     """Raise ValidationError, saying what is allowed, unless `pattern` is valid."""
     if not isinstance(pattern, str) or not pattern:
-        raise ValidationError(
-            f"Collection pattern must not be empty; {PATTERN_RULE}.", code="invalid_pattern"
-        )
+        raise ValidationError(EMPTY_PATTERN, code="invalid_pattern")
     if len(pattern) > MAX_COLLECTION_LENGTH:
         raise ValidationError(
-            f"Collection pattern is {len(pattern)} characters long; at most "
-            f"{MAX_COLLECTION_LENGTH} are allowed.",
+            PATTERN_TOO_LONG,
             code="invalid_pattern",
+            params={"show_value": len(pattern), "limit_value": MAX_COLLECTION_LENGTH},
         )
     if "\x00" in pattern:
-        raise ValidationError(
-            "Collection pattern must not contain the NUL character.", code="invalid_pattern"
-        )
+        raise ValidationError(NUL_IN_PATTERN, code="invalid_pattern")
     if pattern == "*" or "*" not in pattern:
         return
     if pattern.endswith(":*") and len(pattern) > 2 and "*" not in pattern[:-2]:
@@ -59,18 +64,16 @@ def validate_collection_pattern(pattern: object) -> None:
 
 def validate_ops(ops: object) -> None:
     """A non-empty list of distinct KV ops."""
-
-    allowed = ", ".join(KvOp.values)
     if not ops:
-        raise ValidationError(f"Choose at least one op; allowed: {allowed}.", code="invalid_ops")
+        raise ValidationError(NO_OPS, code="invalid_ops")
     ops = list(ops)  # type: ignore[arg-type]
     unknown = [op for op in ops if op not in KvOp.values]
     if unknown:
         raise ValidationError(
-            f"Unknown op(s) {', '.join(map(repr, unknown))}; allowed: {allowed}.",
+            f"Unknown op(s) {', '.join(map(repr, unknown))}; allowed: {OPS_ALLOWED}.",
             code="invalid_ops",
         )
     if len(set(ops)) != len(ops):
         raise ValidationError(
-            f"Each op may be listed once; allowed: {allowed}.", code="invalid_ops"
+            f"Each op may be listed once; allowed: {OPS_ALLOWED}.", code="invalid_ops"
         )

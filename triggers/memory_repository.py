@@ -13,15 +13,15 @@ from triggers.kinds import TriggerKind
 from triggers.matching import collection_matches
 from triggers.repository import (
     DeadLetterSource,
-    DuplicateTriggerName,
+    Facts,
     NewTrigger,
     TriggerInUse,
     TriggerNotFound,
     TriggerRecord,
     as_new,
-    check_references,
     validate_trigger,
 )
+from triggers.rules import Ref
 
 
 class MemoryTriggerRepo:
@@ -29,8 +29,9 @@ class MemoryTriggerRepo:
         """`script_apps`: the app of each script triggers may run (scripts live
         outside this repository). Given, a script not in it or of another app
         is refused, as in PostgreSQL; the contract suite gives it. None: tests
-        of logic that need no scripts table do not check scripts."""
-        self._script_app = None if script_apps is None else dict(script_apps).get
+        of logic that need no scripts table take every script as the
+        trigger's app's. Apps are named by their id (there are no slugs here)."""
+        self._script_apps = None if script_apps is None else dict(script_apps)
         self._rows: dict[uuid.UUID, TriggerRecord] = {}
         self._lock = threading.Lock()
 
@@ -39,11 +40,9 @@ class MemoryTriggerRepo:
             self._rows.clear()
 
     def create(self, new: NewTrigger) -> TriggerRecord:
-        new = validate_trigger(new)
         now = timezone.now()
         with self._lock:
-            check_references(new, self._script_app, self.get)
-            self._check_name_free(new.app_id, new.name, exclude=None)
+            new = validate_trigger(new, self._facts(new, None))
             record = TriggerRecord(id=uuid.uuid4(), **new.__dict__, created_at=now, updated_at=now)
             self._rows[record.id] = record
         return record
@@ -56,9 +55,8 @@ class MemoryTriggerRepo:
             current = self._rows.get(trigger_id)
             if current is None:
                 raise TriggerNotFound(trigger_id)
-            new = validate_trigger(as_new(current, changes))
-            check_references(new, self._script_app, self.get)
-            self._check_name_free(new.app_id, new.name, exclude=trigger_id)
+            new = as_new(current, changes)
+            new = validate_trigger(new, self._facts(new, trigger_id), frozenset(changes))
             record = replace(current, **new.__dict__, updated_at=timezone.now())
             self._rows[trigger_id] = record
         return record
@@ -113,7 +111,21 @@ class MemoryTriggerRepo:
     def _sorted(records) -> list[TriggerRecord]:
         return sorted(records, key=lambda t: (t.name, str(t.id)))
 
-    def _check_name_free(self, app_id, name, exclude) -> None:
-        for t in self._rows.values():
-            if t.app_id == app_id and t.name == name and t.id != exclude:
-                raise DuplicateTriggerName(name)
+    def _facts(self, new: NewTrigger, trigger_id: uuid.UUID | None) -> Facts:
+        """What PgTriggerRepo's trigger_facts query reads, from the rows here."""
+        if self._script_apps is None:
+            script: Ref | None = Ref(new.app_id, str(new.script_id))
+        else:
+            script_app = self._script_apps.get(new.script_id)
+            script = Ref(script_app, str(new.script_id)) if script_app else None
+        source_id = new.dead_letter.source_trigger_id if new.dead_letter else None
+        source = self._rows.get(source_id) if source_id else None
+        return Facts(
+            app_slug=str(new.app_id),
+            name_taken=any(
+                t.app_id == new.app_id and t.name == new.name and t.id != trigger_id
+                for t in self._rows.values()
+            ),
+            script=script,
+            source=source and Ref(source.app_id, f"{source.app_id}/{source.name}", source.kind),
+        )

@@ -1,22 +1,61 @@
 """Layout E triggers: a parent row per trigger, a child row per kind's details.
 
 The tables come from triggers/sql/0001_triggers.sql; these models mirror it.
+They are for reading and for admin's forms: triggers are written through
+``PgTriggerRepo`` (admin too). ``full_clean`` checks the rules of
+triggers/rules.py, with their messages, on the models' field names.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 from django.contrib.postgres.fields import ArrayField
-from django.core.exceptions import ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS
 from django.db import models
 
 from picloud.models import App, Principal, Script
+from triggers import rules
 from triggers.kinds import DEAD_LETTER_FILTER_KINDS, KvOp, TriggerKind
 from triggers.matching import MAX_COLLECTION_LENGTH, validate_collection_pattern, validate_ops
 
+# The rules name fields as the repository does; these are the models' names.
+# A details row is the whole of "kv" or "dead_letter".
+MODEL_FIELDS = {
+    "script_id": "script",
+    "source_trigger_id": "source_trigger",
+    "kv": NON_FIELD_ERRORS,
+    "dead_letter": NON_FIELD_ERRORS,
+}
 
-class Trigger(models.Model):
+
+class RuledFields(models.Model):
+    """A model some of whose fields the rules check in place of Django's
+    generic field checks (blank, length, choices), so that full_clean says
+    what the repository says."""
+
+    class Meta:
+        abstract = True
+
+    def field_rules(self) -> dict[str, Callable[[Any], None]]:
+        """Field name -> the rule that checks its value."""
+        return {}
+
+    def clean_fields(self, exclude=None):
+        exclude = set(exclude or ())
+        ruled = {f: rule for f, rule in self.field_rules().items() if f not in exclude}
+        errors = rules.Errors(MODEL_FIELDS)
+        with errors.check():
+            super().clean_fields(exclude=exclude | set(ruled))
+        for field, rule in ruled.items():
+            with errors.check():
+                rule(getattr(self, field))
+        errors.raise_any()
+
+
+class Trigger(RuledFields):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="triggers")
     kind = models.CharField(max_length=20, choices=TriggerKind.choices)
@@ -47,23 +86,50 @@ class Trigger(models.Model):
     def __str__(self) -> str:
         return f"{self.app}/{self.name}"
 
+    def field_rules(self):
+        # The kind never changes: only a new trigger's is the rules' to check.
+        kind = {"kind": rules.check_kind} if self._state.adding else {}
+        return {"name": rules.check_name, **kind}
+
     def clean(self) -> None:
         super().clean()
-        if self.script_id and self.app_id and self.script.app_id != self.app_id:
-            raise ValidationError({"script": "Choose a script of the trigger's own app."})
-        if self.max_attempts is not None and not 1 <= self.max_attempts <= 100:
-            raise ValidationError({"max_attempts": "Allowed: 1 to 100, or empty for the default."})
-        base, cap = self.retry_base_delay_ms, self.retry_max_delay_ms
-        for field, value in (("retry_base_delay_ms", base), ("retry_max_delay_ms", cap)):
-            if value is not None and not 1 <= value <= 86_400_000:
-                raise ValidationError(
-                    {field: "Allowed: 1 to 86400000 ms, or empty for the default."}
-                )
-        if base is not None and cap is not None and cap < base:
-            raise ValidationError({"retry_max_delay_ms": "Must be at least the base delay."})
+        errors = rules.Errors(MODEL_FIELDS)
+        if self.app_id is not None and self.name and self.name.strip():
+            with errors.check():
+                rules.check_name_free(self.name, taken=self._name_taken())
+        # A script that does not exist is the foreign key's to report.
+        script = Script.objects.filter(pk=self.script_id).first() if self.script_id else None
+        if self.app_id is not None and script is not None:
+            with errors.check():
+                ref = rules.Ref(script.app_id, script.name)
+                rules.check_script(script.pk, ref, self.app_id, self.app.slug)
+        with errors.check():
+            rules.check_max_attempts(self.max_attempts)
+        for field in ("retry_base_delay_ms", "retry_max_delay_ms"):
+            with errors.check():
+                rules.check_delay(field, getattr(self, field))
+        if not errors.has("retry_base_delay_ms") and not errors.has("retry_max_delay_ms"):
+            with errors.check():
+                rules.check_delay_order(self.retry_base_delay_ms, self.retry_max_delay_ms)
+        errors.raise_any()
+
+    def validate_constraints(self, exclude=None):
+        # clean() checks the unique (app, name) with the rules' message, on
+        # the name field; Django's would repeat it in its own words, and
+        # skips it when app is not on the form (admin's change page).
+        super().validate_constraints(exclude={*(exclude or ()), "name"})
+
+    def _name_taken(self) -> bool:
+        others = Trigger.objects.filter(app_id=self.app_id, name=self.name)
+        if not self._state.adding:
+            others = others.exclude(pk=self.pk)
+        return others.exists()
+
+    def as_ref(self) -> rules.Ref:
+        return rules.Ref(self.app_id, str(self), self.kind)
 
 
-class KvTriggerDetails(models.Model):
+class KvTriggerDetails(RuledFields):
     trigger = models.OneToOneField(
         Trigger, on_delete=models.CASCADE, primary_key=True, related_name="kv_details"
     )
@@ -85,8 +151,16 @@ class KvTriggerDetails(models.Model):
     def __str__(self) -> str:
         return f"{self.collection} on {', '.join(self.ops)}"
 
+    def field_rules(self):
+        return {"collection": rules.check_collection, "ops": rules.check_ops}
 
-class DeadLetterTriggerDetails(models.Model):
+    def clean(self) -> None:
+        super().clean()
+        if self.trigger_id is not None:
+            check_details_of(self.trigger, "kv")
+
+
+class DeadLetterTriggerDetails(RuledFields):
     trigger = models.OneToOneField(
         Trigger, on_delete=models.CASCADE, primary_key=True, related_name="dead_letter_details"
     )
@@ -129,22 +203,38 @@ class DeadLetterTriggerDetails(models.Model):
         self.app_id = self.trigger.app_id
         super().save(*args, **kwargs)
 
+    def field_rules(self):
+        return {"source_kind": rules.check_source_kind}
+
     def clean(self) -> None:
         super().clean()
-        if self.trigger_id is not None:
-            check_same_app_source(self.trigger, self.source_trigger)
+        if self.trigger_id is None:
+            return
+        errors = rules.Errors()
+        with errors.check():
+            check_details_of(self.trigger, "dead_letter")
+        with errors.check():
+            check_source(self.trigger, self.source_trigger)
+        errors.raise_any()
 
 
-def check_same_app_source(owner: Trigger, source: Trigger | None) -> None:
-    """A dead-letter filter names a trigger of its own trigger's app, or none.
+def check_details_of(owner: Trigger, details: str) -> None:
+    """Details ("kv" or "dead_letter") belong to a trigger of their kind."""
+    errors = rules.Errors(MODEL_FIELDS)
+    with errors.check():
+        rules.check_details(owner.kind, details, present=True)
+    errors.raise_any()
 
-    Shared by full_clean and the admin's inline formset (which sees the owning
-    trigger before the details row does)."""
-    if source is None or owner.app_id is None or source.app_id == owner.app_id:
+
+def check_source(owner: Trigger, source: Trigger | None) -> None:
+    """The trigger a dead-letter filter names is of its own trigger's app,
+    and not a dead-letter trigger (rules.check_source).
+
+    Shared by full_clean and the admin's inline formset (which sees the
+    owning trigger before the details row does)."""
+    if source is None or owner.app_id is None:
         return
-    raise ValidationError(
-        {
-            "source_trigger": f"Trigger {source} belongs to another app; choose a trigger "
-            f"of app {owner.app.slug!r}, or leave it empty for any."
-        }
-    )
+    errors = rules.Errors(MODEL_FIELDS)
+    with errors.check():
+        rules.check_source(source.pk, source.as_ref(), owner.app_id, owner.app.slug)
+    errors.raise_any()

@@ -13,18 +13,16 @@ from triggers.kinds import TriggerKind
 from triggers.repository import (
     DeadLetterSource,
     DeadLetterSpec,
-    DuplicateTriggerName,
-    ForeignScript,
-    ForeignSourceTrigger,
+    Facts,
     KvSpec,
     NewTrigger,
     TriggerInUse,
     TriggerNotFound,
     TriggerRecord,
     as_new,
-    check_references,
     validate_trigger,
 )
+from triggers.rules import DuplicateTriggerName, ForeignScript, ForeignSourceTrigger, Ref
 
 Q = load_queries("triggers")
 NAME_CONSTRAINT = "triggers_app_name_key"
@@ -59,11 +57,11 @@ def _record(row: dict[str, Any]) -> TriggerRecord:
 
 class PgTriggerRepo:
     def create(self, new: NewTrigger) -> TriggerRecord:
-        new = validate_trigger(new)
-        check_references(new, _script_app, self.get)
+        facts = _facts(new, None)
+        new = validate_trigger(new, facts)
         trigger_id = uuid.uuid4()
         params = {**new.__dict__, "id": trigger_id}
-        with _translating_integrity_errors(new), transaction.atomic():
+        with _translating_integrity_errors(new, facts), transaction.atomic():
             execute(Q["insert_trigger"], params)
             self._write_details(trigger_id, new)
         return self.get(trigger_id)  # type: ignore[return-value]
@@ -76,9 +74,10 @@ class PgTriggerRepo:
         current = self.get(trigger_id)
         if current is None:
             raise TriggerNotFound(trigger_id)
-        new = validate_trigger(as_new(current, changes))
-        check_references(new, _script_app, self.get)
-        with _translating_integrity_errors(new), transaction.atomic():
+        new = as_new(current, changes)
+        facts = _facts(new, trigger_id)
+        new = validate_trigger(new, facts, frozenset(changes))
+        with _translating_integrity_errors(new, facts), transaction.atomic():
             execute(Q["update_trigger"], {**new.__dict__, "id": trigger_id})
             self._write_details(trigger_id, new)
         return self.get(trigger_id)  # type: ignore[return-value]
@@ -134,9 +133,31 @@ class PgTriggerRepo:
             )
 
 
-def _script_app(script_id: uuid.UUID) -> uuid.UUID | None:
-    row = fetch_one(Q["script_app"], {"id": script_id})
-    return row["app_id"] if row else None
+def _facts(new: NewTrigger, trigger_id: uuid.UUID | None) -> Facts:
+    """What the rules read of other rows, in one round trip."""
+    source_id = new.dead_letter.source_trigger_id if new.dead_letter else None
+    row = fetch_one(
+        Q["trigger_facts"],
+        {
+            "app_id": new.app_id,
+            "id": trigger_id,
+            "name": new.name,
+            "script_id": new.script_id,
+            "source_trigger_id": source_id,
+        },
+    )
+    assert row is not None  # the query always returns its one row
+    script = source = None
+    if row["script_app_id"] is not None:
+        script = Ref(row["script_app_id"], row["script_name"])
+    if row["source_app_id"] is not None:
+        source = Ref(row["source_app_id"], row["source_label"], row["source_kind"])
+    return Facts(
+        app_slug=row["app_slug"] or str(new.app_id),
+        name_taken=row["name_taken"],
+        script=script,
+        source=source,
+    )
 
 
 class _translating_integrity_errors:
@@ -145,8 +166,8 @@ class _translating_integrity_errors:
     and a script or source trigger deleted meanwhile (both keys are checked at
     commit) into ForeignScript or ForeignSourceTrigger."""
 
-    def __init__(self, new: NewTrigger):
-        self.new = new
+    def __init__(self, new: NewTrigger, facts: Facts):
+        self.new, self.facts = new, facts
 
     def __enter__(self):
         return self
@@ -154,8 +175,9 @@ class _translating_integrity_errors:
     def __exit__(self, exc_type, exc, tb):
         if exc_type is IntegrityError and NAME_CONSTRAINT in str(exc):
             raise DuplicateTriggerName(self.new.name) from exc
+        new, slug = self.new, self.facts.app_slug
         if exc_type is IntegrityError and SCRIPT_CONSTRAINT in str(exc):
-            raise ForeignScript(self.new.script_id) from exc
-        if exc_type is IntegrityError and SOURCE_CONSTRAINT in str(exc) and self.new.dead_letter:
-            raise ForeignSourceTrigger(self.new.dead_letter.source_trigger_id) from exc
+            raise ForeignScript(new.script_id, None, slug) from exc
+        if exc_type is IntegrityError and SOURCE_CONSTRAINT in str(exc) and new.dead_letter:
+            raise ForeignSourceTrigger(new.dead_letter.source_trigger_id, None, slug) from exc
         return False

@@ -2,21 +2,24 @@
 
 Two implementations: ``PgTriggerRepo`` (PostgreSQL, pg_repository.py) and
 ``MemoryTriggerRepo`` (memory_repository.py, for tests of logic). One
-contract suite (tests/contract) runs against both.
+contract suite (tests/contract) runs against both. ``PgTriggerRepo`` is the
+one write path: the Python API, the demo and admin all write through it.
+Both check writes with ``validate_trigger`` (the rules of triggers/rules.py,
+whose errors they raise).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol
 
 from django.core.exceptions import ValidationError
 
-from triggers.kinds import DEAD_LETTER_FILTER_KINDS, TriggerKind
-from triggers.matching import validate_collection_pattern, validate_ops
+from triggers import rules
+from triggers.kinds import TriggerKind
+from triggers.rules import Ref
 
 
 @dataclass(frozen=True)
@@ -79,33 +82,6 @@ class TriggerNotFound(LookupError):
     pass
 
 
-class DuplicateTriggerName(ValidationError):
-    def __init__(self, name: str):
-        super().__init__(
-            {"name": f"A trigger named {name!r} already exists in this app; choose another name."}
-        )
-
-
-class ForeignScript(ValidationError):
-    def __init__(self, script_id: uuid.UUID):
-        super().__init__(
-            {
-                "script_id": f"No script {script_id} in this app: a trigger runs only a script "
-                "of its own app."
-            }
-        )
-
-
-class ForeignSourceTrigger(ValidationError):
-    def __init__(self, source_trigger_id: uuid.UUID):
-        super().__init__(
-            {
-                "source_trigger_id": f"No trigger {source_trigger_id} in this app: a dead-letter "
-                "trigger filters only on a trigger of its own app, or on any (None)."
-            }
-        )
-
-
 class TriggerInUse(ValidationError):
     """Deleting a trigger that other dead-letter triggers' filters name."""
 
@@ -134,19 +110,23 @@ class TriggerRepo(Protocol):
     def create(self, new: NewTrigger) -> TriggerRecord:
         """Store a trigger and its kind's details atomically.
 
-        Raises ValidationError (naming the field and what is allowed) for an
-        unknown kind, missing or mismatched details, an invalid collection
-        pattern or ops, or out-of-range retry overrides; ForeignScript or
-        ForeignSourceTrigger when the script, or the trigger a dead-letter
-        filter names, is not of the same app; DuplicateTriggerName when the
-        app already has a trigger of that name.
+        Raises ValidationError (naming the field and what is allowed) for a
+        kind that is unknown or has no event source yet, a blank or too long
+        name, missing or mismatched details, an invalid collection pattern
+        or ops, out-of-range retry overrides, or a dead-letter filter naming
+        a dead-letter trigger; rules.ForeignScript or
+        rules.ForeignSourceTrigger when the script, or the trigger a
+        dead-letter filter names, is not of the same app;
+        rules.DuplicateTriggerName when the app already has a trigger of
+        that name.
         """
 
     def get(self, trigger_id: uuid.UUID) -> TriggerRecord | None:
         """The trigger with its details, or None."""
 
     def update(self, trigger_id: uuid.UUID, **changes: object) -> TriggerRecord:
-        """Change the fields named in UPDATABLE, validated as in create.
+        """Change the fields named in UPDATABLE, validated as in create by
+        the rules that read them (validate_trigger's `changed`).
 
         The kind and app never change. Raises TriggerNotFound, ValidationError,
         DuplicateTriggerName, or TypeError for a field outside UPDATABLE.
@@ -173,69 +153,60 @@ class TriggerRepo(Protocol):
         accept the dead letter's source kind and trigger, by name."""
 
 
-def validate_trigger(new: NewTrigger) -> NewTrigger:
-    """Check a trigger as both implementations must; returns it with normalized ops."""
-    if new.kind not in TriggerKind.values:
-        raise ValidationError(
-            {"kind": f"Unknown kind {new.kind!r}; allowed: {', '.join(TriggerKind.values)}."}
-        )
-    if not new.name or not new.name.strip():
-        raise ValidationError({"name": "A trigger needs a name."})
-    if len(new.name) > 200:
-        raise ValidationError({"name": "At most 200 characters."})
+@dataclass(frozen=True)
+class Facts:
+    """What the rules read of rows other than the trigger being written;
+    each store gathers them its own way before it checks a write."""
+
+    app_slug: str
+    name_taken: bool  # another trigger of the app has the name
+    script: Ref | None  # the trigger's script; None: no such script
+    source: Ref | None  # the trigger its dead-letter filter names; None: none, or no such
+
+
+def validate_trigger(
+    new: NewTrigger, facts: Facts, changed: frozenset[str] | None = None
+) -> NewTrigger:
+    """Check `new` against the rules of triggers/rules.py, stopping at the
+    first broken one; returns it normalized (ops a tuple; a dead-letter
+    trigger's filters "any" when none are given).
+
+    `changed`: on an update, the fields it changes. Only the rules that read
+    them run, so a rule added later never stops, say, disabling a trigger
+    stored before it. None (a create): every rule.
+    """
+
+    def touches(*fields: str) -> bool:
+        return changed is None or not changed.isdisjoint(fields)
+
+    if changed is None:
+        rules.check_kind(new.kind)
+    if touches("name"):
+        rules.check_name(new.name)
+        rules.check_name_free(new.name, taken=facts.name_taken)
+    if touches("script_id"):
+        rules.check_script(new.script_id, facts.script, new.app_id, facts.app_slug)
+    if touches("max_attempts"):
+        rules.check_max_attempts(new.max_attempts)
+    delays = ("retry_base_delay_ms", "retry_max_delay_ms")
+    if touches(*delays):
+        for name in delays:
+            rules.check_delay(name, getattr(new, name))
+        rules.check_delay_order(new.retry_base_delay_ms, new.retry_max_delay_ms)
     kv, dl = new.kv, new.dead_letter
-    if new.kind == TriggerKind.KV:
-        if kv is None:
-            raise ValidationError({"kv": "A kv trigger needs a collection pattern and ops."})
-        validate_collection_pattern(kv.collection)
-        validate_ops(kv.ops)
+    if touches("kv", "dead_letter"):
+        rules.check_details(new.kind, "kv", kv is not None)
+        rules.check_details(new.kind, "dead_letter", dl is not None)
+    if kv is not None and touches("kv"):
+        rules.check_collection(kv.collection)
+        rules.check_ops(kv.ops)
         kv = KvSpec(kv.collection, tuple(kv.ops))
-    elif kv is not None:
-        raise ValidationError({"kv": f"Only kv triggers have KV details, not {new.kind!r}."})
     if new.kind == TriggerKind.DEAD_LETTER:
         dl = dl or DeadLetterSpec()
-        allowed = [k.value for k in DEAD_LETTER_FILTER_KINDS]
-        if dl.source_kind is not None and dl.source_kind not in allowed:
-            raise ValidationError(
-                {
-                    "source_kind": f"Unknown source kind {dl.source_kind!r}; allowed: "
-                    f"{', '.join(allowed)}, or empty for any."
-                }
-            )
-    elif dl is not None:
-        raise ValidationError(
-            {
-                "dead_letter": f"Only dead_letter triggers have dead-letter filters, not {new.kind!r}."
-            }
-        )
-    if new.max_attempts is not None and not 1 <= new.max_attempts <= 100:
-        raise ValidationError({"max_attempts": "Allowed: 1 to 100, or None for the default."})
-    for name in ("retry_base_delay_ms", "retry_max_delay_ms"):
-        value = getattr(new, name)
-        if value is not None and not 1 <= value <= 86_400_000:
-            raise ValidationError({name: "Allowed: 1 to 86400000 ms, or None for the default."})
-    base, cap = new.retry_base_delay_ms, new.retry_max_delay_ms
-    if base is not None and cap is not None and cap < base:
-        raise ValidationError({"retry_max_delay_ms": "Must be at least retry_base_delay_ms."})
-    return NewTrigger(**{**new.__dict__, "kv": kv, "dead_letter": dl})
-
-
-def check_references(
-    new: NewTrigger,
-    script_app: Callable[[uuid.UUID], uuid.UUID | None] | None,
-    get: Callable[[uuid.UUID], TriggerRecord | None],
-) -> None:
-    """The script, and the trigger a dead-letter filter names (if any), are of
-    the trigger's own app. `script_app` gives a script's app (None: no such
-    script; itself None: scripts are not checked), `get` a trigger."""
-    if script_app is not None and script_app(new.script_id) != new.app_id:
-        raise ForeignScript(new.script_id)
-    source_id = new.dead_letter.source_trigger_id if new.dead_letter else None
-    if source_id is None:
-        return
-    source = get(source_id)
-    if source is None or source.app_id != new.app_id:
-        raise ForeignSourceTrigger(source_id)
+        if touches("dead_letter"):
+            rules.check_source_kind(dl.source_kind)
+            rules.check_source(dl.source_trigger_id, facts.source, new.app_id, facts.app_slug)
+    return replace(new, kv=kv, dead_letter=dl)
 
 
 def check_update_fields(changes: dict) -> None:

@@ -7,14 +7,12 @@ from django.core.exceptions import ValidationError
 
 from triggers.repository import (
     DeadLetterSpec,
-    DuplicateTriggerName,
-    ForeignScript,
-    ForeignSourceTrigger,
     KvSpec,
     NewTrigger,
     TriggerInUse,
     TriggerNotFound,
 )
+from triggers.rules import DuplicateTriggerName, ForeignScript, ForeignSourceTrigger
 
 
 @pytest.fixture
@@ -89,16 +87,31 @@ def test_kind_and_details_must_agree(trigger_repo, world):
         trigger_repo.create(
             NewTrigger(world.app_id, "webhook", world.script_id, "x", world.principal_id)
         )
-    with pytest.raises(ValidationError, match="needs a collection pattern"):
+    with pytest.raises(ValidationError, match="needs its details: a collection pattern"):
         trigger_repo.create(
             NewTrigger(world.app_id, "kv", world.script_id, "x", world.principal_id)
         )
-    with pytest.raises(ValidationError, match="Only kv triggers"):
+    with pytest.raises(ValidationError, match="Only KV write triggers"):
         trigger_repo.create(
             NewTrigger(
-                world.app_id, "cron", world.script_id, "x", world.principal_id, kv=KvSpec("a")
+                world.app_id,
+                "dead_letter",
+                world.script_id,
+                "x",
+                world.principal_id,
+                kv=KvSpec("a"),
             )
         )
+    assert trigger_repo.list_for_app(world.app_id) == []
+
+
+def test_only_kinds_with_an_event_source_can_be_created(trigger_repo, world):
+    """A cron trigger would never fire: nothing makes cron events yet."""
+    with pytest.raises(ValidationError, match="'cron' has no event source yet; allowed: kv"):
+        trigger_repo.create(
+            NewTrigger(world.app_id, "cron", world.script_id, "x", world.principal_id)
+        )
+    assert trigger_repo.list_for_app(world.app_id) == []
 
 
 def test_retry_overrides_are_range_checked(trigger_repo, new_kv):
@@ -242,6 +255,16 @@ def test_a_dead_letter_filter_names_only_a_trigger_of_its_own_app(
     own = trigger_repo.create(new_kv(name="ours"))
     updated = trigger_repo.update(handler.id, dead_letter=DeadLetterSpec(None, own.id))
     assert updated.dead_letter == DeadLetterSpec(None, own.id)
+
+
+def test_a_dead_letter_filter_never_names_a_dead_letter_trigger(trigger_repo, new_dl):
+    """Their failures make no dead letters: such a filter would never match."""
+    other = trigger_repo.create(new_dl(name="other"))
+    with pytest.raises(ValidationError, match="is a dead-letter trigger"):
+        trigger_repo.create(new_dl(name="alert", source_trigger_id=other.id))
+    with pytest.raises(ValidationError, match="is a dead-letter trigger"):
+        trigger_repo.update(other.id, dead_letter=DeadLetterSpec(None, other.id))
+    assert [t.name for t in trigger_repo.list_for_app(other.app_id)] == ["other"]
 
 
 def test_a_trigger_named_by_a_filter_is_deleted_only_after_it(trigger_repo, new_kv, new_dl):

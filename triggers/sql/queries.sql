@@ -23,9 +23,22 @@ VALUES (%(trigger_id)s, %(app_id)s, %(source_kind)s, %(source_trigger_id)s)
 ON CONFLICT (trigger_id) DO UPDATE
     SET source_kind = EXCLUDED.source_kind, source_trigger_id = EXCLUDED.source_trigger_id;
 
--- script_app --
--- Which app a script belongs to: a trigger may run only its own app's.
-SELECT app_id FROM scripts WHERE id = %(id)s;
+-- trigger_facts --
+-- What the rules (triggers/rules.py) read of other rows before a write, in
+-- one row: the app's slug; whether another trigger of the app (not
+-- %(id)s, the one updated) has the name; the script's app and name; and the
+-- app, kind and "app/name" of the trigger a dead-letter filter names.
+SELECT (SELECT slug FROM apps WHERE id = %(app_id)s) AS app_slug,
+       EXISTS (SELECT 1 FROM triggers
+               WHERE app_id = %(app_id)s AND name = %(name)s
+                 AND id IS DISTINCT FROM %(id)s::uuid) AS name_taken,
+       s.app_id AS script_app_id, s.name AS script_name,
+       t.app_id AS source_app_id, t.kind AS source_kind,
+       sa.slug || '/' || t.name AS source_label
+FROM (SELECT 1) AS one
+LEFT JOIN scripts s ON s.id = %(script_id)s::uuid
+LEFT JOIN triggers t ON t.id = %(source_trigger_id)s::uuid
+LEFT JOIN apps sa ON sa.id = t.app_id;
 
 -- update_trigger --
 UPDATE triggers

@@ -1,0 +1,248 @@
+"""The rules of a trigger, in one place, with one message each.
+
+Every way of writing a trigger checks these: the repositories (through
+``triggers.repository.validate_trigger``; the Python API, the demo, and
+admin's saves all write through ``PgTriggerRepo``), and the models'
+``clean_fields``/``clean`` (so ``full_clean`` and admin's forms). Each rule
+raises ValidationError keyed by the field it is about, in the repository's
+names (``script_id``, ``source_trigger_id``; the models rename them to their
+fields), saying what is wrong and what is allowed. The collection pattern
+and ops rules live with the matcher (triggers/matching.py) and are only
+keyed here.
+
+The CHECKs and keys of triggers/sql/ are the last line: they hold whatever
+gets past these (a race, a hand-written UPDATE).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+
+from triggers.kinds import DEAD_LETTER_FILTER_KINDS, TriggerKind
+from triggers.matching import validate_collection_pattern, validate_ops
+
+NAME_MAX_LENGTH = 200  # characters (triggers.name is VARCHAR(200))
+MAX_ATTEMPTS = 100  # attempts per row at most
+MAX_DELAY_MS = 86_400_000  # ms (one day): the longest retry delay
+# Kinds with an event source today; the others exist in the schema only, and
+# a trigger of theirs would never fire.
+CREATABLE_KINDS = (TriggerKind.KV, TriggerKind.DEAD_LETTER)
+# The details each kind has, by the repository's name for them.
+DETAILS = {TriggerKind.KV: "kv", TriggerKind.DEAD_LETTER: "dead_letter"}
+
+# Messages admin's form fields give for their own checks too (they run
+# before the model's): Django fills in %(limit_value)d and %(show_value)d.
+NAME_REQUIRED = "A trigger needs a name."
+NAME_TOO_LONG = (
+    "A trigger's name has at most %(limit_value)d characters; this one has %(show_value)d."
+)
+KV_DETAILS_NEEDED = "A KV write trigger needs its details: a collection pattern and ops."
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A row a trigger names (its script, the trigger a filter names), as
+    the rules see it."""
+
+    app_id: uuid.UUID
+    label: str  # how messages name it: a script's name, a trigger's "app/name"
+    kind: str | None = None  # a trigger's kind
+
+
+class DuplicateTriggerName(ValidationError):
+    def __init__(self, name: str):
+        super().__init__(
+            {"name": f"A trigger named {name!r} already exists in this app; choose another name."}
+        )
+
+
+class ForeignScript(ValidationError):
+    def __init__(self, script_id: uuid.UUID, script: Ref | None, app_slug: str):
+        what = (
+            f"Script {script.label!r} belongs to another app"
+            if script
+            else f"No script {script_id}"
+        )
+        super().__init__(
+            {
+                "script_id": f"{what}; choose a script of app {app_slug!r}: a trigger runs "
+                "only a script of its own app."
+            }
+        )
+
+
+class ForeignSourceTrigger(ValidationError):
+    def __init__(self, source_trigger_id: uuid.UUID, source: Ref | None, app_slug: str):
+        what = (
+            f"Trigger {source.label} belongs to another app"
+            if source
+            else f"No trigger {source_trigger_id}"
+        )
+        super().__init__(
+            {
+                "source_trigger_id": f"{what}; choose a trigger of app {app_slug!r}, or leave "
+                "it empty for any: a dead-letter trigger filters only on a trigger of its own app."
+            }
+        )
+
+
+def check_kind(kind: object) -> None:
+    """A new trigger's kind (it never changes after)."""
+    allowed = ", ".join(CREATABLE_KINDS)
+    if kind not in TriggerKind.values:
+        raise ValidationError({"kind": f"Unknown kind {kind!r}; allowed: {allowed}."})
+    if kind not in CREATABLE_KINDS:
+        raise ValidationError(
+            {"kind": f"Kind {kind!r} has no event source yet; allowed: {allowed}."}
+        )
+
+
+def check_name(name: object) -> None:
+    if not isinstance(name, str) or not name.strip():
+        raise ValidationError({"name": ValidationError(NAME_REQUIRED, code="required")})
+    if len(name) > NAME_MAX_LENGTH:
+        params = {"limit_value": NAME_MAX_LENGTH, "show_value": len(name), "value": name}
+        raise ValidationError(
+            {"name": ValidationError(NAME_TOO_LONG, code="max_length", params=params)}
+        )
+
+
+def check_name_free(name: str, *, taken: bool) -> None:
+    """`taken`: another trigger of the app has this name."""
+    if taken:
+        raise DuplicateTriggerName(name)
+
+
+def check_script(
+    script_id: uuid.UUID, script: Ref | None, app_id: uuid.UUID, app_slug: str
+) -> None:
+    """The script (None: no such script) is of the trigger's own app."""
+    if script is None or script.app_id != app_id:
+        raise ForeignScript(script_id, script, app_slug)
+
+
+def check_max_attempts(value: object) -> None:
+    if value is not None and not _int_between(value, 1, MAX_ATTEMPTS):
+        raise ValidationError(
+            {
+                "max_attempts": f"Allowed: 1 to {MAX_ATTEMPTS} attempts, or empty (None) for "
+                "the PICLOUD_TRIGGER_RETRY_MAX_ATTEMPTS default."
+            }
+        )
+
+
+def check_delay(field: str, value: object) -> None:
+    """`field`: retry_base_delay_ms or retry_max_delay_ms."""
+    if value is not None and not _int_between(value, 1, MAX_DELAY_MS):
+        raise ValidationError(
+            {
+                field: f"Allowed: 1 to {MAX_DELAY_MS} ms (one day), or empty (None) for the "
+                f"PICLOUD_TRIGGER_{field.upper()} default."
+            }
+        )
+
+
+def check_delay_order(base: object, cap: object) -> None:
+    """Checked once both are in range."""
+    if isinstance(base, int) and isinstance(cap, int) and cap < base:
+        raise ValidationError(
+            {"retry_max_delay_ms": f"Must be at least the base delay ({base} ms) or empty."}
+        )
+
+
+def check_details(kind: str, details: str, present: bool) -> None:
+    """`details` ("kv" or "dead_letter"): whether a trigger of `kind` may have
+    them (`present`), or must. A dead-letter trigger without its filters
+    matches any dead letter, so only KV triggers need theirs."""
+    own = DETAILS.get(kind) == details
+    if own and not present and kind == TriggerKind.KV:
+        raise ValidationError({details: KV_DETAILS_NEEDED})
+    if present and not own:
+        owner = next(k for k, d in DETAILS.items() if d == details)
+        raise ValidationError(
+            {
+                details: f"Only {owner.label} triggers have these details (kind "
+                f"{owner.value!r}); clear them or choose that kind."
+            }
+        )
+
+
+def check_collection(pattern: object) -> None:
+    _keyed("collection", validate_collection_pattern, pattern)
+
+
+def check_ops(ops: object) -> None:
+    _keyed("ops", validate_ops, ops)
+
+
+def check_source_kind(source_kind: object) -> None:
+    allowed = [k.value for k in DEAD_LETTER_FILTER_KINDS]
+    if source_kind is not None and source_kind not in allowed:
+        raise ValidationError(
+            {
+                "source_kind": f"Unknown source kind {source_kind!r}; allowed: "
+                f"{', '.join(allowed)}, or empty for any."
+            }
+        )
+
+
+def check_source(source_id: uuid.UUID | None, source: Ref | None, app_id, app_slug: str) -> None:
+    """The trigger a dead-letter filter names (`source`; None: no such
+    trigger) is of the filter's own app, and not a dead-letter trigger: those
+    make no dead letters, so the filter would never match."""
+    if source_id is None:
+        return
+    if source is None or source.app_id != app_id:
+        raise ForeignSourceTrigger(source_id, source, app_slug)
+    if source.kind == TriggerKind.DEAD_LETTER:
+        raise ValidationError(
+            {
+                "source_trigger_id": f"Trigger {source.label} is a dead-letter trigger, and "
+                "their failures make no dead letters; choose a trigger of another kind, or "
+                "leave it empty for any."
+            }
+        )
+
+
+class Errors:
+    """Gathers the rules' errors field by field, as full_clean reports them;
+    `rename` maps the rules' field names to the caller's."""
+
+    def __init__(self, rename: Mapping[str, str] | None = None) -> None:
+        self.rename = rename or {}
+        self.errors: dict[str, list[ValidationError]] = {}
+
+    @contextmanager
+    def check(self) -> Iterator[None]:
+        try:
+            yield
+        except ValidationError as e:
+            self.add(e)
+
+    def add(self, error: ValidationError) -> None:
+        by_field = error.error_dict if hasattr(error, "error_dict") else {NON_FIELD_ERRORS: [error]}
+        for field, errors in by_field.items():
+            self.errors.setdefault(self.rename.get(field, field), []).extend(errors)
+
+    def has(self, field: str) -> bool:
+        return self.rename.get(field, field) in self.errors
+
+    def raise_any(self) -> None:
+        if self.errors:
+            raise ValidationError(self.errors)
+
+
+def _int_between(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _keyed(field: str, validate, value: object) -> None:
+    try:
+        validate(value)
+    except ValidationError as e:
+        raise ValidationError({field: e.error_list}) from e
