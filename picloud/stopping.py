@@ -11,7 +11,10 @@ for it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable
 
@@ -20,6 +23,21 @@ import psutil
 POLL = 0.05  # seconds between checks while waiting for processes to exit
 KILL_WAIT = 2.0  # seconds SIGKILLed processes get to disappear (it takes milliseconds)
 TITLE_CHARS = 60  # how much of a command line a report shows
+PR_SET_CHILD_SUBREAPER = 36  # prctl option, Linux 3.4+
+
+
+def become_subreaper() -> bool:
+    """Have orphaned descendants re-parented to this process, not PID 1 (Linux).
+
+    A supervisor that dies (django-q2's sentinel killed with SIGKILL) leaves
+    its children to whoever adopts them; as their subreaper, this process
+    still finds them among its own descendants, however soon after starting
+    that happens. False where the platform has no such thing.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
 def running(procs: Iterable[psutil.Process]) -> list[psutil.Process]:

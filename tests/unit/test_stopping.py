@@ -15,7 +15,7 @@ from django_q import cluster as django_q_cluster
 from picloud.config import ConfigError, StopConfig
 from picloud.management.commands.qcluster import Sentinel
 from picloud.stopping import Descendants, kill_all, process_group, running
-from tests.helpers import wait_for
+from tests.helpers import PROJECT_DIR, wait_for
 
 
 def test_the_stop_grace_defaults_to_the_dispatchers_grace_plus_ten_seconds():
@@ -117,3 +117,30 @@ def test_descendants_remembers_a_process_after_its_parent_died(tree):
     assert child not in psutil.Process(root.pid).children(recursive=True)
     assert child in descendants.refresh()
     assert running([child]) == [child]
+
+
+ADOPTER = """
+import os, subprocess, sys
+import psutil
+from picloud.stopping import become_subreaper
+assert become_subreaper()
+middle = subprocess.Popen(
+    [sys.executable, "-c",
+     "import subprocess, sys; c = subprocess.Popen([sys.executable, '-c', "
+     "'import time; time.sleep(30)']); print(c.pid, flush=True)"],
+    stdout=subprocess.PIPE, text=True,
+)
+orphan = psutil.Process(int(middle.stdout.readline()))
+middle.wait()  # the orphan's parent is gone
+adopted = orphan.ppid() == os.getpid()
+orphan.kill()
+print("adopted" if adopted else f"re-parented to {orphan.ppid()}")
+"""
+
+
+def test_a_subreaper_adopts_the_orphans_of_a_child_that_died():
+    """What lets qcluster find the workers of a sentinel killed at once."""
+    proc = subprocess.run(
+        [sys.executable, "-c", ADOPTER], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=60
+    )
+    assert proc.stdout.strip() == "adopted", proc.stdout + proc.stderr

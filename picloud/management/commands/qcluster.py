@@ -33,7 +33,7 @@ from django_q import cluster as django_q_cluster
 from django_q.management.commands.qcluster import Command as DjangoQClusterCommand
 
 from picloud.config import ConfigError, StopConfig, build_all
-from picloud.stopping import Descendants, kill_all, wait_gone
+from picloud.stopping import Descendants, become_subreaper, kill_all, wait_gone
 
 logger = logging.getLogger("django-q")  # where django-q2 logs the cluster's start and stop
 
@@ -103,6 +103,9 @@ class Command(DjangoQClusterCommand):
         django_q_cluster.Sentinel = Sentinel
         cluster = django_q_cluster.Cluster()
         signals = StopSignals()  # after Cluster(), which installs its own handlers
+        # Before any process starts: a sentinel that dies at once must not
+        # leave its workers to PID 1, out of our sight.
+        become_subreaper()
         tree = Descendants(psutil.Process())
         failed = self._start(cluster, signals)
         if failed:
