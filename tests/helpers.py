@@ -59,3 +59,16 @@ def drain_outbox(max_rows: int = 1_000):
             ran.append((row, execute_row(row)))
             repo.delete([row.id])
     raise AssertionError(f"the outbox did not drain within {max_rows} rows")
+
+
+def trigger_inlines(*, kv_forms: int = 1, dead_letter_forms: int = 1) -> dict[str, str]:
+    """The management-form fields of the trigger admin's two detail inlines."""
+    fields = {}
+    for prefix, total in (("kv_details", kv_forms), ("dead_letter_details", dead_letter_forms)):
+        fields |= {
+            f"{prefix}-TOTAL_FORMS": str(total),
+            f"{prefix}-INITIAL_FORMS": "0",
+            f"{prefix}-MIN_NUM_FORMS": "0",
+            f"{prefix}-MAX_NUM_FORMS": "1",
+        }
+    return fields

@@ -8,20 +8,12 @@ from deadletters.models import DeadLetter
 from outbox.models import OutboxEntry
 from picloud.domain.authz import Role
 from tests.factories import AppFactory, MembershipFactory, ScriptFactory, kv_trigger
+from tests.helpers import trigger_inlines
 from triggers.models import DeadLetterTriggerDetails, KvTriggerDetails, Trigger
 
 pytestmark = pytest.mark.django_db
 
-INLINES = {
-    "kv_details-TOTAL_FORMS": "1",
-    "kv_details-INITIAL_FORMS": "0",
-    "kv_details-MIN_NUM_FORMS": "0",
-    "kv_details-MAX_NUM_FORMS": "1",
-    "dead_letter_details-TOTAL_FORMS": "1",
-    "dead_letter_details-INITIAL_FORMS": "0",
-    "dead_letter_details-MIN_NUM_FORMS": "0",
-    "dead_letter_details-MAX_NUM_FORMS": "1",
-}
+INLINES = trigger_inlines()
 
 
 @pytest.fixture

@@ -14,20 +14,12 @@ from django.urls import reverse
 from picloud.domain.authz import Role
 from picloud.models import AppMembership
 from tests.factories import AppFactory, MembershipFactory, ScriptFactory, kv_trigger
+from tests.helpers import trigger_inlines
 from triggers.models import DeadLetterTriggerDetails, Trigger
 
 pytestmark = pytest.mark.django_db
 
-INLINES = {
-    "kv_details-TOTAL_FORMS": "0",
-    "kv_details-INITIAL_FORMS": "0",
-    "kv_details-MIN_NUM_FORMS": "0",
-    "kv_details-MAX_NUM_FORMS": "1",
-    "dead_letter_details-TOTAL_FORMS": "1",
-    "dead_letter_details-INITIAL_FORMS": "0",
-    "dead_letter_details-MIN_NUM_FORMS": "0",
-    "dead_letter_details-MAX_NUM_FORMS": "1",
-}
+INLINES = trigger_inlines(kv_forms=0)
 
 
 @pytest.fixture

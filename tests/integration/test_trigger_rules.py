@@ -16,22 +16,14 @@ from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.urls import reverse
 
 from tests.factories import AppFactory, ScriptFactory, UserFactory, kv_trigger
+from tests.helpers import trigger_inlines
 from triggers.models import DeadLetterTriggerDetails, KvTriggerDetails, Trigger
 from triggers.pg_repository import PgTriggerRepo
 from triggers.repository import DeadLetterSpec, KvSpec, NewTrigger
 
 pytestmark = pytest.mark.django_db
 
-INLINES = {
-    "kv_details-TOTAL_FORMS": "1",
-    "kv_details-INITIAL_FORMS": "0",
-    "kv_details-MIN_NUM_FORMS": "0",
-    "kv_details-MAX_NUM_FORMS": "1",
-    "dead_letter_details-TOTAL_FORMS": "1",
-    "dead_letter_details-INITIAL_FORMS": "0",
-    "dead_letter_details-MIN_NUM_FORMS": "0",
-    "dead_letter_details-MAX_NUM_FORMS": "1",
-}
+INLINES = trigger_inlines()
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from django.urls import reverse
 
 from picloud.domain.authz import Role
 from tests.factories import MembershipFactory, ScriptFactory, kv_trigger
+from tests.helpers import trigger_inlines
 from triggers.models import DeadLetterTriggerDetails, KvTriggerDetails, Trigger
 from triggers.pg_repository import PgTriggerRepo
 from triggers.repository import DeadLetterSpec, KvSpec, NewTrigger
@@ -17,16 +18,7 @@ from triggers.rules import DuplicateTriggerName
 
 pytestmark = pytest.mark.django_db
 
-INLINES = {
-    "kv_details-TOTAL_FORMS": "1",
-    "kv_details-INITIAL_FORMS": "0",
-    "kv_details-MIN_NUM_FORMS": "0",
-    "kv_details-MAX_NUM_FORMS": "1",
-    "dead_letter_details-TOTAL_FORMS": "1",
-    "dead_letter_details-INITIAL_FORMS": "0",
-    "dead_letter_details-MIN_NUM_FORMS": "0",
-    "dead_letter_details-MAX_NUM_FORMS": "1",
-}
+INLINES = trigger_inlines()
 LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
 
 
