@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from django.db import DataError
 from django.utils import timezone
 
 from deadletters.models import Resolution
@@ -37,6 +38,7 @@ from outbox.storage.kinds import SourceKind
 from outbox.storage.repository import OutboxRepo, OutboxRow
 from picloud.config import SandboxCeiling, TriggerConfig
 from picloud.runtime.execution import Failure, Outcome, RowExecutor
+from picloud.runtime.sandbox import SandboxFull
 from triggers.fanout import FanOut
 from triggers.repository import TriggerRecord, TriggerRepo
 
@@ -46,6 +48,10 @@ logger = logging.getLogger("picloud.dispatcher")
 # least once a second (outbox/dispatch/worker.py MAX_IDLE); with a lease shorter than
 # this, acknowledge at once rather than risk the lease running out first.
 DEFER_ACKS_MIN_LEASE = 10.0  # seconds
+# How much sooner than the database a dispatcher takes its claim to have run
+# out: it measures the lease from when the claim returned, the database from
+# when it ran.
+LEASE_CLOCK_MARGIN = 1.0  # seconds
 
 
 class ReplySink(Protocol):
@@ -60,6 +66,9 @@ class BatchReport:
     claimed: int = 0
     executed: int = 0
     released: int = 0
+    # True when nothing was claimed (or what was claimed was handed back)
+    # because too many handlers hang in this process: the caller should wait.
+    saturated: bool = False
     execution_seconds: float = 0.0
     outcomes: list[tuple[uuid.UUID, Outcome]] = field(default_factory=list)
 
@@ -105,7 +114,9 @@ class Dispatcher:
         # Successes not yet deleted, and outcomes not yet settled because a
         # statement failed: both survive until a statement records them.
         self.pending_acks: list[uuid.UUID] = []
-        self.backlog: list[tuple[OutboxRow, Outcome]] = []
+        # (row, outcome, when its lease ends on self.monotonic's clock)
+        self.backlog: list[tuple[OutboxRow, Outcome, float]] = []
+        self.lease_ends_at = 0.0
         self.settle_error: Exception | None = None
         self.tally: dict[str, int] = {}
 
@@ -123,10 +134,19 @@ class Dispatcher:
         # The per-row counters are tallied here and added once per batch.
         self.tally = {"dispatched": 0, "succeeded": 0}
         self.settle_backlog()
+        if self.executor.saturated():
+            # Claiming now would only count attempts for rows nobody can run:
+            # they wait, untouched, until a hung handler ends.
+            self.flush_acks()
+            report.saturated = True
+            return report
         rows = self.outbox.claim_due(limit, self.lease, ack=self.pending_acks)
         self.pending_acks = []  # only once the statement that deleted them committed
         report.claimed = len(rows)
         claimed_at = self.monotonic()
+        # Our claim holds the rows until then (less a margin for the clocks
+        # of this process and the database); past it, another claimer may own them.
+        self.lease_ends_at = claimed_at + self.lease - LEASE_CLOCK_MARGIN
         done: list[uuid.UUID] = []
         unsettled = {r.id: r for r in rows}
         for row in [r for r in rows if _lost_invocation(r)]:
@@ -136,7 +156,11 @@ class Dispatcher:
             )
             self._record(report, row, lost, done, unsettled)
         runnable = [r for r in rows if r.id in unsettled]
-        run = self.executor.run_batch(runnable)
+        try:
+            run = self.executor.run_batch(runnable)
+        except SandboxFull:  # the cap was reached since we looked: none of them started
+            report.saturated = True
+            run = _NothingRan()
         cancelled = False
         try:
             for row in runnable:
@@ -179,15 +203,17 @@ class Dispatcher:
         if self.backlog:
             # A settling statement failed in this batch: keep the outcome for
             # the next attempt instead of running into the same failure.
-            self.backlog.append((row, outcome))
+            self.backlog.append((row, outcome, self.lease_ends_at))
             return
         try:
             if self._settle_one(row, outcome):
                 done.append(row.id)
         except Exception as exc:
             logger.warning("could not settle outbox row %s (%s); kept for later", row.id, exc)
-            self.backlog.append((row, outcome))
+            self.backlog.append((row, outcome, self.lease_ends_at))
             self.settle_error = exc
+            return
+        self._count(outcome)
 
     def _hand_back(self, report: BatchReport, unsettled: dict) -> None:
         """Give back claimed rows that did not run rather than let their leases run out."""
@@ -205,9 +231,20 @@ class Dispatcher:
         """Settle outcomes a failed statement left waiting; raises (keeping
         the rest) while the database still fails."""
         while self.backlog:
-            row, outcome = self.backlog[0]
-            if self._settle_one(row, outcome):
-                self.pending_acks.append(row.id)
+            row, outcome, lease_ends_at = self.backlog[0]
+            if self.monotonic() >= lease_ends_at:
+                # Another claimer may own the row by now: settling it would
+                # move or dead-letter a row running elsewhere. It runs again
+                # (at-least-once), as after a crash.
+                logger.warning(
+                    "outbox row %s: its lease ran out before its outcome could be "
+                    "recorded; it will run again",
+                    row.id,
+                )
+            else:
+                if self._settle_one(row, outcome):
+                    self.pending_acks.append(row.id)
+                self._count(outcome)
             self.backlog.pop(0)
 
     def _settle_one(self, row: OutboxRow, outcome: Outcome) -> bool:
@@ -216,11 +253,20 @@ class Dispatcher:
         hold up the rows behind it. Raises when even that fails."""
         try:
             return self._settle(row, outcome)
-        except Exception as exc:
+        except (DataError, ValueError) as exc:
+            # The database refused a value of this row's; anything else (a
+            # lost connection, a deadlock) goes to the backlog as it is.
             logger.warning(
                 "settling outbox row %s failed (%s); retrying as plain text", row.id, exc
             )
             return self._settle(row, _plain(row, outcome, exc))
+
+    def _count(self, outcome: Outcome) -> None:
+        """Count a settled outcome (once, however many tries settling took)."""
+        if outcome.ok:
+            self.tally["succeeded"] += 1
+        elif outcome.unauthorized:
+            self.counters.inc("authorization_failures")
 
     def flush_acks(self) -> None:
         """Settle any backlog and acknowledge successes still waiting for the
@@ -240,10 +286,6 @@ class Dispatcher:
 
     def _settle(self, row: OutboxRow, outcome: Outcome) -> bool:
         """Record the outcome; True when the row is done and may be deleted."""
-        if outcome.ok:
-            self.tally["succeeded"] += 1
-        elif outcome.unauthorized:
-            self.counters.inc("authorization_failures")
         if row.reply_to is not None:
             # No retry, no dead letter: the caller is told the outcome.
             self.replies.deliver(row, outcome)
@@ -264,7 +306,10 @@ class Dispatcher:
 
     def _give_up(self, row: OutboxRow, outcome: Failure) -> None:
         with self.atomic():
-            self.outbox.delete([row.id])
+            if not self.outbox.delete([row.id]):
+                # Already settled (a retried statement that had committed):
+                # one row, one dead letter.
+                return
             if row.source_kind == SourceKind.DEAD_LETTER:
                 # Never a dead letter about a dead-letter handler.
                 self._resolve_handled(row, Resolution.HANDLER_FAILED, note=outcome.error)
@@ -296,6 +341,22 @@ class Dispatcher:
 
     def _trigger(self, row: OutboxRow) -> TriggerRecord | None:
         return self.triggers.get(row.trigger_id) if row.trigger_id else None
+
+
+class _NothingRan:
+    """The batch protocol (next, cancel, close) for a batch that never started."""
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        raise StopIteration
+
+    def cancel(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _plain(row: OutboxRow, outcome: Outcome, exc: Exception) -> Outcome:

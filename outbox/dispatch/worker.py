@@ -39,6 +39,7 @@ TARGET_BATCH_SECONDS = 0.05  # size batches so one takes about this long
 # (the size above is a guess from past rows; this bounds a wrong guess).
 HAND_BACK_AFTER = 0.1  # seconds
 FLUSH_EVERY = 1.0  # seconds between counter flushes
+SATURATED_WAIT = 1.0  # seconds between looks while hung handlers fill the process
 DB_RETRY_DELAY = (0.2, 5.0)  # seconds: first and longest wait after a database error
 SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the GIL while others wait (default 0.005)
 
@@ -149,6 +150,11 @@ class DispatcherHost:
                     report = dispatcher.run_once(batch.limit())
                     batch.observe(report)
                     delay = DB_RETRY_DELAY[0]
+                    if report.saturated:
+                        # Hung handlers hold every slot of this process: look
+                        # again later rather than claim rows nobody can run.
+                        self.stopping.wait(SATURATED_WAIT)
+                        continue
                     if report.claimed:
                         if report.claimed >= batch.limit():
                             # Probably more where that came from: bring in a sibling.

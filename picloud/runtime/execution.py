@@ -32,7 +32,14 @@ from picloud.domain.scripts import PermanentError, get_handler
 from picloud.kv import KvClient
 from picloud.models import App, Principal, Runtime, Script
 from picloud.runtime import webhooks
-from picloud.runtime.sandbox import SandboxFull, SandboxTimeout, run_each, run_with_timeout
+from picloud.runtime.sandbox import (
+    MAX_HUNG_HELPERS,
+    SandboxFull,
+    SandboxTimeout,
+    hung_helpers,
+    run_each,
+    run_with_timeout,
+)
 from picloud.text import truncate
 
 logger = logging.getLogger("picloud.runtime.execution")
@@ -234,7 +241,8 @@ class RowExecutor:
 
     def run_batch(self, rows: list[OutboxRow]) -> OutcomeRun:
         """Outcomes of `rows` in order, all executed in one hand-off to the
-        handler thread (see OutcomeRun)."""
+        handler thread (see OutcomeRun). SandboxFull, before any row starts,
+        while too many handlers hang in this process."""
         lookups = Lookups()  # per batch: bounds how stale a revoked role can be
 
         def job(row: OutboxRow):
@@ -246,39 +254,14 @@ class RowExecutor:
                 in_sandbox=True,
             )
 
-        timeout = self.ceiling.timeout_ms / 1000
-        try:
-            run = run_each([job(r) for r in rows], timeout)
-        except SandboxFull as full:
-            return OutcomeRun(_refused(len(rows), full), self.ceiling)
-        return OutcomeRun(run, self.ceiling)
+        return OutcomeRun(
+            run_each([job(r) for r in rows], self.ceiling.timeout_ms / 1000), self.ceiling
+        )
 
-
-def _refused(count: int, full: SandboxFull) -> RefusedRun:
-    """A run in which no row starts: each outcome is the retryable refusal."""
-    return RefusedRun(count, Failure(str(full), retryable=True, status=503))
-
-
-class RefusedRun:
-    """The batch protocol (next, cancel, close) for rows that never start."""
-
-    def __init__(self, count: int, failure: Failure) -> None:
-        self.left, self.failure = count, failure
-
-    def __iter__(self) -> RefusedRun:
-        return self
-
-    def __next__(self) -> tuple[bool, Outcome]:
-        if self.left <= 0:
-            raise StopIteration
-        self.left -= 1
-        return True, self.failure
-
-    def cancel(self) -> None:
-        self.left = 0
-
-    def close(self) -> None:
-        self.left = 0
+    def saturated(self) -> bool:
+        """True while too many handlers hang past their timeout in this
+        process to start another (run_batch would raise SandboxFull)."""
+        return hung_helpers() >= MAX_HUNG_HELPERS
 
 
 class OutcomeRun:

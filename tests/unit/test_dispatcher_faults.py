@@ -20,6 +20,7 @@ from outbox.storage.memory_repository import MemoryOutboxRepo
 from outbox.storage.repository import NewOutboxRow
 from picloud.config import RetryPolicy, SandboxCeiling, TriggerConfig, WebhookConfig
 from picloud.runtime.execution import Failure, RowExecutor, Success
+from picloud.runtime.sandbox import SandboxFull
 from tests.unit.test_dispatcher import Clock, Replies
 from triggers.memory_repository import MemoryTriggerRepo
 
@@ -199,3 +200,104 @@ def test_a_row_whose_error_the_database_refuses_is_stored_escaped(world):
     dispatcher.flush_acks()
     assert set(outbox.rows) == {poison.id}, "its neighbours were acknowledged"
     assert executor.runs == Counter({r.id: 1 for r in [poison, *clean]})
+
+
+def test_while_hung_handlers_fill_the_process_nothing_is_claimed_or_counted(world, monkeypatch):
+    """Rows nobody can run wait untouched: no attempt used, no dead letter."""
+    clock, outbox, dispatcher = world
+    rows = _enqueue(outbox, 5)
+    scripts = CountingScripts(lambda row: Success(None))
+    dispatcher.executor = executor_for(scripts)
+    monkeypatch.setattr(dispatcher.executor, "saturated", lambda: True)
+    for _ in range(10):  # far more than max_attempts
+        report = dispatcher.run_once(limit=10)
+        assert report.saturated and report.claimed == 0
+    assert all(outbox.get(r.id).attempts == 0 for r in rows)
+    assert not dispatcher.dead_letters.rows
+    monkeypatch.undo()
+    _drain(clock, outbox, dispatcher)
+    assert scripts.runs == Counter({r.id: 1 for r in rows})
+
+
+def test_a_batch_the_full_sandbox_refuses_is_handed_back_uncounted(world, monkeypatch):
+    """The cap can be reached between the look and the start: the claimed
+    rows go back with their attempt given back."""
+    clock, outbox, dispatcher = world
+    rows = _enqueue(outbox, 3)
+    dispatcher.executor = executor_for(CountingScripts(lambda row: Success(None)))
+
+    def full(rows):
+        raise SandboxFull(8)
+
+    monkeypatch.setattr(dispatcher.executor, "run_batch", full)
+    report = dispatcher.run_once(limit=10)
+    assert (report.saturated, report.executed, report.released) == (True, 0, 3)
+    assert all(outbox.get(r.id).attempts == 0 for r in rows)
+    assert all(outbox.get(r.id).due_at <= clock.now for r in rows)
+
+
+def test_an_outcome_whose_lease_ran_out_is_not_settled_by_its_old_claimer(world):
+    """After an outage longer than the lease another claimer may own the row:
+    the old outcome is dropped (the row runs again), never settled over it —
+    so one row never yields two dead letters."""
+    clock, outbox, dispatcher = world
+    dispatcher.config = TriggerConfig(retry=RetryPolicy(1, 1000, 1000, 0.0))  # one attempt
+    (_row,) = _enqueue(outbox, 1)
+    elapsed = [0.0]
+    dispatcher.monotonic = lambda: elapsed[0]
+
+    def fail_and_lose_the_database(row):
+        outbox.down = True
+        return Failure("boom", retryable=True)
+
+    dispatcher.executor = executor_for(CountingScripts(fail_and_lose_the_database))
+    with pytest.raises(DatabaseGone):
+        dispatcher.run_once(limit=10)
+    assert len(dispatcher.backlog) == 1
+
+    # The outage outlasts the lease; another dispatcher takes the row and gives up.
+    outbox.down = False
+    elapsed[0] += dispatcher.lease + 1
+    clock.advance(dispatcher.lease + 1)
+    other = Dispatcher(
+        outbox=outbox,
+        triggers=dispatcher.triggers,
+        dead_letters=dispatcher.dead_letters,
+        replies=Replies(),
+        executor=executor_for(CountingScripts(lambda row: Failure("again", retryable=True))),
+        config=dispatcher.config,
+        ceiling=CEILING,
+        clock=clock,
+        rand=lambda: 0.0,
+    )
+    other.run_once(limit=10)
+    assert len(dispatcher.dead_letters.rows) == 1
+
+    dispatcher.settle_backlog()  # the first claimer is back
+    assert dispatcher.backlog == []
+    assert len(dispatcher.dead_letters.rows) == 1, "one row, one dead letter"
+
+
+def test_a_transient_error_keeps_the_outcome_instead_of_rewriting_it(world):
+    """Only a value the database refuses takes the plain-text path; a lost
+    connection keeps the outcome as it is for the backlog."""
+    _clock, outbox, dispatcher = world
+    (row,) = _enqueue(outbox, 1)
+    dispatcher.executor = executor_for(
+        CountingScripts(lambda row: Failure("x\u00e9", retryable=True))
+    )
+    calls = []
+    original = outbox.reschedule
+
+    def reschedule(row_id, due_at, error):
+        calls.append(error)
+        if len(calls) == 1:
+            raise DatabaseGone("connection lost")
+        return original(row_id, due_at, error)
+
+    outbox.reschedule = reschedule
+    with pytest.raises(DatabaseGone):
+        dispatcher.run_once(limit=10)
+    assert calls == ["x\u00e9"], "no plain-text retry for a lost connection"
+    dispatcher.settle_backlog()
+    assert outbox.get(row.id).last_error == "x\u00e9", "settled later, unchanged"

@@ -65,14 +65,14 @@ def test_close_abandons_the_helper_and_later_calls_get_clean_results():
 
 def test_hung_handlers_are_capped_and_the_cap_lifts_when_they_end():
     """Each timed-out handler keeps its thread (and database connection) until
-    it returns; past MAX_HUNG_HELPERS nothing new starts, and the dispatcher
-    gets a retryable refusal for every row instead."""
+    it returns; past MAX_HUNG_HELPERS nothing new starts (the dispatcher then
+    claims nothing: tests/unit/test_dispatcher_faults.py)."""
     import threading
     import uuid
 
     from picloud.config import SandboxCeiling, WebhookConfig
     from picloud.runtime import sandbox
-    from picloud.runtime.execution import Failure, RowExecutor
+    from picloud.runtime.execution import RowExecutor
     from tests.helpers import wait_for
 
     # Handlers abandoned by earlier tests end within seconds: start from none.
@@ -91,11 +91,11 @@ def test_hung_handlers_are_capped_and_the_cap_lifts_when_they_end():
         WebhookConfig(),
         run_row=lambda row, **_: started.append(row),
     )
+    assert executor.saturated(), "the dispatcher asks before it claims"
     rows = [type("Row", (), {"id": uuid.uuid4()})() for _ in range(3)]
-    outcomes = list(executor.run_batch(rows))
+    with pytest.raises(sandbox.SandboxFull):
+        executor.run_batch(rows)
     assert started == [], "nothing starts while the cap is reached"
-    assert len(outcomes) == 3
-    assert all(isinstance(o, Failure) and o.retryable and o.status == 503 for o in outcomes)
 
     release.set()
     wait_for(lambda: sandbox.hung_helpers() == 0, timeout=10, what="the hung handlers to end")
