@@ -12,6 +12,7 @@ from picloud.admin_access import (
     ALL,
     AppFilter,
     AppScopedAdmin,
+    ListedLookupsOnly,
     MissingIs404,
     allowed_app_ids,
     scope,
@@ -181,7 +182,7 @@ class ApiTokenForm(forms.ModelForm):
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(MissingIs404, admin.ModelAdmin):
+class ApiTokenAdmin(ListedLookupsOnly, MissingIs404, admin.ModelAdmin):
     """Everyone manages their own tokens; superusers see all of them. A token
     is shown once, right after it is created."""
 
