@@ -130,7 +130,12 @@ def _read_body(request: HttpRequest, max_bytes: int) -> bytes:
         stream = request.META["wsgi.input"]
     else:
         return b""
-    body = stream.read(max_bytes + 1)
+    try:
+        body = stream.read(max_bytes + 1)
+    except Exception as exc:  # the server's own parse errors (bad chunk framing), or I/O
+        raise ApiError(
+            400, "invalid_body", f"the request body could not be read: {type(exc).__name__}"
+        ) from None
     if len(body) > max_bytes:
         raise _too_large(max_bytes)
     return body
@@ -160,6 +165,13 @@ def read_wait_ms(request: HttpRequest, max_wait_ms: int) -> int:
             f"timeout_ms={raw[:40]!r} is not valid: allowed is an integer from 1 to {max_wait_ms}",
         )
     return int(raw)
+
+
+@csrf_exempt
+def api_not_found(request: HttpRequest) -> JsonResponse:
+    """Any other path under /api/: the API's JSON 404, not Django's HTML page
+    (which, with DEBUG on, lists the URL patterns)."""
+    return ApiError(404, "not_found", "no such API endpoint; see docs/api.md").response()
 
 
 @csrf_exempt

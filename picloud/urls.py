@@ -1,7 +1,7 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import path, re_path
 
-from outbox.api import invoke_view
+from outbox.api import api_not_found, invoke_view
 from outbox.prometheus import metrics_view
 
 urlpatterns = [
@@ -12,4 +12,5 @@ urlpatterns = [
         invoke_view,
         name="invoke-script",
     ),
+    re_path(r"^api/", api_not_found),
 ]

@@ -364,3 +364,47 @@ def test_python_api_refuses_bad_values_before_enqueueing(member, script, payload
     with pytest.raises(ValidationError, match=message):
         invoke(member.principal, script, payload, wait_ms=wait_ms)
     assert not OutboxEntry.objects.exists()
+
+
+def test_400_for_a_body_the_server_cannot_read(member, token, script):
+    """gunicorn raises its own parse errors from the input stream (a chunk
+    size of "zz", a body that breaks off): a 400, not the 500 page."""
+    from django.test import RequestFactory
+
+    from outbox.api import invoke_view
+
+    class BadChunks:
+        def read(self, size=-1):
+            raise ValueError("Invalid chunk size: 'zz'")
+
+    request = RequestFactory().post(
+        "/", data=b"", content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}"
+    )
+    request.META.pop("CONTENT_LENGTH", None)
+    request.META["HTTP_TRANSFER_ENCODING"] = "chunked"
+    request.META["wsgi.input_terminated"] = True
+    request.META["wsgi.input"] = BadChunks()
+    response = invoke_view(request, member.app.slug, script.name)
+    assert response.status_code == 400
+    assert json.loads(response.content)["error"] == "invalid_body"
+    assert not OutboxEntry.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/nope",
+        "/api/apps/de%00mo/scripts/x/invoke",
+        "/api/apps/d%C3%A9mo/scripts/x/invoke",
+        "/api/apps/a/scripts/x/invoke/",
+        "/api/apps/a/scripts/a%2Fb/invoke",
+    ],
+)
+def test_other_api_paths_are_a_json_404(client, path):
+    for response in (
+        client.get(path),
+        client.post(path, data=b"{}", content_type="application/json"),
+    ):
+        assert response.status_code == 404, (path, response.status_code)
+        assert response["Content-Type"] == "application/json"
+        assert response.json()["error"] == "not_found"
