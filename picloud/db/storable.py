@@ -24,6 +24,10 @@ from picloud.text import truncate
 
 MAX_ERROR_CHARS = 2_000  # one error message, as stored (an outbox attempt, a dead letter)
 MAX_JSON_DEPTH = 100  # nesting levels of arrays and objects in a stored JSON value
+# Python turns no longer integer into text (sys.get_int_max_str_digits), so
+# such a value could never be written as JSON.
+MAX_INT_DIGITS = 4_300
+MAX_INT_BITS = int(MAX_INT_DIGITS * math.log2(10))
 REPLACEMENT = "\ufffd"  # what an unstorable character becomes
 
 # NUL and every surrogate code point: a str holding one has no UTF-8 form
@@ -82,7 +86,13 @@ def _walk(value: Any, fix_text: bool) -> tuple[Any, int]:
         return s
 
     def leaf(v: Any, path: list) -> Any:
-        if v is None or isinstance(v, bool | int):
+        if v is None or isinstance(v, bool):
+            return v
+        if isinstance(v, int):
+            if v.bit_length() > MAX_INT_BITS:
+                raise Unstorable(
+                    f"{_where(path)} is an integer of more than {MAX_INT_DIGITS} digits"
+                )
             return v
         if isinstance(v, float):
             if not math.isfinite(v):
@@ -153,7 +163,7 @@ def clean_json(value: Any) -> tuple[Any, int]:
     """`value` with unstorable characters replaced in every string and key,
     and how many were. Unstorable for what cannot be repaired without
     guessing (non-finite numbers, non-JSON types, too deep)."""
-    if value is None or isinstance(value, bool | int):
+    if value is None or isinstance(value, bool):
         return value, 0  # the usual handler result: nothing to walk
     return _walk(value, fix_text=True)
 

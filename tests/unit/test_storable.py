@@ -74,3 +74,11 @@ def test_clean_text_and_the_note():
     assert storable_text(storable_text("a\x00", 200), 200) == storable_text("a\x00", 200), (
         "idempotent: cleaning twice adds no second note"
     )
+
+
+def test_an_integer_python_cannot_write_as_text_is_refused():
+    check_json(10**4000)
+    with pytest.raises(Unstorable, match=r"\$\.n is an integer of more than 4300 digits"):
+        check_json({"n": 10**5000})
+    with pytest.raises(Unstorable):
+        clean_json([10**5000])
