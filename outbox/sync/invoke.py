@@ -78,6 +78,9 @@ class SyncInvoker:
         principal may invoke scripts in the script's app (`authorized`: the
         caller has checked already, on a database thread)."""
         if not authorized:
+            # The app is the stored script's, never what the caller's object
+            # says: a Script built by hand must not pass another app's check.
+            script = self.run_db(_stored_script, script)
             self.run_db(require, principal, Capability.ScriptInvoke(script.app_id))
         wait_ms = self.max_wait_ms if wait_ms is None else min(wait_ms, self.max_wait_ms)
         inbox_id = uuid.uuid4()
@@ -120,6 +123,13 @@ class SyncInvoker:
         if reply is not None:
             return reply, False
         return timeout_reply(wait_ms), True
+
+
+def _stored_script(script: Script) -> Script:
+    stored = Script.objects.filter(pk=script.pk).only("id", "app_id", "name").first()
+    if stored is None:
+        raise ValidationError(f"No script with id {script.pk} exists (save it first).")
+    return stored
 
 
 def timeout_reply(wait_ms: int) -> Reply:

@@ -24,7 +24,7 @@ from picloud.text import truncate
 
 MAX_ERROR_CHARS = 2_000  # one error message, as stored (an outbox attempt, a dead letter)
 MAX_JSON_DEPTH = 100  # nesting levels of arrays and objects in a stored JSON value
-# Python turns no longer integer into text (sys.get_int_max_str_digits), so
+# Python writes no longer integer as text (sys.get_int_max_str_digits), so
 # such a value could never be written as JSON.
 MAX_INT_DIGITS = 4_300
 MAX_INT_BITS = int(MAX_INT_DIGITS * math.log2(10))

@@ -408,3 +408,21 @@ def test_other_api_paths_are_a_json_404(client, path):
         assert response.status_code == 404, (path, response.status_code)
         assert response["Content-Type"] == "application/json"
         assert response.json()["error"] == "not_found"
+
+
+def test_python_api_trusts_the_stored_script_not_the_callers_object(member, script):
+    """A Script built by hand with this member's app id and another app's
+    script id must not pass the check for the other app."""
+    from django.core.exceptions import PermissionDenied, ValidationError
+
+    from outbox.sync.invoke import invoke
+    from picloud.models import Script
+
+    other = ScriptFactory(handler="picloud.echo")  # another app's script
+    forged = Script(id=other.id, app_id=member.app_id, name="forged")
+    with pytest.raises(PermissionDenied):
+        invoke(member.principal, forged, {})
+    unsaved = Script(app_id=member.app_id, name="never-saved")
+    with pytest.raises(ValidationError, match="save it first"):
+        invoke(member.principal, unsaved, {})
+    assert not OutboxEntry.objects.exists()
