@@ -39,6 +39,19 @@ def _delete_in_batches(rows: dict, doomed: list, batch_size: int, on_batch) -> i
     return total
 
 
+def _stopped_event(letter: NewDeadLetter | DeadLetterRecord) -> tuple | None:
+    """The key of dead_letters_stopped_event_key, or None where it has a NULL
+    (NULLs never conflict in a unique index)."""
+    payload = letter.payload if isinstance(letter.payload, dict) else {}
+    event = (
+        letter.cause_outbox_id,
+        letter.trigger_id,
+        payload.get("collection"),
+        payload.get("key"),
+    )
+    return None if None in event else event
+
+
 def _newest_first(records):
     return sorted(records, key=lambda r: (r.created_at, str(r.id)), reverse=True)
 
@@ -71,13 +84,8 @@ class MemoryDeadLetterRepo:
         return record
 
     def _cause_recorded(self, new: NewDeadLetter) -> bool:
-        # dead_letters_cause_trigger_key: NULLs never conflict in a unique index.
-        if new.cause_outbox_id is None or new.trigger_id is None:
-            return False
-        return any(
-            (r.cause_outbox_id, r.trigger_id) == (new.cause_outbox_id, new.trigger_id)
-            for r in self.rows.values()
-        )
+        event = _stopped_event(new)
+        return event is not None and any(_stopped_event(r) == event for r in self.rows.values())
 
     def get(self, dead_letter_id: uuid.UUID) -> DeadLetterRecord | None:
         return self.rows.get(dead_letter_id)

@@ -96,8 +96,10 @@ class DeadLetterRepo(Protocol):
     def insert(self, new: NewDeadLetter) -> DeadLetterRecord | None:
         """Store an unresolved dead letter (joins the caller's transaction).
 
-        Once per (cause_outbox_id, trigger_id) when cause_outbox_id is set:
-        None, and nothing stored, when such a letter exists already.
+        Once per stopped event when cause_outbox_id is set: None, and
+        nothing stored, when a letter with the same cause_outbox_id,
+        trigger_id and payload collection and key exists already (a letter
+        lacking any of these is always stored).
         """
 
     def get(self, dead_letter_id: uuid.UUID) -> DeadLetterRecord | None:

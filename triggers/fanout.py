@@ -71,8 +71,10 @@ class FanOut:
         # held, so replaying each runs that trigger's script as the cascade
         # would have. No row was ever written (outbox_id stays NULL); `cause`
         # is the row whose script made the write. The repository records a
-        # (cause, trigger) once: a script writing in a loop past the limit
-        # leaves one letter per trigger, for its first stopped write.
+        # stopped event (cause, trigger, collection, key) once: a script
+        # writing past the limit leaves one letter per trigger and key it
+        # wrote, holding that key's first stopped write; running the causing
+        # row again adds none.
         for trigger in matching:
             error = (
                 f"depth limit stopped a cascade: a write to "

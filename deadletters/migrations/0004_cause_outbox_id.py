@@ -14,7 +14,7 @@ from picloud.db.sqlfiles import sql_migration
 # any letter as its own trigger's row.
 REVERSE_SQL = """
 CREATE INDEX dead_letters_outbox_idx ON dead_letters (outbox_id) WHERE outbox_id IS NOT NULL;
-DROP INDEX dead_letters_cause_trigger_key;
+DROP INDEX dead_letters_stopped_event_key;
 UPDATE dead_letters
 SET outbox_id = cause_outbox_id,
     payload = CASE

@@ -1,17 +1,19 @@
 -- Named queries of the dead-letter and abandoned-execution repositories.
 
 -- insert_dead_letter --
--- No row back when dead_letters_cause_trigger_key already holds this
--- (cause_outbox_id, trigger_id): a stopped trigger is recorded once per
--- causing row, however many times its script writes. A concurrent insert of
--- the same pair waits for the first to commit, then does nothing.
+-- No row back when dead_letters_stopped_event_key already holds this
+-- stopped event (cause_outbox_id, trigger_id, the payload's collection and
+-- key): a causing row's script writing one key again records nothing more,
+-- and each distinct key it writes is recorded. A concurrent insert of the
+-- same event waits for the first to commit, then does nothing.
 INSERT INTO dead_letters (app_id, source_kind, trigger_id, script_id, run_as_principal,
                           outbox_id, cause_outbox_id, payload, last_error, errors, attempts,
                           depth)
 VALUES (%(app_id)s, %(source_kind)s, %(trigger_id)s, %(script_id)s, %(run_as_principal)s,
         %(outbox_id)s, %(cause_outbox_id)s, %(payload)s::jsonb, %(last_error)s,
         %(errors)s::jsonb, %(attempts)s, %(depth)s)
-ON CONFLICT (cause_outbox_id, trigger_id) WHERE cause_outbox_id IS NOT NULL DO NOTHING
+ON CONFLICT (cause_outbox_id, trigger_id, (payload ->> 'collection'), md5(payload ->> 'key'))
+    WHERE cause_outbox_id IS NOT NULL DO NOTHING
 RETURNING *;
 
 -- get_dead_letter --

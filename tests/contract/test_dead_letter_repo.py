@@ -27,7 +27,7 @@ def new_letter(world):
             trigger_id=kw.pop("trigger_id", None),
             run_as_principal=world.principal_id,
             outbox_id=kw.pop("outbox_id", uuid.uuid4()),
-            payload={"key": "k"},
+            payload=kw.pop("payload", {"collection": "c", "key": "k"}),
             last_error=kw.pop("last_error", "boom"),
             errors=("boom",),
             attempts=5,
@@ -42,7 +42,7 @@ def test_insert_then_get(dead_letter_repo, new_letter):
     letter = dead_letter_repo.insert(new_letter())
     assert not letter.is_resolved
     assert (letter.resolved_at, letter.resolved_by, letter.note) == (None, None, "")
-    assert letter.errors == ("boom",) and letter.payload == {"key": "k"}
+    assert letter.errors == ("boom",) and letter.payload == {"collection": "c", "key": "k"}
     assert dead_letter_repo.get(letter.id) == letter
     assert dead_letter_repo.get(uuid.uuid4()) is None
 
@@ -60,7 +60,9 @@ def two_triggers(world):
         return [row[0] for row in cursor.fetchall()]
 
 
-def test_a_cause_and_trigger_are_recorded_once(dead_letter_repo, new_letter, two_triggers):
+def test_a_stopped_event_is_recorded_once_per_cause_and_trigger(
+    dead_letter_repo, new_letter, two_triggers
+):
     first, second = two_triggers
     cause = uuid.uuid4()
 
@@ -69,11 +71,55 @@ def test_a_cause_and_trigger_are_recorded_once(dead_letter_repo, new_letter, two
 
     letter = dead_letter_repo.insert(stopped(first))
     assert (letter.outbox_id, letter.cause_outbox_id, letter.trigger_id) == (None, cause, first)
-    assert dead_letter_repo.insert(stopped(first)) is None, "the same (cause, trigger) again"
+    assert dead_letter_repo.insert(stopped(first)) is None, (
+        "the same event, cause and trigger again"
+    )
     assert dead_letter_repo.insert(stopped(second)) is not None, "another trigger of that cause"
     assert dead_letter_repo.insert(stopped(first, uuid.uuid4())) is not None, "another cause"
     assert len(dead_letter_repo.list()) == 3
     assert dead_letter_repo.get(letter.id) == letter, "the first one stands"
+
+
+def test_each_stopped_event_of_a_cause_and_trigger_is_recorded_once(
+    dead_letter_repo, new_letter, two_triggers
+):
+    """A causing row that writes several keys past the depth limit leaves one
+    letter per (trigger, collection, key): every distinct event is kept."""
+    first, second = two_triggers
+    cause = uuid.uuid4()
+
+    def stopped(trigger_id, collection, key):
+        return new_letter(
+            trigger_id=trigger_id,
+            outbox_id=None,
+            cause_outbox_id=cause,
+            payload={"collection": collection, "key": key, "op": "insert", "new": 1},
+        )
+
+    events = [("c", "k0"), ("c", "k1"), ("c", "k2"), ("d", "k0")]
+    for trigger_id in (first, second):
+        for collection, key in events:
+            assert dead_letter_repo.insert(stopped(trigger_id, collection, key)) is not None
+    assert dead_letter_repo.insert(stopped(first, "c", "k1")) is None, "the same event again"
+    assert dead_letter_repo.insert(stopped(second, "d", "k0")) is None, "the same event again"
+    recorded = {
+        (d.trigger_id, d.payload["collection"], d.payload["key"]) for d in dead_letter_repo.list()
+    }
+    assert len(dead_letter_repo.list()) == len(recorded) == 8
+
+
+def test_stopped_letters_naming_no_collection_or_key_are_never_merged(
+    dead_letter_repo, new_letter, two_triggers
+):
+    # As NULLs in a unique index: a letter is dropped only as a proven repeat.
+    cause = uuid.uuid4()
+    for payload in ({"key": "k"}, {"collection": "c"}, {}):
+        for _ in range(2):
+            letter = new_letter(
+                trigger_id=two_triggers[0], outbox_id=None, cause_outbox_id=cause, payload=payload
+            )
+            assert dead_letter_repo.insert(letter) is not None, payload
+    assert len(dead_letter_repo.list()) == 6
 
 
 def test_letters_without_a_cause_or_trigger_are_never_merged(

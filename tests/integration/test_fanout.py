@@ -14,6 +14,7 @@ from picloud.config import TriggerConfig
 from picloud.domain.authz import Role
 from picloud.domain.scripts import handler
 from picloud.models import KvEntry
+from picloud.runtime.execution import execute_row
 from tests.factories import AppFactory, MembershipFactory, ScriptFactory, kv_trigger
 from tests.helpers import drain_outbox
 from triggers.pg_repository import PgTriggerRepo
@@ -140,7 +141,7 @@ class TestFanOut:
         assert OutboxEntry.objects.count() == 2, "nothing past the limit is enqueued"
 
         letters = DeadLetter.objects.order_by("trigger__name")
-        assert len(letters) == 2, "one per stopped trigger, not one per write"
+        assert len(letters) == 2, "one per stopped trigger and key, not one per write"
         assert {letter.trigger_id: letter.script_id for letter in letters} == triggers
         for letter in letters:
             assert letter.outbox_id is None, "no row of this letter ever existed"
@@ -162,6 +163,23 @@ class TestFanOut:
         kv.put(app, "users", "u1", 1, principal=admin, depth=1, cause=cause)
         stopped = dict(DeadLetter.objects.values_list("trigger_id", "payload__collection"))
         assert stopped == {orders.id: "orders", users.id: "users"}
+
+    def test_each_distinct_key_a_row_writes_past_the_limit_is_a_letter_per_trigger(
+        self, setup, override_config
+    ):
+        override_config(TriggerConfig(max_trigger_depth=0))
+        app, admin, script = setup
+        first = kv_trigger(app, script, admin, name="first", collection="c")
+        second = kv_trigger(app, script, admin, name="second", collection="c")
+        cause = uuid.uuid4()
+        for key in ["k0", "k1", "k2", "k0", "k1"]:
+            kv.put(app, "c", key, 1, principal=admin, depth=1, cause=cause)
+
+        letters = DeadLetter.objects.values_list("trigger_id", "payload__key")
+        assert sorted(Counter(letters).items()) == sorted(
+            ((trigger.id, key), 1) for trigger in (first, second) for key in ["k0", "k1", "k2"]
+        ), "one letter per (trigger, key); a key written again adds none"
+        assert not OutboxEntry.objects.exists()
 
     def test_dead_letter_triggers_hear_of_each_stopped_trigger_once(self, setup, override_config):
         override_config(TriggerConfig(max_trigger_depth=0))
@@ -207,10 +225,11 @@ def _cascade_once(event, ctx):
     return ctx.depth
 
 
-@handler("tests.cascade.five")
-def _cascade_five(event, ctx):
-    for n in range(5):
-        ctx.kv.put("loop", f"k{n}", {"depth": ctx.depth})
+@handler("tests.cascade.three_keys")
+def _cascade_three_keys(event, ctx):
+    # Three distinct keys, two of them written twice.
+    for key in ["k0", "k1", "k2", "k0", "k1"]:
+        ctx.kv.put("loop", key, {"depth": ctx.depth})
 
 
 @pytest.mark.django_db(transaction=True)
@@ -232,14 +251,18 @@ def test_a_script_writing_to_its_own_collection_stops_at_the_depth_limit(overrid
     assert "depth limit stopped a cascade" in letter.last_error
 
 
+STOPPED_KEYS = ["k0", "k1", "k2"]  # what tests.cascade.three_keys writes
+
+
 def _stopped_cascade(override_config, stopped_handlers):
-    """A starter script writing five times, past a limit of 0, to a collection
-    with one trigger per handler in `stopped_handlers`; returns
-    (app, {trigger id: script id} of the stopped triggers, the starter's row)."""
+    """A starter script writing three keys (two of them twice), past a limit
+    of 0, to a collection with one trigger per handler in `stopped_handlers`;
+    returns (app, {trigger id: script id} of the stopped triggers, the
+    starter's row)."""
     override_config(TriggerConfig(max_trigger_depth=0))
     app = AppFactory()
     admin = MembershipFactory(app=app, role=Role.AppAdmin.value).principal
-    starter = ScriptFactory(app=app, handler="tests.cascade.five")
+    starter = ScriptFactory(app=app, handler="tests.cascade.three_keys")
     kv_trigger(app, starter, admin, name="starter", collection="start")
     stopped = {}
     for n, handler_name in enumerate(stopped_handlers):
@@ -253,40 +276,65 @@ def _stopped_cascade(override_config, stopped_handlers):
     return app, stopped, starter_row
 
 
+def _stopped_events(letters):
+    return Counter((d.trigger_id, d.payload["key"]) for d in letters)
+
+
 @pytest.mark.django_db(transaction=True)
-def test_replaying_each_letter_of_a_stopped_cascade_runs_each_stopped_script_once(override_config):
-    _app, stopped, starter_row = _stopped_cascade(override_config, ["picloud.noop"] * 3)
+def test_replaying_each_letter_of_a_stopped_cascade_runs_each_stopped_event_once(override_config):
+    _app, stopped, starter_row = _stopped_cascade(override_config, ["picloud.noop"] * 2)
 
     letters = list(DeadLetter.objects.all())
-    assert len(letters) == 3, "five writes, three stopped triggers: one letter per trigger"
+    assert len(letters) == 6, "three keys, two stopped triggers: one letter per stopped event"
+    assert _stopped_events(letters) == Counter((t, key) for t in stopped for key in STOPPED_KEYS)
     assert {d.trigger_id: d.script_id for d in letters} == stopped
     assert {(d.outbox_id, d.cause_outbox_id) for d in letters} == {(None, starter_row.id)}
 
     resolver = postgres_resolver()
     for letter in letters:
         resolver.replay(letter.id, by=None)
-    ran = drain_outbox(max_rows=10)
+    ran = drain_outbox(max_rows=20)
 
-    runs = Counter(row.script_id for row, _ in ran)
-    assert runs == Counter(stopped.values()), "each stopped trigger's script ran once"
+    assert Counter((row.trigger_id, row.payload["key"]) for row, _ in ran) == _stopped_events(
+        letters
+    ), "each stopped event ran once, by its own trigger"
+    assert Counter(row.script_id for row, _ in ran) == Counter(
+        {script_id: len(STOPPED_KEYS) for script_id in stopped.values()}
+    )
     assert all(outcome.ok for _, outcome in ran), ran
-    by_trigger = {d.trigger_id: d for d in letters}
+    by_event = {(d.trigger_id, d.payload["key"]): d for d in letters}
     for row, _ in ran:
-        letter = by_trigger[row.trigger_id]
+        letter = by_event[row.trigger_id, row.payload["key"]]
         assert (row.payload, row.depth) == (letter.payload, letter.depth)
         assert row.payload["collection"] == "loop" and "stopped_trigger_ids" not in row.payload
-    assert DeadLetter.objects.filter(resolution="replayed").count() == 3
+    assert DeadLetter.objects.filter(resolution="replayed").count() == 6
+
+
+@pytest.mark.django_db(transaction=True)
+def test_executing_the_causing_row_again_records_no_event_twice(override_config):
+    """A row runs twice when its acknowledgement is lost: its stopped events
+    are already recorded, and stay recorded once."""
+    _app, stopped, starter_row = _stopped_cascade(override_config, ["picloud.noop"] * 2)
+
+    def recorded():
+        return sorted((str(d.id), d.trigger_id, d.payload["key"]) for d in DeadLetter.objects.all())
+
+    before = recorded()
+    assert execute_row(starter_row).ok
+    assert recorded() == before, "no letter added or changed"
+    assert len(before) == len(stopped) * len(STOPPED_KEYS)
+    assert not OutboxEntry.objects.exists(), "and nothing enqueued past the limit"
 
 
 @pytest.mark.django_db(transaction=True)
 def test_a_replayed_letter_runs_at_the_stopped_depth_so_its_writes_stop_again(override_config):
     _app, stopped, _starter_row = _stopped_cascade(override_config, ["tests.cascade.once"])
-    letter = DeadLetter.objects.get()
+    letter = DeadLetter.objects.filter(payload__key="k1").get()
 
     postgres_resolver().replay(letter.id, by=None)
     [(row, outcome)] = drain_outbox(max_rows=10)
 
     assert outcome.ok and outcome.result == letter.depth == 1, "the script ran at the stopped depth"
-    again = DeadLetter.objects.exclude(pk=letter.pk).get()
-    assert (again.cause_outbox_id, again.outbox_id) == (row.id, None)
+    again = DeadLetter.objects.get(cause_outbox_id=row.id)
+    assert again.outbox_id is None and again.payload["key"] == "k"
     assert again.depth == 2 and again.trigger_id in stopped

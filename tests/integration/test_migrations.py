@@ -155,9 +155,9 @@ def test_every_app_migrates_to_zero_and_back_on_a_populated_database(app_label):
     assert _tables() == before, "forwards again, every table is back"
 
 
-def _old_depth_letter(app, trigger_id, script, principal, cause, stopped, **cols):
+def _old_depth_letter(app, trigger_id, script, principal, cause, stopped, key="k", **cols):
     """A depth-limit dead letter as written before deadletters 0004."""
-    payload = {"collection": "loop", "key": "k", "op": "insert", "new": 1, "version": 1}
+    payload = {"collection": "loop", "key": key, "op": "insert", "new": 1, "version": 1}
     columns = {
         "app_id": app.id,
         "source_kind": "kv",
@@ -261,3 +261,32 @@ def test_dead_letter_causes_migrate_forward_and_back_on_a_populated_database():
 
     call_command("migrate", "deadletters", verbosity=0)
     assert _letters() == migrated, "forwards again, the same letters"
+
+
+def test_raced_dead_letter_causes_migrate_to_one_letter_per_stopped_event():
+    """Two executions of one row racing past the older check-then-insert could
+    record its cascade twice: for another first trigger (the triggers changed
+    in between) or another first write. Forwards, each stopped event (trigger,
+    collection, key) of the row keeps one letter with the cause; backwards and
+    forwards again, the same letters."""
+    call_command("migrate", "deadletters", "0003", verbosity=0)
+    principal = UserFactory().principal
+    app = AppFactory()
+    scripts = [ScriptFactory(app=app) for _ in range(2)]
+    t = [_old_trigger(app, s, principal, f"t{n}") for n, s in enumerate(scripts)]
+    cause = uuid.uuid4()
+    _, event = _old_depth_letter(app, t[0], scripts[0], principal, cause, [t[0], t[1]])
+    _old_depth_letter(app, t[1], scripts[1], principal, cause, [t[1], t[0]])
+    _, other_event = _old_depth_letter(
+        app, t[0], scripts[0], principal, cause, [t[0], t[1]], key="k2"
+    )
+
+    call_command("migrate", "deadletters", verbosity=0)
+    migrated = _letters()
+    assert migrated == _in_order(
+        (t[n], scripts[n].id, None, cause, e, None) for n in range(2) for e in (event, other_event)
+    ), "one letter per (trigger, key) of the row, each with its cause"
+
+    call_command("migrate", "deadletters", "0003", verbosity=0)
+    call_command("migrate", "deadletters", verbosity=0)
+    assert _letters() == migrated, "backwards and forwards again, the same letters"

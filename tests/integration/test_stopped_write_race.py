@@ -1,4 +1,4 @@
-"""Two executions of one row stopping the same trigger at once: one dead letter."""
+"""Two executions of one row stopping the same event at once: one dead letter."""
 
 import threading
 import uuid
@@ -24,7 +24,7 @@ def _blocked_on_a_lock() -> bool:
         return cursor.fetchone()[0] > 0
 
 
-def test_the_second_insert_of_a_cause_and_trigger_waits_then_records_nothing():
+def test_the_second_insert_of_a_stopped_event_waits_then_records_nothing():
     app = AppFactory()
     admin = MembershipFactory(app=app).principal
     script = ScriptFactory(app=app)
@@ -37,7 +37,7 @@ def test_the_second_insert_of_a_cause_and_trigger_waits_then_records_nothing():
         run_as_principal=admin.id,
         outbox_id=None,
         cause_outbox_id=uuid.uuid4(),
-        payload={"key": "k"},
+        payload={"collection": "c", "key": "k"},
         last_error="depth limit stopped a cascade: test",
     )
     first_inserted, release_first = threading.Event(), threading.Event()

@@ -48,7 +48,7 @@ RELEASED_MIGRATION_SQL = {
     "deadletters/sql/0001_dead_letters.sql": "8fec08ee3b3a275c21fd2912f51cb152b4163c072c18c42530ab19adfe4f86e2",
     "deadletters/sql/0002_abandoned_executions.sql": "05e37c86eec1614c25aec0daf4ac599e7d75a6ed0a8e0b5d5a891b125a8c24bb",
     "deadletters/sql/0003_outbox_index.sql": "00199505e255bbf79f814e5be07d4afbb403b0f6439b5efc5d0477e599d780d5",
-    "deadletters/sql/0004_cause_outbox_id.sql": "565010ef98ca0785220e8e0738681b3f2923a88efbdc17a1a7b0b7d81727d67c",
+    "deadletters/sql/0004_cause_outbox_id.sql": "29ac75827a4e1f3017d42fe2c8dea636d25a3a9b9559f0e477491b252332c09d",
     "outbox/sql/0001_outbox.sql": "aaa634b37c66ca85024f5f1ac1a85608724c38029be19796ac491507c9dea1c8",
     "outbox/sql/0002_notify.sql": "b8ad5e084978305a68077ee126806d225bf78584de450a3c318ee72d65fa25bf",
     "outbox/sql/0003_reply_inboxes.sql": "48163695f3bec1832b259d4ee6b4d33dfa7a4e483e95a5559c0e7894b8c5e23a",
