@@ -120,3 +120,18 @@ def validate_webhook_url(url: str, config: WebhookConfig | None = None) -> None:
         )
     if parts.username or parts.password:
         raise ValidationError({"webhook_url": "Credentials in the URL are not allowed."})
+    try:
+        port = parts.port  # ValueError when not ASCII digits from 0 to 65535
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValidationError(
+            {"webhook_url": "The port must be a number from 1 to 65535 (or none)."}
+        )
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ValidationError(
+            {
+                "webhook_url": "The URL must not contain spaces or control characters; "
+                "percent-encode them (%20)."
+            }
+        )

@@ -10,6 +10,7 @@ can run a script with rights its principal lost.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import time
@@ -20,7 +21,7 @@ from functools import cached_property
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 
 from outbox.storage.repository import OutboxRow
 from picloud.config import SandboxCeiling, WebhookConfig
@@ -413,6 +414,13 @@ def _run_webhook(
         )
     except webhooks.ResponseTooLarge as exc:
         return Failure(str(exc), retryable=False, status=502)
+    except ValidationError as exc:
+        # A URL saved before today's checks (bad port, control characters),
+        # refused again before sending: retrying cannot fix it.
+        why = "; ".join(exc.messages)
+        return Failure(f"webhook URL is not usable: {why}", retryable=False, status=502)
+    except (ValueError, http.client.InvalidURL) as exc:
+        return Failure(f"webhook URL is not usable: {_error(exc)}", retryable=False, status=502)
     except OSError as exc:
         return Failure(f"webhook connection failed: {_error(exc)}", retryable=True, status=502)
     if 200 <= response.status < 300:

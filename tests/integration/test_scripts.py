@@ -37,3 +37,40 @@ def test_full_clean_reports_runtime_problems(app):
     with pytest.raises(ValidationError) as excinfo:
         script.full_clean()
     assert "handler" in excinfo.value.message_dict
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("https://hooks.example.com:99999/in", "port must be a number from 1 to 65535"),
+        ("https://hooks.example.com:+443/in", "port must be a number from 1 to 65535"),
+        ("https://hooks.example.com:0/in", "port must be a number from 1 to 65535"),
+        ("https://hooks.example.com/a b", "spaces or control characters"),
+        ("https://hooks.example.com/a\x7fb", "spaces or control characters"),
+        ("https://hooks.example.com/a\x00b", "spaces or control characters"),
+    ],
+)
+def test_webhook_urls_that_could_never_be_sent_are_refused_on_save(app, url, says):
+    script = Script(app=app, name="hook", runtime="webhook", webhook_url=url)
+    with pytest.raises(ValidationError, match=says):
+        script.full_clean()
+
+
+def test_a_url_saved_before_these_checks_fails_for_good_not_retried(app):
+    """Rows of a script whose URL cannot be sent are not retried to their maximum."""
+    from outbox.storage.pg_repository import PgOutboxRepo
+    from outbox.storage.repository import NewOutboxRow
+    from picloud.runtime.execution import execute_row
+    from tests.factories import MembershipFactory
+
+    member = MembershipFactory(app=app, role="developer")
+    script = Script.objects.create(
+        app=app, name="old", runtime="webhook", webhook_url="https://hooks.example.com/in"
+    )
+    Script.objects.filter(pk=script.pk).update(webhook_url="https://hooks.example.com:99999/in")
+    repo = PgOutboxRepo()
+    repo.insert(NewOutboxRow(app.id, "kv", script.id, member.principal.id, {}))
+    (row,) = repo.claim_due(limit=1, lease=60)
+    outcome = execute_row(row)
+    assert not outcome.ok and not outcome.retryable
+    assert "webhook URL is not usable" in outcome.error
