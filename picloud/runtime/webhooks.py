@@ -258,8 +258,8 @@ def post(
     config: WebhookConfig | None = None,
 ) -> WebhookResponse:
     """POST `body`. Raises WebhookRefused, TimeoutError (socket.timeout is
-    the same class), OSError for connection errors, or ResponseTooLarge; any
-    HTTP status is returned, not raised.
+    the same class), OSError for connection errors and answers that are not
+    HTTP, or ResponseTooLarge; any HTTP status is returned, not raised.
 
     `timeout` (seconds) bounds the request as a whole, from the connect to the
     last byte of the answer, however slowly the server sends it. The name's
@@ -291,6 +291,12 @@ def post(
         # (a reset, a short read, a broken pipe): it is a timeout.
         if expired:
             raise TimeoutError(f"no complete answer within {timeout} s") from exc
+        if isinstance(exc, http.client.HTTPException):
+            # A garbled status line or headers, a body cut short: like a
+            # dropped connection (and retried like one), not a crash here.
+            raise ConnectionError(
+                f"the answer is not valid HTTP or was cut short: {exc!r}"
+            ) from exc
         raise
     if expired:
         # A body that ends when the connection closes ends early, without
