@@ -9,18 +9,18 @@ from datetime import timedelta
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.core.exceptions import ValidationError
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html
 
 from deadletters.models import AbandonedExecution, DeadLetter, Resolution
-from deadletters.resolve import postgres_resolver
+from deadletters.resolve import MAX_NOTE_CHARS, postgres_resolver
 from picloud.admin_access import AppFilter, AppScopedAdmin, IdFilter, WrittenBySystem, scope
+from picloud.db.storable import clean_text
 from picloud.domain.authz import Capability
 from picloud.text import truncate
 from triggers.models import Trigger
-
-MAX_NOTE_CHARS = 2_000
 
 
 def pretty(value) -> str:
@@ -157,26 +157,19 @@ class DeadLetterAdmin(WrittenBySystem, AppScopedAdmin):
         return self._resolve(request, queryset, "ignore")
 
     def _resolve(self, request, queryset, verb: str):
-        """First a confirmation page that states the count; then do it."""
+        """First a confirmation page that states the count; then do it. A
+        note that cannot be stored brings the page back, saying why."""
         unresolved = queryset.filter(resolution__isnull=True)
         count, resolved = unresolved.count(), queryset.filter(resolution__isnull=False).count()
         note = request.POST.get("note", "").strip()
-        if request.POST.get("confirm") == "yes" and len(note) <= MAX_NOTE_CHARS:
-            ids = list(unresolved.values_list("id", flat=True))
-            if not ids:
-                self.message_user(
-                    request,
-                    f"Nothing to {verb}: the selected dead letters are already resolved.",
-                    messages.WARNING,
-                )
-                return None
-            resolver, by = postgres_resolver(), self.principal(request).pk
-            if verb == "replay":
-                report = resolver.replay_all(ids, by)
+        note_error = ""
+        if request.POST.get("confirm") == "yes":
+            try:
+                self._resolve_confirmed(request, unresolved, verb, note)
+            except ValidationError as exc:
+                note_error = " ".join(exc.messages)
             else:
-                report = resolver.ignore_all(ids, by, note)
-            self._report(request, verb, report)
-            return None
+                return None
         context = {
             **self.admin_site.each_context(request),
             "title": f"{verb.capitalize()} dead letters",
@@ -184,8 +177,8 @@ class DeadLetterAdmin(WrittenBySystem, AppScopedAdmin):
             "verb": verb,
             "count": count,
             "already_resolved": resolved,
-            "note": note,
-            "note_too_long": len(note) > MAX_NOTE_CHARS,
+            "note": clean_text(note)[0],  # shown back for editing, NUL made visible
+            "note_error": note_error,
             "max_note_chars": MAX_NOTE_CHARS,
             "select_across": request.POST.get("select_across") == "1",
             "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
@@ -195,6 +188,22 @@ class DeadLetterAdmin(WrittenBySystem, AppScopedAdmin):
         return TemplateResponse(
             request, "admin/deadletters/deadletter/confirm_resolution.html", context
         )
+
+    def _resolve_confirmed(self, request, unresolved, verb: str, note: str) -> None:
+        ids = list(unresolved.values_list("id", flat=True))
+        if not ids:
+            self.message_user(
+                request,
+                f"Nothing to {verb}: the selected dead letters are already resolved.",
+                messages.WARNING,
+            )
+            return
+        resolver, by = postgres_resolver(), self.principal(request).pk
+        if verb == "replay":
+            report = resolver.replay_all(ids, by)
+        else:
+            report = resolver.ignore_all(ids, by, note)  # ValidationError for a bad note
+        self._report(request, verb, report)
 
     def _report(self, request, verb: str, report) -> None:
         past = "replayed" if verb == "replay" else "ignored"

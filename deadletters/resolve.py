@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from deadletters.models import Resolution
@@ -31,6 +32,27 @@ from deadletters.repository import (
 )
 from outbox.storage.pg_repository import PgOutboxRepo
 from outbox.storage.repository import NewOutboxRow, OutboxRepo
+from picloud.db.storable import clean_text
+
+MAX_NOTE_CHARS = 2_000  # an ignore note, as an operator writes it
+
+
+def check_note(note: object) -> str:
+    """`note` if it can be stored as given, else ValidationError saying why:
+    an operator's note is input, refused rather than silently changed."""
+    if not isinstance(note, str):
+        raise ValidationError(f"The note must be a string, got {type(note).__name__}.")
+    if len(note) > MAX_NOTE_CHARS:
+        raise ValidationError(
+            f"The note is {len(note)} characters long; at most {MAX_NOTE_CHARS} are allowed."
+        )
+    unstorable = clean_text(note)[1]
+    if unstorable:
+        raise ValidationError(
+            f"The note contains {unstorable} NUL or unpaired surrogate character(s), "
+            "which PostgreSQL cannot store; remove them."
+        )
+    return note
 
 
 class CannotReplay(Exception):
@@ -86,7 +108,11 @@ class Resolver:
     def ignore(
         self, dead_letter_id: uuid.UUID, by: uuid.UUID | None, note: str = ""
     ) -> DeadLetterRecord:
-        return self.dead_letters.resolve(dead_letter_id, Resolution.IGNORED, by=by, note=note)
+        """Mark the letter ignored with `note`; ValidationError for a note
+        that cannot be stored (check_note), before anything changes."""
+        return self.dead_letters.resolve(
+            dead_letter_id, Resolution.IGNORED, by=by, note=check_note(note)
+        )
 
     def replay_all(self, ids: Iterable[uuid.UUID], by: uuid.UUID | None) -> BulkReport:
         return self._each(ids, lambda i: self.replay(i, by))
@@ -94,6 +120,8 @@ class Resolver:
     def ignore_all(
         self, ids: Iterable[uuid.UUID], by: uuid.UUID | None, note: str = ""
     ) -> BulkReport:
+        # One bad note refuses the whole batch, not each letter in turn.
+        note = check_note(note)
         return self._each(ids, lambda i: self.ignore(i, by, note))
 
     @staticmethod

@@ -33,6 +33,7 @@ from picloud.models import App, Principal, principal_for
 
 MAX_KEY_LENGTH = 1024  # characters
 MAX_COLLECTION_LENGTH = 255  # characters
+MAX_SLUG_LENGTH = App._meta.get_field("slug").max_length  # characters
 MAX_LIST_LIMIT = 1000
 
 Q = load_queries("picloud")
@@ -56,7 +57,9 @@ def _app(app: App | uuid.UUID | str) -> App:
         return app
     if isinstance(app, uuid.UUID):
         return App.objects.get(pk=app)
-    return App.objects.get(slug=app)
+    # A slug no app can have is a caller's mistake, said as such; a NUL or a
+    # surrogate would otherwise fail in the driver or PostgreSQL, not here.
+    return App.objects.get(slug=_check_text("App slug", app, MAX_SLUG_LENGTH))
 
 
 def _principal(principal) -> Principal | None:

@@ -14,12 +14,14 @@ followed: a 3xx is a failure like any other non-2xx answer.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import http.client
 import ipaddress
 import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -170,23 +172,80 @@ def resolve_destination(host: str, port: int, config: WebhookConfig) -> str:
     return addresses[0]
 
 
+class _Deadline:
+    """One time limit for a whole request. A socket timeout bounds each read
+    and write alone, so a server sending a byte at a time would hold the
+    request (and its worker thread) for as long as it likes; at the deadline
+    this shuts the connection's socket down, which wakes whatever call is
+    blocked on it."""
+
+    def __init__(self, seconds: float):
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._expired = False
+        self._finished = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        """Shut `sock` down at the deadline (at once if it has passed)."""
+        with self._lock:
+            self._sock = sock
+            if self._expired:
+                _shut_down(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._finished:
+                return
+            self._expired = True
+            if self._sock is not None:
+                _shut_down(self._sock)
+
+    def finish(self) -> bool:
+        """Stop watching; whether the deadline passed first. Once this
+        returns, the socket is never touched again, so it may be closed."""
+        self._timer.cancel()
+        with self._lock:
+            self._finished = True
+            return self._expired
+
+
+def _shut_down(sock: socket.socket) -> None:
+    # The plain socket's shutdown, also for a TLS socket: ssl.SSLSocket's own
+    # would drop its SSL object under the thread that is reading with it.
+    with contextlib.suppress(OSError):  # already closed, or never connected
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
 class _PinnedHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, host, port, address, timeout):
+    def __init__(self, host, port, address, deadline: _Deadline, timeout):
         super().__init__(host, port, timeout=timeout)
         self._address = address
+        self._deadline = deadline
 
     def connect(self):
+        # The connect itself is bounded by `timeout`, the time left.
         self.sock = socket.create_connection((self._address, self.port), self.timeout)
+        self._deadline.watch(self.sock)
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, host, port, address, timeout):
+    def __init__(self, host, port, address, deadline: _Deadline, timeout):
         super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
         self._address = address
+        self._deadline = deadline
 
     def connect(self):
         raw = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(raw, server_hostname=self.host)
+        # Wrap first and shake hands after, so the deadline watches the
+        # socket the handshake reads from.
+        self.sock = self._context.wrap_socket(
+            raw, server_hostname=self.host, do_handshake_on_connect=False
+        )
+        self._deadline.watch(self.sock)
+        self.sock.do_handshake()
 
 
 def post(
@@ -199,29 +258,60 @@ def post(
     config: WebhookConfig | None = None,
 ) -> WebhookResponse:
     """POST `body`. Raises WebhookRefused, TimeoutError (socket.timeout is
-    the same class), OSError for connection errors, or ResponseTooLarge; any
-    HTTP status is returned, not raised."""
+    the same class), OSError for connection errors and answers that are not
+    HTTP, or ResponseTooLarge; any HTTP status is returned, not raised.
+
+    `timeout` (seconds) bounds the request as a whole, from the connect to the
+    last byte of the answer, however slowly the server sends it. The name's
+    lookup is not bounded by it (the system resolver has its own)."""
     config = config or WebhookConfig.current()
     validate_webhook_url(url, config)
     parts = urlsplit(url)
     https = parts.scheme == "https"
     port = parts.port or (443 if https else 80)
-    deadline = time.monotonic() + timeout
+    deadline_at = time.monotonic() + timeout
     address = resolve_destination(parts.hostname, port, config)
+    remaining = deadline_at - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError(f"no time left to connect after {timeout} s")
+    deadline = _Deadline(remaining)
     cls = _PinnedHTTPSConnection if https else _PinnedHTTPConnection
-    conn = cls(parts.hostname, port, address, timeout=max(0.001, deadline - time.monotonic()))
+    conn = cls(parts.hostname, port, address, deadline, timeout=remaining)
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
     try:
-        conn.request("POST", path, body=body, headers=headers)
-        response = conn.getresponse()
-        data = response.read(max_response_bytes + 1)
-        if len(data) > max_response_bytes:
-            raise ResponseTooLarge(max_response_bytes)
-        return WebhookResponse(response.status, data, response.getheader("Content-Type", "") or "")
-    finally:
-        conn.close()
+        try:
+            response = _exchange(conn, path, body, headers, max_response_bytes)
+        finally:
+            expired = deadline.finish()
+            conn.close()
+    except (OSError, http.client.HTTPException) as exc:
+        # Cut off at the deadline, the exchange fails however it happens to
+        # (a reset, a short read, a broken pipe): it is a timeout.
+        if expired:
+            raise TimeoutError(f"no complete answer within {timeout} s") from exc
+        if isinstance(exc, http.client.HTTPException):
+            # A garbled status line or headers, a body cut short: like a
+            # dropped connection (and retried like one), not a crash here.
+            raise ConnectionError(
+                f"the answer is not valid HTTP or was cut short: {exc!r}"
+            ) from exc
+        raise
+    if expired:
+        # A body that ends when the connection closes ends early, without
+        # an error, when the deadline shuts the socket: not the whole answer.
+        raise TimeoutError(f"no complete answer within {timeout} s")
+    return response
+
+
+def _exchange(conn, path, body, headers, max_response_bytes) -> WebhookResponse:
+    conn.request("POST", path, body=body, headers=headers)
+    response = conn.getresponse()
+    data = response.read(max_response_bytes + 1)
+    if len(data) > max_response_bytes:
+        raise ResponseTooLarge(max_response_bytes)
+    return WebhookResponse(response.status, data, response.getheader("Content-Type", "") or "")
 
 
 class ResponseTooLarge(Exception):

@@ -5,6 +5,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from deadletters.models import DeadLetter
+from deadletters.resolve import MAX_NOTE_CHARS
 from outbox.models import OutboxEntry
 from picloud.domain.authz import Role
 from tests.factories import AppFactory, MembershipFactory, ScriptFactory, kv_trigger
@@ -194,6 +195,34 @@ def test_ignore_everything_matching_the_filter_with_a_note(client, admin_member)
         DeadLetter.objects.filter(resolved_by=admin_member.principal).values_list("note", flat=True)
     )
     assert notes == {"known outage, fixed upstream"}
+
+
+@pytest.mark.parametrize(
+    ("note", "message"),
+    [
+        ("bad\x00note", "NUL or unpaired surrogate"),
+        ("n" * (MAX_NOTE_CHARS + 1), f"at most {MAX_NOTE_CHARS}"),
+    ],
+)
+def test_an_ignore_note_that_cannot_be_stored_is_shown_back_with_why(
+    client, admin_member, note, message
+):
+    (letter,) = make_letters(admin_member.app, ScriptFactory(app=admin_member.app), 1)
+    response = client.post(
+        reverse("admin:deadletters_deadletter_changelist"),
+        {
+            "action": "ignore",
+            "_selected_action": [letter.pk],
+            "index": "0",
+            "confirm": "yes",
+            "note": note,
+        },
+    )
+    assert response.status_code == 200, "the confirmation comes back, with the reason"
+    body = response.content.decode()
+    assert message in body and 'class="errornote"' in body, body
+    assert "\x00" not in body, "the note is shown back with the NUL replaced"
+    assert DeadLetter.objects.get(pk=letter.pk).resolution is None
 
 
 def test_detail_page_shows_payload_and_every_error(client, admin_member):

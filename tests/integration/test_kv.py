@@ -129,6 +129,24 @@ def test_list_prefix_with_nul_is_refused(app, writer):
         kv.list(app, "c", principal=writer, prefix="a\x00")
 
 
+@pytest.mark.parametrize(
+    ("slug", "message"),
+    [
+        ("my\x00app", "App slug must not contain the NUL character"),
+        ("my\udc80app", "unpaired surrogates"),
+        ("", "App slug must be a non-empty string"),
+        ("a" * 64, "App slug is 64 characters long; at most 63"),
+    ],
+)
+def test_an_app_slug_that_cannot_exist_is_refused_with_what_is_allowed(app, writer, slug, message):
+    with pytest.raises(ValidationError, match=message):
+        kv.get(slug, "c", "k", principal=writer)
+    with pytest.raises(ValidationError, match=message):
+        kv.put(slug, "c", "k", 1, principal=writer)
+    # Refused before SQL: the transaction is still usable.
+    assert kv.get(app.slug, "c", "k", principal=writer) is None
+
+
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_first_writes_of_one_key_both_land():
     app = AppFactory()

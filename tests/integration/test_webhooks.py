@@ -55,6 +55,8 @@ class Receiver(BaseHTTPRequestHandler):
             self._answer(200, "{}", "application/json")
         elif self.path == "/huge":
             self._answer(200, "x" * 10_000, "text/plain")
+        elif self.path == "/not-http":
+            self.wfile.write(b"garbage\r\n\r\n")
 
     def _answer(self, status, text, content_type):
         data = text.encode()
@@ -144,6 +146,12 @@ def test_connection_refused_is_a_retryable_failure(deliver):
     outcome = deliver(f"http://127.0.0.1:{free_port()}/nobody")[2]
     assert isinstance(outcome, Failure) and outcome.retryable
     assert "connection failed" in outcome.error
+
+
+def test_an_answer_that_is_not_http_is_a_retryable_connection_failure(receiver, deliver):
+    outcome = deliver(receiver + "/not-http")[2]
+    assert isinstance(outcome, Failure) and outcome.retryable and outcome.status == 502
+    assert "not valid HTTP" in outcome.error and "garbage" in outcome.error
 
 
 def test_oversized_payload_is_not_sent(receiver, deliver):

@@ -3,10 +3,11 @@
 import uuid
 
 import pytest
+from django.core.exceptions import ValidationError
 
 from deadletters.memory_repository import MemoryDeadLetterRepo
 from deadletters.repository import AlreadyResolved, NewDeadLetter
-from deadletters.resolve import Resolver
+from deadletters.resolve import MAX_NOTE_CHARS, Resolver
 from outbox.storage.memory_repository import MemoryOutboxRepo
 
 APP, SCRIPT, TRIGGER, PRINCIPAL, OPERATOR = (uuid.uuid4() for _ in range(5))
@@ -70,6 +71,24 @@ def test_ignore_records_the_note(world):
         "known outage",
         OPERATOR,
     )
+
+
+@pytest.mark.parametrize(
+    ("note", "message"),
+    [
+        ("bad\x00note", "contains 1 NUL or unpaired surrogate"),
+        ("\udc80 and \x00", "contains 2 NUL or unpaired surrogate"),
+        ("n" * (MAX_NOTE_CHARS + 1), f"{MAX_NOTE_CHARS + 1} characters long; at most"),
+    ],
+)
+def test_a_note_that_cannot_be_stored_is_refused_saying_why(world, note, message):
+    letters, _outbox, resolver = world
+    dead = letter(letters)
+    with pytest.raises(ValidationError, match=message):
+        resolver.ignore(dead.id, by=OPERATOR, note=note)
+    with pytest.raises(ValidationError, match=message):
+        resolver.ignore_all([dead.id], by=OPERATOR, note=note)
+    assert letters.get(dead.id).resolution is None, "a refused note resolves nothing"
 
 
 def test_bulk_reports_each_outcome(world):

@@ -2,6 +2,7 @@
 the helpers that find and kill what is left (on small real processes)."""
 
 import contextlib
+import io
 import signal
 import subprocess
 import sys
@@ -9,10 +10,11 @@ from unittest import mock
 
 import psutil
 import pytest
-from django.core.management import get_commands
+from django.core.management import CommandError, call_command, get_commands
 from django_q import cluster as django_q_cluster
 
 from picloud.config import ConfigError, StopConfig
+from picloud.management.commands import runstack
 from picloud.management.commands.qcluster import Sentinel
 from picloud.stopping import Descendants, kill_all, process_group, running
 from tests.helpers import PROJECT_DIR, wait_for
@@ -51,6 +53,62 @@ def test_the_sentinel_ignores_sigterm_before_it_starts_its_processes(monkeypatch
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert seen == [signal.SIG_IGN]
+
+
+class _StartedChild:
+    """A child runstack believes it started; it has exited by the first look."""
+
+    pid = returncode = 0
+
+    def poll(self):
+        return 0
+
+
+@pytest.fixture
+def signal_handlers_kept():
+    # The commands here install handlers in this process: put pytest's back.
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    yield saved
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+def test_runstack_handles_sigterm_before_it_starts_a_child_and_stops_what_started(
+    monkeypatch, signal_handlers_kept
+):
+    # A SIGTERM with default handling would kill runstack and leave the
+    # children, in their own sessions, running: the handlers come first.
+    at_start = []
+
+    def popen(cmd, **kwargs):
+        handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+        at_start.append(handlers)
+        if callable(handlers[1]) and handlers[1] is not signal_handlers_kept[signal.SIGTERM]:
+            handlers[1](signal.SIGTERM, None)  # the SIGTERM arrives while starting
+        return _StartedChild()
+
+    stopped = []
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    monkeypatch.setattr(
+        runstack.Command, "_stop", lambda self, children, grace: stopped.append(children) or []
+    )
+    try:
+        call_command("runstack", stdout=io.StringIO(), stderr=io.StringIO())
+    except CommandError as exc:
+        error = str(exc)  # the children exiting by themselves, had the stop been missed
+    else:
+        error = None
+    assert at_start, "runstack started no child"
+    for handlers in at_start:
+        assert handlers != tuple(signal_handlers_kept.values()), (
+            "a child was started before runstack handled SIGINT and SIGTERM"
+        )
+    assert len(at_start) == 1, "a stop requested while starting must start no further child"
+    assert [list(children) for children in stopped] == [["web"]], "what started is stopped"
+    assert error is None, error
+    assert tuple(signal.getsignal(s) for s in signal_handlers_kept) == tuple(
+        signal_handlers_kept.values()
+    ), "runstack puts the previous handlers back"
 
 
 @pytest.mark.parametrize(("timer", "killed"), [(0, True), (-1, False), (-2, False), (7, False)])

@@ -62,27 +62,33 @@ class Command(BaseCommand):
             "web": web,
             "cluster": [sys.executable, manage, "qcluster"],
         }
-        # Each child leads its own session and process group: a signal to
-        # runstack's group (Ctrl-C, `kill -- -PGID`, systemd) reaches runstack
-        # alone, which stops the children in order; and whatever a child
-        # leaves behind, even re-parented to PID 1, is still in its group.
-        children = {
-            name: subprocess.Popen(cmd, start_new_session=True) for name, cmd in commands.items()
-        }
-        self.stdout.write(
-            f"picloud: web on http://{addr}/admin/ and qcluster started; Ctrl-C stops both"
-        )
-
         stopping = False
 
         def request_stop(signum, frame):
             nonlocal stopping
             stopping = True
 
-        signal.signal(signal.SIGINT, request_stop)
-        signal.signal(signal.SIGTERM, request_stop)
+        # Handlers first: a SIGTERM with default handling, once a child runs,
+        # would end runstack and leave the children (in their own sessions)
+        # running with no one to stop them. Installed here, a stop asked for
+        # while starting starts no further child and stops those started.
+        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        children: dict[str, subprocess.Popen] = {}
         failed = None
         try:
+            for name, cmd in commands.items():
+                if stopping:
+                    break
+                # Each child leads its own session and process group: a signal
+                # to runstack's group (Ctrl-C, `kill -- -PGID`, systemd) reaches
+                # runstack alone, which stops the children in order; and
+                # whatever a child leaves behind, even re-parented to PID 1, is
+                # still in its group.
+                children[name] = subprocess.Popen(cmd, start_new_session=True)
+            if not stopping:
+                self.stdout.write(
+                    f"picloud: web on http://{addr}/admin/ and qcluster started; Ctrl-C stops both"
+                )
             while not stopping:
                 for name, proc in children.items():
                     if proc.poll() is not None:
@@ -91,6 +97,8 @@ class Command(BaseCommand):
                 time.sleep(0.2)  # supervision tick; nothing time-critical waits on it
         finally:
             problems = self._stop(children, grace)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         if failed:
             problems.insert(0, f"{failed[0]} exited with status {failed[1]}; stopped the rest")
         if problems:
