@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
@@ -65,7 +66,11 @@ def _app(app: App | uuid.UUID | str) -> App:
 def _principal(principal) -> Principal | None:
     if principal is None or isinstance(principal, Principal):
         return principal
-    return principal_for(principal)  # a Django user
+    if isinstance(principal, AbstractBaseUser):
+        return principal_for(principal)
+    raise ValidationError(
+        f"principal must be a Principal or a Django user, got {type(principal).__name__}."
+    )
 
 
 def _check_text(what: str, value: object, limit: int) -> str:
@@ -101,13 +106,15 @@ def _check_limit(limit: object) -> int:
     return limit
 
 
-def _params(app: App, collection: str, key: str | None = None) -> dict[str, Any]:
+def _params(app: App, collection: str, *key: str) -> dict[str, Any]:
+    """The statement's parameters, checked; `key` is given by the calls that
+    name one (get, put, delete), where None is as wrong as any non-string."""
     params: dict[str, Any] = {
         "app_id": app.id,
         "collection": _check_text("Collection", collection, MAX_COLLECTION_LENGTH),
     }
-    if key is not None:
-        params["key"] = _check_text("Key", key, MAX_KEY_LENGTH)
+    if key:
+        params["key"] = _check_text("Key", key[0], MAX_KEY_LENGTH)
     return params
 
 

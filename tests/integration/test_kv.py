@@ -170,3 +170,14 @@ def test_concurrent_first_writes_of_one_key_both_land():
         t.join(30)
     assert not errors, errors
     assert kv.get(app, "c", "same", principal=writer).version == 2
+
+
+@pytest.mark.parametrize("call", ["get", "delete"])
+def test_a_missing_key_is_refused_like_any_bad_key(app, writer, call):
+    with pytest.raises(ValidationError, match="Key must be a non-empty string"):
+        getattr(kv, call)(app, "c", None, principal=writer)
+
+
+def test_a_principal_that_is_neither_a_principal_nor_a_user_is_refused(app):
+    with pytest.raises(ValidationError, match="principal must be a Principal or a Django user"):
+        kv.get(app, "c", "k", principal="admin")
