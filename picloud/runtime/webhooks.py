@@ -115,6 +115,9 @@ def _first_match(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, table) -> st
     return next((kind for network, kind in table if ip in network), None)
 
 
+ISATAP_IDENTIFIER = 0x00005EFE  # bits 64-95 of an ISATAP address, the u/l bit masked off
+
+
 def _ipv6_reason(ip: ipaddress.IPv6Address) -> str | None:
     low32 = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     for prefix, name in ((IPV4_MAPPED, "IPv4-mapped"), (NAT64_WELL_KNOWN, "NAT64")):
@@ -133,6 +136,13 @@ def _ipv6_reason(ip: ipaddress.IPv6Address) -> str | None:
         return f"{kind}, carrying server {server} and client {client}"
     if kind is None and ip not in IPV6_GLOBAL_UNICAST:
         return f"outside global unicast ({IPV6_GLOBAL_UNICAST})"
+    # ISATAP interface identifiers (RFC 5214: ::0:5efe:a.b.c.d, ::200:5efe:a.b.c.d)
+    # tunnel to the IPv4 address in their last 32 bits wherever an ISATAP
+    # router serves the prefix: judge that address too.
+    if kind is None and (int(ip) >> 32) & 0xFDFFFFFF == ISATAP_IDENTIFIER:
+        inner = _first_match(low32, IPV4_REFUSED)
+        if inner is not None:
+            return f"ISATAP form of {low32}, {inner}"
     return kind
 
 

@@ -113,6 +113,7 @@ NAMED_REFUSED = [
 ]
 
 PUBLIC = [
+    "2a00::5efe:8.8.8.8",  # ISATAP form of a public address: what it tunnels to is public
     "8.8.8.8",
     "1.1.1.1",
     "9.9.9.9",
@@ -158,6 +159,8 @@ def test_globally_routable_unicast_addresses_are_allowed(address):
         ("2002:a9fe:a9fe::1", ["6to4", "169.254.169.254"]),
         ("2001:0:4136:e378:8000:63bf:3fff:fdd2", ["Teredo", "65.54.227.120"]),
         ("::169.254.169.254", ["IPv4-compatible", "169.254.169.254"]),
+        ("2a00::5efe:127.0.0.1", ["ISATAP", "127.0.0.1", "loopback"]),
+        ("2a00::200:5efe:169.254.169.254", ["ISATAP", "169.254.169.254", "link-local"]),
         ("5f00::1", ["2000::/3"]),
         ("not-an-address", ["not an IP address"]),
     ],
