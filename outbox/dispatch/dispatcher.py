@@ -123,12 +123,14 @@ class Dispatcher:
     def run_once(self, limit: int) -> BatchReport:
         """Claim up to `limit` due rows and settle every one of them.
 
-        A row that ran is settled exactly once, whatever fails: when a
-        settling statement raises (the database went away), the outcomes of
-        every row that already ran wait in ``backlog`` and are settled before
-        the next claim, and successes stay in ``pending_acks`` until a
-        statement that deletes them commits. The exception is re-raised so
-        the caller can reconnect and back off.
+        A row that ran is settled once, whatever fails: when a settling
+        statement raises (the database went away), the outcomes of every row
+        that already ran wait in ``backlog`` and are settled before the next
+        claim (or dropped, the row to run again, if the outage outlasts its
+        lease), and successes stay in ``pending_acks`` until a statement that
+        deletes them commits. The exception is re-raised so the caller can
+        reconnect and back off. While hung handlers fill the process, nothing
+        is claimed (``report.saturated``).
         """
         report = BatchReport()
         # The per-row counters are tallied here and added once per batch.
