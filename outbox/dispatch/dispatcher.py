@@ -154,7 +154,10 @@ class Dispatcher:
         for row in [r for r in rows if _lost_invocation(r)]:
             # A sync invocation gets one attempt; this one's worker was lost.
             lost = Failure(
-                "the worker running this invocation was lost", retryable=False, status=504
+                "the worker running this invocation was lost",
+                retryable=False,
+                status=504,
+                lost=True,
             )
             self._record(report, row, lost, done, unsettled)
         runnable = [r for r in rows if r.id in unsettled]

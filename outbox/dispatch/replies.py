@@ -48,6 +48,11 @@ class InboxReplySink:
             # The script ran out of time and the caller was told 504: what it
             # heard is what happened, so there is nothing to investigate.
             return
+        if not outcome.ok and outcome.lost:
+            # No execution finished: the row was claimed again because its
+            # worker died, or because the acknowledgement of a reply the
+            # caller already took was lost. Neither is an abandoned execution.
+            return
         self.abandoned.insert(
             NewAbandonedExecution(
                 app_id=row.app_id,

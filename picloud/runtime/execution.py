@@ -67,6 +67,9 @@ class Failure:
     unauthorized: bool = False
     # True when the sandbox stopped the script at PICLOUD_SANDBOX_TIMEOUT_MS.
     timed_out: bool = False
+    # True when the worker running it was lost: nothing is known to have
+    # finished (the dispatcher says so for a sync row it finds claimed again).
+    lost: bool = False
     ok = False
 
     def __post_init__(self) -> None:

@@ -82,6 +82,19 @@ def test_a_script_timeout_after_the_callers_504_is_not_abandoned(world):
     assert world.abandoned.rows == {} and world.counters.take()["abandoned"] == 0
 
 
+def test_a_lost_worker_after_the_caller_got_its_reply_is_not_abandoned(world):
+    """The reply reached the caller, then the row's acknowledgement was lost
+    and the row was claimed again: the dispatcher's "worker lost" outcome
+    finds no inbox, and must not be recorded as an abandoned execution."""
+    thread, box, row = invoke_in_thread(world)
+    world.sink.deliver(row, Success({"ok": True}))
+    thread.join(5)
+    assert box["result"].reply.status == 200
+    lost = Failure("the worker running this invocation was lost", False, 504, lost=True)
+    world.sink.deliver(row, lost)
+    assert world.abandoned.rows == {} and world.counters.take()["abandoned"] == 0
+
+
 def test_a_wake_up_without_a_reply_keeps_waiting(world):
     thread, box, row = invoke_in_thread(world)
     world.hub._wake_all()  # what a listener reconnect does
