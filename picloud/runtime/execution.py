@@ -43,7 +43,7 @@ from picloud.runtime.sandbox import (
 )
 from picloud.text import truncate
 
-logger = logging.getLogger("picloud.runtime.execution")
+logger = logging.getLogger("picloud.execution")
 QUERIES = load_queries("picloud")
 
 
@@ -107,7 +107,8 @@ class ExecutionContext:
     @cached_property
     def logger(self) -> logging.LoggerAdapter:
         return logging.LoggerAdapter(
-            logging.getLogger(f"picloud.domain.scripts.{self.handler}"),
+            # A name operators configure logging by: kept when the module moved.
+            logging.getLogger(f"picloud.scripts.{self.handler}"),
             {"outbox_id": str(self.outbox_id), "app": self.app.slug},
         )
 
