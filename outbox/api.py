@@ -23,8 +23,8 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from outbox.sync.invoke import default_invoker
-from picloud.config import SandboxCeiling
-from picloud.db.storable import Unstorable, check_json, clean_text, parse_json
+from picloud.config import SandboxCeiling, parse_int
+from picloud.db.storable import Unstorable, check_json, is_storable_text, parse_json
 from picloud.domain import tokens
 from picloud.domain.authz import Capability, Scope, has_capability
 from picloud.models import Principal, Script
@@ -91,7 +91,7 @@ def authorize(raw_token: str, app_slug: str, script_name: str) -> tuple[Principa
 
 
 def _possible_script_name(name: str) -> bool:
-    return 0 < len(name) <= MAX_SCRIPT_NAME and clean_text(name)[1] == 0
+    return 0 < len(name) <= MAX_SCRIPT_NAME and is_storable_text(name)
 
 
 def read_payload(request: HttpRequest, max_bytes: int):
@@ -112,9 +112,9 @@ def read_payload(request: HttpRequest, max_bytes: int):
 
 
 def _read_body(request: HttpRequest, max_bytes: int) -> bytes:
-    declared = request.META.get("CONTENT_LENGTH") or ""
-    if _is_digits(declared):
-        if int(declared) > max_bytes:
+    declared = parse_int(request.META.get("CONTENT_LENGTH") or "")
+    if declared is not None and declared >= 0:
+        if declared > max_bytes:
             raise _too_large(max_bytes)
         stream = request  # Django reads exactly Content-Length bytes
     elif "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
@@ -141,11 +141,6 @@ def _read_body(request: HttpRequest, max_bytes: int) -> bytes:
     return body
 
 
-def _is_digits(text: str) -> bool:
-    # str.isdigit() also accepts '²' and '٣', which int() then refuses.
-    return text.isascii() and text.isdigit()
-
-
 def _too_large(max_bytes: int) -> ApiError:
     return ApiError(
         413,
@@ -158,13 +153,15 @@ def read_wait_ms(request: HttpRequest, max_wait_ms: int) -> int:
     raw = request.GET.get("timeout_ms")
     if raw is None:
         return max_wait_ms
-    if not (_is_digits(raw) and len(raw) <= 9 and 1 <= int(raw) <= max_wait_ms):
+    # ASCII digits only: str.isdigit() also takes '²' and '٣', which int() refuses.
+    value = parse_int(raw)
+    if value is None or not 1 <= value <= max_wait_ms:
         raise ApiError(
             400,
             "invalid_timeout",
             f"timeout_ms={raw[:40]!r} is not valid: allowed is an integer from 1 to {max_wait_ms}",
         )
-    return int(raw)
+    return value
 
 
 @csrf_exempt

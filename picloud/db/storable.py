@@ -39,7 +39,8 @@ class Unstorable(ValueError):
     """A value that PostgreSQL cannot store; the message says what and where."""
 
 
-def _storable_str(text: str) -> bool:
+def is_storable_text(text: str) -> bool:
+    """True when PostgreSQL stores `text` as it is (no NUL, no surrogate)."""
     # Fast path first: most text is ASCII without NUL.
     if text.isascii():
         return "\x00" not in text
@@ -48,7 +49,7 @@ def _storable_str(text: str) -> bool:
 
 def clean_text(text: str) -> tuple[str, int]:
     """`text` with NUL and surrogate characters replaced by U+FFFD, and how many were."""
-    if _storable_str(text):
+    if is_storable_text(text):
         return text, 0
     return _UNSTORABLE_CHARS.subn(REPLACEMENT, text)
 
@@ -74,7 +75,7 @@ def _walk(value: Any, fix_text: bool) -> tuple[Any, int]:
 
     def text(s: str, path: list) -> str:
         nonlocal replaced
-        if _storable_str(s):
+        if is_storable_text(s):
             return s
         if not fix_text:
             raise Unstorable(

@@ -26,7 +26,7 @@ from django.db import transaction
 from picloud.db.sqlexec import fetch_all as _fetch_all
 from picloud.db.sqlexec import fetch_one, from_json, to_json
 from picloud.db.sqlfiles import load_queries
-from picloud.db.storable import Unstorable, check_json, clean_text
+from picloud.db.storable import Unstorable, check_json, is_storable_text
 from picloud.domain.authz import Capability, require
 from picloud.kv import hooks
 from picloud.kv.hooks import KvEvent
@@ -80,7 +80,7 @@ def _check_text(what: str, value: object, limit: int) -> str:
         raise ValidationError(
             f"{what} is {len(value)} characters long; at most {limit} are allowed."
         )
-    if clean_text(value)[1]:
+    if not is_storable_text(value):
         raise ValidationError(f"{what} must not contain the NUL character or unpaired surrogates.")
     return value
 
