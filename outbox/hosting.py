@@ -29,7 +29,9 @@ def start_dispatcher(sender=None, proc_name: str = "", **kwargs) -> None:
 
     _host = postgres_host(config=config)
     _host.start()
-    logger.info("%s hosts the outbox dispatcher (%d loops)", proc_name, config.concurrency)
+    logger.info(
+        "%s hosts the outbox dispatcher (up to %d in flight)", proc_name, config.max_in_flight
+    )
     util.Finalize(None, _host.stop, exitpriority=100)
 
 

@@ -36,6 +36,14 @@ CHECK_IDS: dict[type[EnvConfig], str] = {
     StopConfig: "picloud.E006",
 }
 HINT = "Fix or unset the variable (unset means the default); see docs/configuration.md."
+# Variables that no longer do anything, and what replaced them: setting one
+# is a warning (picloud.W001), so an operator learns it is ignored.
+RETIRED = {
+    "PICLOUD_DISPATCHER_CONCURRENCY": (
+        "dispatch loops are gone: each worker process keeps up to "
+        "PICLOUD_DISPATCHER_MAX_IN_FLIGHT executions running on one event loop"
+    ),
+}
 
 
 def environment_errors(env: Mapping[str, str]) -> list[checks.Error]:
@@ -53,10 +61,22 @@ def environment_errors(env: Mapping[str, str]) -> list[checks.Error]:
     return errors
 
 
+def retired_warnings(env: Mapping[str, str]) -> list[checks.Warning]:
+    return [
+        checks.Warning(
+            f"{name} is set but no longer has any effect: {why}",
+            hint="Unset it; see docs/configuration.md.",
+            id="picloud.W001",
+        )
+        for name, why in RETIRED.items()
+        if env.get(name, "").strip()
+    ]
+
+
 @checks.register()
 def check_environment(
     app_configs: list[AppConfig] | None = None, **kwargs: object
-) -> list[checks.Error]:
+) -> list[checks.CheckMessage]:
     if app_configs is not None and not any(a.label == "picloud" for a in app_configs):
         return []
-    return environment_errors(os.environ)
+    return [*environment_errors(os.environ), *retired_warnings(os.environ)]

@@ -263,11 +263,13 @@ class DispatcherConfig(EnvConfig):
     """How each django-q2 worker process dispatches outbox rows."""
 
     enabled: bool = True  # false: this cluster runs tasks and schedules only
-    # Dispatch loops per qcluster worker process. One keeps noop throughput and
-    # latency best on small machines (no GIL contention); raise it for handlers
-    # that wait on I/O (webhooks, sleeps), which then run side by side.
-    concurrency: int = 1
-    max_batch: int = 100  # rows one loop claims at most at a time
+    # Executions one worker process keeps running at once (webhooks and async
+    # handlers wait on the event loop; they cost no thread or connection).
+    max_in_flight: int = 100
+    # Threads that run plain (def) Python handlers in each worker process;
+    # each may hold a database connection while its handler uses the KV store.
+    handler_threads: int = 2
+    max_batch: int = 100  # rows one claim takes at most
     lease_margin_ms: int = 30_000  # how much a claim's lease outlasts the sandbox timeout
     shutdown_grace_ms: int = 10_000  # how long stopping waits for running scripts
 
@@ -277,8 +279,11 @@ class DispatcherConfig(EnvConfig):
         d = cls()
         return cls(
             enabled=env_bool(env, "PICLOUD_DISPATCHER_ENABLED", d.enabled),
-            concurrency=env_int(
-                env, "PICLOUD_DISPATCHER_CONCURRENCY", d.concurrency, low=1, high=64
+            max_in_flight=env_int(
+                env, "PICLOUD_DISPATCHER_MAX_IN_FLIGHT", d.max_in_flight, low=1, high=10_000
+            ),
+            handler_threads=env_int(
+                env, "PICLOUD_DISPATCHER_HANDLER_THREADS", d.handler_threads, low=1, high=64
             ),
             max_batch=env_int(env, "PICLOUD_DISPATCHER_MAX_BATCH", d.max_batch, low=1, high=1000),
             lease_margin_ms=env_int(

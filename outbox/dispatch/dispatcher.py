@@ -16,7 +16,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -59,6 +59,13 @@ class ReplySink(Protocol):
 
     def deliver(self, row: OutboxRow, outcome: Outcome) -> None:
         """Answer the row's caller, or record that nobody was left to answer."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    rows: list[OutboxRow]  # to run (a lost invocation is settled, not returned)
+    claimed: int  # rows the statement took
+    lease_ends_at: float  # when our hold on them ends, on the dispatcher's monotonic clock
 
 
 @dataclass
@@ -120,8 +127,64 @@ class Dispatcher:
         self.settle_error: Exception | None = None
         self.tally: dict[str, int] = {}
 
+    def claim(self, limit: int) -> Claim:
+        """Claim up to `limit` due rows to run (the engine's half of run_once).
+
+        Settles the backlog first and acknowledges waiting successes with
+        the claim. A synchronous invocation found claimed again (its worker
+        was lost) is settled here and not returned: it gets one attempt.
+        Raises when a statement fails; what ran stays kept (see run_once).
+        """
+        self.tally = {"dispatched": 0, "succeeded": 0}
+        self.settle_backlog()
+        rows = self.outbox.claim_due(limit, self.lease, ack=self.pending_acks)
+        self.pending_acks = []  # only once the statement that deleted them committed
+        # Our claim holds the rows until then (less a margin for the clocks
+        # of this process and the database); past it, another claimer may own them.
+        self.lease_ends_at = self.monotonic() + self.lease - LEASE_CLOCK_MARGIN
+        runnable = []
+        for row in rows:
+            if _lost_invocation(row):
+                # A sync invocation gets one attempt; this one's worker was lost.
+                lost = Failure(
+                    "the worker running this invocation was lost",
+                    retryable=False,
+                    status=504,
+                    lost=True,
+                )
+                self._settle_or_keep(row, lost, self.lease_ends_at)
+            else:
+                runnable.append(row)
+        if self.settle_error is not None and runnable:
+            # Settling a lost invocation failed: the database is in trouble,
+            # so run nothing; the rest go back unstarted (or after their lease).
+            with suppress(Exception):
+                self.hand_back([r.id for r in runnable])
+        self._end_tally()
+        return Claim(rows=runnable, claimed=len(rows), lease_ends_at=self.lease_ends_at)
+
+    def settle(self, ran: Sequence[tuple[OutboxRow, Outcome, float]]) -> None:
+        """Settle the outcomes of rows that ran: (row, outcome, when the
+        row's lease ends on the monotonic clock). Successes wait for the next
+        claim (or flush_acks). Raises the first settling error after keeping
+        every outcome it could not record in the backlog."""
+        self.tally = {"dispatched": 0, "succeeded": 0}
+        for row, outcome, lease_ends_at in ran:
+            self._settle_or_keep(row, outcome, lease_ends_at)
+        self._end_tally()
+
+    def _end_tally(self) -> None:
+        self.counters.add(self.tally)
+        self.tally = {"dispatched": 0, "succeeded": 0}
+        if self.settle_error is not None:
+            error, self.settle_error = self.settle_error, None
+            raise error
+
     def run_once(self, limit: int) -> BatchReport:
-        """Claim up to `limit` due rows and settle every one of them.
+        """Claim up to `limit` due rows, run them one after the other in
+        this thread's handler helper, and settle every one of them (the
+        synchronous drain: tests, benchmarks and tools; worker processes run
+        the engine of outbox/dispatch/engine.py on the same claim and settle).
 
         A row that ran is settled once, whatever fails: when a settling
         statement raises (the database went away), the outcomes of every row
@@ -133,8 +196,6 @@ class Dispatcher:
         is claimed (``report.saturated``).
         """
         report = BatchReport()
-        # The per-row counters are tallied here and added once per batch.
-        self.tally = {"dispatched": 0, "succeeded": 0}
         self.settle_backlog()
         if self.executor.saturated():
             # Claiming now would only count attempts for rows nobody can run:
@@ -142,25 +203,12 @@ class Dispatcher:
             self.flush_acks()
             report.saturated = True
             return report
-        rows = self.outbox.claim_due(limit, self.lease, ack=self.pending_acks)
-        self.pending_acks = []  # only once the statement that deleted them committed
-        report.claimed = len(rows)
+        claim = self.claim(limit)
+        report.claimed = claim.claimed
+        report.executed = claim.claimed - len(claim.rows)
         claimed_at = self.monotonic()
-        # Our claim holds the rows until then (less a margin for the clocks
-        # of this process and the database); past it, another claimer may own them.
-        self.lease_ends_at = claimed_at + self.lease - LEASE_CLOCK_MARGIN
-        done: list[uuid.UUID] = []
-        unsettled = {r.id: r for r in rows}
-        for row in [r for r in rows if _lost_invocation(r)]:
-            # A sync invocation gets one attempt; this one's worker was lost.
-            lost = Failure(
-                "the worker running this invocation was lost",
-                retryable=False,
-                status=504,
-                lost=True,
-            )
-            self._record(report, row, lost, done, unsettled)
-        runnable = [r for r in rows if r.id in unsettled]
+        unsettled = {r.id: r for r in claim.rows}
+        runnable = claim.rows
         try:
             run = self.executor.run_batch(runnable)
         except SandboxFull:  # the cap was reached since we looked: none of them started
@@ -183,11 +231,14 @@ class Dispatcher:
                 if outcome is None:
                     break
                 report.execution_seconds += self.monotonic() - started
-                self._record(report, row, outcome, done, unsettled)
+                report.executed += 1
+                report.outcomes.append((row.id, outcome))
+                del unsettled[row.id]
+                self._settle_or_keep(row, outcome, self.lease_ends_at)
         finally:
             run.close()
             self.counters.add(self.tally)
-            self.pending_acks.extend(done)
+            self.tally = {"dispatched": 0, "succeeded": 0}
             self._hand_back(report, unsettled)
         if self.settle_error is not None:
             error, self.settle_error = self.settle_error, None
@@ -200,32 +251,33 @@ class Dispatcher:
         # stops claiming calls flush_acks().
         return report
 
-    def _record(self, report, row, outcome, done, unsettled) -> None:
+    def _settle_or_keep(self, row: OutboxRow, outcome: Outcome, lease_ends_at: float) -> None:
         self.tally["dispatched"] += 1
-        report.executed += 1
-        report.outcomes.append((row.id, outcome))
-        del unsettled[row.id]
         if self.backlog:
             # A settling statement failed in this batch: keep the outcome for
             # the next attempt instead of running into the same failure.
-            self.backlog.append((row, outcome, self.lease_ends_at))
+            self.backlog.append((row, outcome, lease_ends_at))
             return
         try:
             if self._settle_one(row, outcome):
-                done.append(row.id)
+                self.pending_acks.append(row.id)
         except Exception as exc:
             logger.warning("could not settle outbox row %s (%s); kept for later", row.id, exc)
-            self.backlog.append((row, outcome, self.lease_ends_at))
+            self.backlog.append((row, outcome, lease_ends_at))
             self.settle_error = exc
             return
         self._count(outcome)
+
+    def hand_back(self, row_ids: Sequence[uuid.UUID]) -> int:
+        """Give back claimed rows that did not start: due now, attempt uncounted."""
+        return self.outbox.release(row_ids) if row_ids else 0
 
     def _hand_back(self, report: BatchReport, unsettled: dict) -> None:
         """Give back claimed rows that did not run rather than let their leases run out."""
         if not unsettled:
             return
         try:
-            report.released = self.outbox.release(list(unsettled))
+            report.released = self.hand_back(list(unsettled))
         except Exception as exc:
             # They never ran: after the lease they are due again, nothing lost.
             logger.warning("could not hand back %d unstarted rows (%s)", len(unsettled), exc)

@@ -10,6 +10,7 @@ connections stay open and are reused.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,10 @@ class DbThreads:
     def run(self, fn: Callable[..., T], *args) -> T:
         """Run fn(*args) on one of the threads and return (or raise) its result."""
         return self._pool.submit(self._call, fn, *args).result()
+
+    async def arun(self, fn: Callable[..., T], *args) -> T:
+        """Await fn(*args) run on one of the threads (the event loop goes on meanwhile)."""
+        return await asyncio.wrap_future(self._pool.submit(self._call, fn, *args))
 
     def _call(self, fn: Callable[..., T], *args) -> T:
         try:

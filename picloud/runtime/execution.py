@@ -10,7 +10,9 @@ can run a script with rights its principal lost.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
+import inspect
 import json
 import logging
 import time
@@ -287,7 +289,7 @@ class OutcomeRun:
             ok, value = next(self.run)
         except SandboxTimeout:
             self.ended = True
-            return _timed_out(self.ceiling)
+            return timed_out(self.ceiling)
         return value if ok else Failure(f"dispatcher error: {_error(value)}", retryable=True)
 
     def cancel(self) -> None:
@@ -297,18 +299,19 @@ class OutcomeRun:
         self.run.close()
 
 
-def execute_row(
-    row: OutboxRow,
-    *,
-    ceiling: SandboxCeiling | None = None,
-    webhook_config: WebhookConfig | None = None,
-    lookups: Lookups | None = None,
-    in_sandbox: bool = False,
-) -> Outcome:
-    """Run `row`'s script. `in_sandbox`: the caller already runs this in a
-    timed helper thread (RowExecutor.run_batch), so the handler runs inline."""
-    ceiling = ceiling or SandboxCeiling.current()
-    lookups = lookups or Lookups()
+@dataclass(frozen=True)
+class Prepared:
+    """A row cleared to run: its script, and the principal it runs as."""
+
+    row: OutboxRow
+    script: Script
+    principal: Principal | None
+
+
+def prepare(row: OutboxRow, *, ceiling: SandboxCeiling, lookups: Lookups) -> Prepared | Failure:
+    """What every execution checks before anything runs (database reads
+    only): the script exists and is enabled, the run-as principal may still
+    run it, the payload is under its cap. A Failure says why not."""
     script, principal, refusal = lookups.gate(row.script_id, row.run_as_principal)
     if refusal is not None:
         return refusal
@@ -320,13 +323,32 @@ def execute_row(
             retryable=False,
             status=413,
         )
+    return Prepared(row, script, principal)  # type: ignore[arg-type]
+
+
+def execute_row(
+    row: OutboxRow,
+    *,
+    ceiling: SandboxCeiling | None = None,
+    webhook_config: WebhookConfig | None = None,
+    lookups: Lookups | None = None,
+    in_sandbox: bool = False,
+) -> Outcome:
+    """Run `row`'s script in this thread (the synchronous path; worker
+    processes run rows on the event loop, picloud/runtime/async_execution.py).
+    `in_sandbox`: the caller already runs this in a timed helper thread
+    (RowExecutor.run_batch), so the handler runs inline."""
+    ceiling = ceiling or SandboxCeiling.current()
+    prepared = prepare(row, ceiling=ceiling, lookups=lookups or Lookups())
+    if isinstance(prepared, Failure):
+        return prepared
     timeout = ceiling.timeout_ms / 1000
-    if script.runtime == Runtime.WEBHOOK:
-        return _run_webhook(script, row, ceiling, timeout, webhook_config)
-    return _run_python(script, principal, row, ceiling, timeout, in_sandbox)  # type: ignore[arg-type]
+    if prepared.script.runtime == Runtime.WEBHOOK:
+        return _run_webhook(prepared.script, row, ceiling, timeout, webhook_config)
+    return _run_python(prepared, ceiling, timeout, in_sandbox)
 
 
-def _timed_out(ceiling: SandboxCeiling) -> Failure:
+def timed_out(ceiling: SandboxCeiling) -> Failure:
     return Failure(
         f"timed out after {ceiling.timeout_ms} ms (PICLOUD_SANDBOX_TIMEOUT_MS)",
         retryable=True,
@@ -335,14 +357,8 @@ def _timed_out(ceiling: SandboxCeiling) -> Failure:
     )
 
 
-def _run_python(
-    script: Script,
-    principal: Principal,
-    row: OutboxRow,
-    ceiling: SandboxCeiling,
-    timeout: float,
-    in_sandbox: bool,
-) -> Outcome:
+def handler_of(script: Script) -> Callable | Failure:
+    """The registered handler the script names, or why it cannot run."""
     fn = get_handler(script.handler)
     if fn is None:
         return Failure(
@@ -350,30 +366,34 @@ def _run_python(
             retryable=True,
             status=500,
         )
-    ctx = ExecutionContext(
+    return fn
+
+
+def context_for(prepared: Prepared, timeout: float) -> ExecutionContext:
+    """The handler's ctx; its deadline counts from now."""
+    script, row = prepared.script, prepared.row
+    return ExecutionContext(
         app=script.app,
-        principal=principal,
+        principal=prepared.principal,  # type: ignore[arg-type]
         depth=row.depth,
         attempt=row.attempts,
         outbox_id=row.id,
         handler=script.handler,
         deadline=time.monotonic() + timeout,
     )
-    try:
-        if in_sandbox:
-            result = fn(row.payload, ctx)
-        else:
-            result = run_with_timeout(lambda: fn(row.payload, ctx), timeout)
-    except SandboxTimeout:
-        return _timed_out(ceiling)
-    except SandboxFull as full:
-        return Failure(str(full), retryable=True, status=503)
-    except PermanentError as exc:
+
+
+def handler_failure(exc: Exception) -> Failure:
+    """The outcome of a handler that raised."""
+    if isinstance(exc, PermanentError):
         return Failure(_error(exc), retryable=False, status=422)
-    except PermissionDenied as exc:
+    if isinstance(exc, PermissionDenied):
         return Failure(_error(exc), retryable=False, status=403)
-    except Exception as exc:
-        return Failure(_error(exc), retryable=True, status=500)
+    return Failure(_error(exc), retryable=True, status=500)
+
+
+def handler_result(result: Any, ceiling: SandboxCeiling) -> Outcome:
+    """A handler's return value, made storable and held to the result cap."""
     try:
         result, _replaced = clean_json(result)
         result_bytes = _size(result)
@@ -389,44 +409,62 @@ def _run_python(
     return Success(result)
 
 
-def _run_webhook(
-    script: Script,
-    row: OutboxRow,
-    ceiling: SandboxCeiling,
-    timeout: float,
-    config: WebhookConfig | None,
+def _run_python(
+    prepared: Prepared, ceiling: SandboxCeiling, timeout: float, in_sandbox: bool
 ) -> Outcome:
-    body = json.dumps(row.payload, separators=(",", ":")).encode()
-    headers = webhooks.delivery_headers(script.secret, body, str(row.id))
+    fn = handler_of(prepared.script)
+    if isinstance(fn, Failure):
+        return fn
+    ctx = context_for(prepared, timeout)
+    payload = prepared.row.payload
+    if inspect.iscoroutinefunction(fn):
+        # An async handler outside the engine: its own loop, the same limit.
+        call = lambda: asyncio.run(asyncio.wait_for(fn(payload, ctx), timeout))  # noqa: E731
+    else:
+        call = lambda: fn(payload, ctx)  # noqa: E731
     try:
-        response = webhooks.post(
-            script.webhook_url,
-            body,
-            headers,
-            timeout=timeout,
-            max_response_bytes=ceiling.max_result_bytes,
-            config=config,
-        )
-    except webhooks.WebhookRefused as exc:
+        result = call() if in_sandbox else run_with_timeout(call, timeout)
+    except (SandboxTimeout, TimeoutError):
+        return timed_out(ceiling)
+    except SandboxFull as full:
+        return Failure(str(full), retryable=True, status=503)
+    except Exception as exc:
+        return handler_failure(exc)
+    return handler_result(result, ceiling)
+
+
+def webhook_request(script: Script, row: OutboxRow) -> tuple[bytes, dict[str, str]]:
+    """The body and signed headers of a delivery."""
+    body = json.dumps(row.payload, separators=(",", ":")).encode()
+    return body, webhooks.delivery_headers(script.secret, body, str(row.id))
+
+
+def webhook_failure(exc: Exception, ceiling: SandboxCeiling) -> Failure | None:
+    """The outcome of a delivery that raised, or None for an exception that
+    is not the delivery's (the caller re-raises it)."""
+    if isinstance(exc, webhooks.WebhookRefused | webhooks.ResponseTooLarge):
         return Failure(str(exc), retryable=False, status=502)
-    except TimeoutError:
+    if isinstance(exc, TimeoutError):
         return Failure(
             f"webhook timed out after {ceiling.timeout_ms} ms (PICLOUD_SANDBOX_TIMEOUT_MS)",
             retryable=True,
             status=504,
             timed_out=True,
         )
-    except webhooks.ResponseTooLarge as exc:
-        return Failure(str(exc), retryable=False, status=502)
-    except ValidationError as exc:
+    if isinstance(exc, ValidationError):
         # A URL saved before today's checks (bad port, control characters),
         # refused again before sending: retrying cannot fix it.
         why = "; ".join(exc.messages)
         return Failure(f"webhook URL is not usable: {why}", retryable=False, status=502)
-    except (ValueError, http.client.InvalidURL) as exc:
+    if isinstance(exc, ValueError | http.client.InvalidURL):
         return Failure(f"webhook URL is not usable: {_error(exc)}", retryable=False, status=502)
-    except OSError as exc:
+    if isinstance(exc, OSError):
         return Failure(f"webhook connection failed: {_error(exc)}", retryable=True, status=502)
+    return None
+
+
+def webhook_outcome(response: webhooks.WebhookResponse) -> Outcome:
+    """The outcome of an endpoint's answer."""
     if 200 <= response.status < 300:
         return Success(webhooks.decode_result(response))
     body_text = truncate(
@@ -439,3 +477,28 @@ def _run_webhook(
         retryable=retryable,
         status=response.status,
     )
+
+
+def _run_webhook(
+    script: Script,
+    row: OutboxRow,
+    ceiling: SandboxCeiling,
+    timeout: float,
+    config: WebhookConfig | None,
+) -> Outcome:
+    body, headers = webhook_request(script, row)
+    try:
+        response = webhooks.post(
+            script.webhook_url,
+            body,
+            headers,
+            timeout=timeout,
+            max_response_bytes=ceiling.max_result_bytes,
+            config=config,
+        )
+    except Exception as exc:
+        failure = webhook_failure(exc, ceiling)
+        if failure is None:
+            raise
+        return failure
+    return webhook_outcome(response)

@@ -56,7 +56,7 @@ class _Batch:
 _STOPPED = object()  # the helper's answer to a cancelled batch: nothing more comes
 
 
-def _drop_broken_connections() -> None:
+def drop_broken_connections() -> None:
     """After a query failed, drop a connection that no longer works (say,
     PostgreSQL restarted) so the next callable reconnects instead of failing."""
     for conn in connections.all(initialized_only=True):
@@ -85,7 +85,7 @@ class _Helper:
                         outcome = (True, fn())
                     except BaseException as exc:  # handed to the caller, which decides
                         outcome = (False, exc)
-                    _drop_broken_connections()
+                    drop_broken_connections()
                     self.results.put(outcome)
         finally:
             connections.close_all()  # this thread's own connections, rolling back what it left

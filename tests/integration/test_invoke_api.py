@@ -23,7 +23,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def dispatcher():
-    host = postgres_host(config=DispatcherConfig(concurrency=2, shutdown_grace_ms=5_000))
+    host = postgres_host(config=DispatcherConfig(shutdown_grace_ms=5_000))
     host.start()
     yield host
     host.stop()

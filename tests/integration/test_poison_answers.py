@@ -137,7 +137,7 @@ def test_a_synchronous_caller_gets_a_200_whose_json_held_nul(endpoint, member, o
 
     override_config(LOCAL)  # the host's executors use this process's config
     script = webhook(member.app, endpoint + "/nul-json")
-    host = postgres_host(config=DispatcherConfig(concurrency=1, shutdown_grace_ms=5_000))
+    host = postgres_host(config=DispatcherConfig(shutdown_grace_ms=5_000))
     host.start()
     try:
         result = invoke(member.principal, script, {"key": "k"}, wait_ms=10_000)

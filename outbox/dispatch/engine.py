@@ -1,0 +1,318 @@
+"""The engine: keep up to N executions in flight on one event loop per process.
+
+Executions are not threads or connections. Each claimed row runs as an
+asyncio task (picloud/runtime/async_execution.py); the engine's database
+work — settle what finished, hand back what never started, claim as many
+rows as slots are free, check each row's right to run — goes to one
+database thread in one hop, so a process holds a fixed number of
+PostgreSQL connections whatever its in-flight count. Completions that
+arrive while a hop runs wait for the next one: under load, every hop
+settles a batch. The Dispatcher decides what each outcome means (ack,
+retry with backoff, dead letter, reply) exactly as for the synchronous
+drain; the engine only decides when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.db import DatabaseError, InterfaceError
+from django.utils import timezone
+
+from outbox.dispatch.dispatcher import DEFER_ACKS_MIN_LEASE, Dispatcher
+from outbox.dispatch.metrics import Counters, CounterStore
+from outbox.storage.repository import OutboxRow
+from picloud.config import DispatcherConfig, SandboxCeiling
+from picloud.db.dbthreads import DbThreads
+from picloud.runtime.async_execution import AsyncRunner
+from picloud.runtime.execution import Failure, Lookups, Outcome, Prepared, prepare
+from picloud.runtime.handler_threads import NotStarted
+
+logger = logging.getLogger("picloud.dispatcher")
+
+MAX_IDLE = 1.0  # seconds an idle engine waits at most before looking again
+FLUSH_EVERY = 1.0  # seconds between counter flushes
+DB_RETRY_DELAY = (0.2, 5.0)  # seconds: first and longest wait after a database error
+
+
+def idle_timeout(next_due: datetime | None, now: datetime) -> float:
+    """Sleep until the next row is due, but never longer than MAX_IDLE."""
+    if next_due is None:
+        return MAX_IDLE
+    return min(MAX_IDLE, max(0.0, (next_due - now).total_seconds()))
+
+
+@dataclass
+class Hop:
+    """One trip to the database thread: what to settle, what to hand back, how many to claim."""
+
+    ran: list[tuple[OutboxRow, Outcome, float]] = field(default_factory=list)
+    hand_back: list[uuid.UUID] = field(default_factory=list)
+    claim: int = 0
+    flush_acks: bool = False
+    flush_counters: bool = False
+
+
+@dataclass
+class HopResult:
+    claimed: list[tuple[OutboxRow, Prepared | Failure]]
+    asked: int
+    got: int  # rows the claim took (a lost invocation is settled, not run)
+    lease_ends_at: float
+    idle_for: float  # seconds until the next row is due, when the claim came back short
+
+
+def _prepare_rows(rows: list[OutboxRow], ceiling: SandboxCeiling) -> list[Prepared | Failure]:
+    lookups = Lookups()  # per claim: bounds how stale a revoked role can be
+    return [prepare(row, ceiling=ceiling, lookups=lookups) for row in rows]
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        dispatcher: Dispatcher,
+        runner: AsyncRunner,
+        db: DbThreads,  # anything with `async arun(fn, *args)`
+        counters: Counters,
+        counter_store: CounterStore,
+        stopping: threading.Event,
+        config: DispatcherConfig | None = None,
+        ceiling: SandboxCeiling | None = None,
+        clock: Callable[[], datetime] = timezone.now,
+        # Checks each claimed row before it runs (database reads; tests
+        # without a database put their own here).
+        prepare_rows: Callable[[list[OutboxRow], SandboxCeiling], list] | None = None,
+    ) -> None:
+        self.dispatcher, self.runner, self.db = dispatcher, runner, db
+        self.prepare_rows = prepare_rows or _prepare_rows
+        self.counters, self.counter_store = counters, counter_store
+        self.config = config or DispatcherConfig.current()
+        self.ceiling = ceiling or SandboxCeiling.current()
+        self.timeout = self.ceiling.timeout_ms / 1000
+        self.stopping, self.clock = stopping, clock
+        self.running: set[asyncio.Task] = set()
+        self.ran: list[tuple[OutboxRow, Outcome, float]] = []
+        self.not_started: list[uuid.UUID] = []
+        self.woken = True  # look once at start: rows may be waiting
+        self.changed: asyncio.Event | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.ready = threading.Event()
+
+    # -- called from other threads ------------------------------------------
+
+    def wake(self) -> None:
+        """Rows arrived (NOTIFY) or the engine should stop: look now."""
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        self.woken = True
+        self.changed.set()  # type: ignore[union-attr]
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.running)
+
+    # -- the loop -----------------------------------------------------------
+
+    async def main(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.changed = asyncio.Event()
+        self.ready.set()
+        try:
+            await self._run()
+            await self._drain()
+        finally:
+            await self._last_hop()
+
+    async def _run(self) -> None:
+        more = True  # the last claim was full: more rows are probably due
+        look_at = 0.0  # monotonic time of the next look when idle
+        flush_at = time.monotonic() + FLUSH_EVERY
+        delay = DB_RETRY_DELAY[0]
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            free = self.running_limit()
+            # A finished row freed a slot, maybe of an app at its cap: worth
+            # a claim, which rides on the hop that settles it anyway.
+            want = free > 0 and (more or self.woken or bool(self.ran) or now >= look_at)
+            if want and self.runner.threads.saturated():
+                # Every handler thread hangs past its timeout: claim nothing
+                # (no attempt is counted for rows nobody can run) until one ends.
+                want = False
+                look_at = now + MAX_IDLE
+            hop = Hop(
+                claim=min(free, self.config.max_batch) if want else 0,
+                flush_counters=now >= flush_at,
+            )
+            hop.flush_acks = not hop.claim and now >= look_at
+            if self.ran or self.not_started or hop.claim or hop.flush_counters or hop.flush_acks:
+                hop.ran, self.ran = self.ran, []
+                hop.hand_back, self.not_started = self.not_started, []
+                self.woken = False
+                if hop.flush_counters:
+                    flush_at = now + FLUSH_EVERY
+                try:
+                    result = await self.db.arun(self._hop, hop)
+                except Exception as exc:
+                    self._database_error(exc, delay)
+                    await self._sleep(delay)
+                    delay = min(delay * 2, DB_RETRY_DELAY[1])
+                    more = True
+                    continue
+                delay = DB_RETRY_DELAY[0]
+                if hop.claim:
+                    self._start(result)
+                    more = result.got >= result.asked
+                    if not more:
+                        # Nothing more claimable now: wait for the next row to
+                        # come due, a NOTIFY, a finished row, or MAX_IDLE
+                        # (rows held by caps or other claimers are due already).
+                        look_at = time.monotonic() + (result.idle_for or MAX_IDLE)
+                elif hop.flush_acks:
+                    look_at = time.monotonic() + MAX_IDLE
+                continue  # something may have finished meanwhile
+            timeout = min(look_at, flush_at) - time.monotonic()
+            await self._wait(max(0.0, timeout))
+
+    def _start(self, result: HopResult) -> None:
+        for row, prepared in result.claimed:
+            if isinstance(prepared, Failure):
+                self.ran.append((row, prepared, result.lease_ends_at))
+                continue
+            task = asyncio.create_task(self._execute(row, prepared, result.lease_ends_at))
+            self.running.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self.running.discard(task)
+        self.changed.set()  # type: ignore[union-attr]
+
+    async def _execute(self, row: OutboxRow, prepared: Prepared, lease_ends_at: float) -> None:
+        # A run that starts later than this could outlive the lease.
+        start_by = lease_ends_at - self.timeout
+        try:
+            outcome = await self.runner.run(prepared, start_by=start_by)
+        except (NotStarted, asyncio.CancelledError):
+            # Nothing finished: the row goes back with its attempt uncounted.
+            self.not_started.append(row.id)
+            return
+        except Exception as exc:
+            logger.exception("dispatcher error running outbox row %s", row.id)
+            outcome = Failure(f"dispatcher error: {type(exc).__name__}: {exc}", retryable=True)
+        self.ran.append((row, outcome, lease_ends_at))
+
+    def _hop(self, hop: Hop) -> HopResult:
+        """On the database thread: settle, hand back, claim and prepare."""
+        dispatcher = self.dispatcher
+        dispatcher.settle(hop.ran)
+        if hop.hand_back:
+            dispatcher.hand_back(hop.hand_back)
+        if hop.flush_counters:
+            self._flush_counters()
+        if hop.flush_acks or dispatcher.lease < DEFER_ACKS_MIN_LEASE:
+            dispatcher.flush_acks()
+        if not hop.claim:
+            return HopResult([], 0, 0, 0.0, MAX_IDLE)
+        claim = dispatcher.claim(hop.claim)
+        claimed = list(zip(claim.rows, self.prepare_rows(claim.rows, self.ceiling), strict=True))
+        idle_for = 0.0
+        if claim.claimed < hop.claim:
+            idle_for = idle_timeout(dispatcher.outbox.next_due_at(), self.clock())
+        return HopResult(claimed, hop.claim, claim.claimed, claim.lease_ends_at, idle_for)
+
+    def _flush_counters(self) -> None:
+        try:
+            self.counters.flush(self.counter_store)
+        except (DatabaseError, InterfaceError) as exc:
+            logger.warning("could not flush dispatcher counters (%s); will retry", exc)
+
+    def _database_error(self, exc: Exception, delay: float) -> None:
+        # PostgreSQL restarted or the network dropped: the database thread
+        # reconnects on its next job. Outcomes that could not be recorded
+        # wait in the dispatcher's backlog; unstarted rows return after
+        # their lease.
+        if isinstance(exc, DatabaseError | InterfaceError):
+            logger.warning("dispatch engine: database error (%s); retrying in %.1fs", exc, delay)
+        else:
+            logger.exception("dispatch engine: unexpected error; retrying in %.1fs", delay)
+
+    async def _wait(self, timeout: float) -> None:
+        """Wait until something is worth a hop (a row finished or went
+        back, or rows arrived while a slot is free) or `timeout` passes."""
+        assert self.changed is not None
+        self.changed.clear()  # anything set before this is seen by the check below
+        free = self.running_limit() > 0
+        if self.ran or self.not_started or (self.woken and free) or self.stopping.is_set():
+            await asyncio.sleep(0)  # let the tasks run; the caller hops next
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await self.changed.wait()
+        except TimeoutError:
+            pass
+
+    def running_limit(self) -> int:
+        """Slots free for new executions."""
+        return self.config.max_in_flight - len(self.running)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait out a database error, waking early only to stop."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping.is_set() and (left := deadline - time.monotonic()) > 0:
+            assert self.changed is not None
+            self.changed.clear()
+            try:
+                async with asyncio.timeout(left):
+                    await self.changed.wait()
+            except TimeoutError:
+                pass
+
+    # -- stopping -----------------------------------------------------------
+
+    async def _drain(self) -> None:
+        """Stopping: claim nothing more, let running rows finish within the
+        grace, settling as they do; cancel the rest (handed back)."""
+        deadline = time.monotonic() + self.config.shutdown_grace_ms / 1000
+        while self.running and (left := deadline - time.monotonic()) > 0:
+            await self._settle_now()
+            await asyncio.wait(set(self.running), timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        await self._settle_now()
+        if self.running:
+            logger.warning(
+                "%d executions still running after the shutdown grace; handing their rows back",
+                len(self.running),
+            )
+            for task in list(self.running):
+                task.cancel()
+            await asyncio.gather(*self.running, return_exceptions=True)
+
+    async def _settle_now(self) -> None:
+        if not (self.ran or self.not_started):
+            return
+        hop = Hop(ran=self.ran, hand_back=self.not_started)
+        self.ran, self.not_started = [], []
+        try:
+            await self.db.arun(self._hop, hop)
+        except Exception as exc:
+            self._database_error(exc, 0.0)
+
+    async def _last_hop(self) -> None:
+        hop = Hop(ran=self.ran, hand_back=self.not_started, flush_acks=True, flush_counters=True)
+        self.ran, self.not_started = [], []
+        try:
+            await self.db.arun(self._hop, hop)
+        except Exception as exc:
+            logger.warning(
+                "dispatch engine: could not settle on the way out (%s); "
+                "those rows run again after their lease",
+                exc,
+            )
