@@ -1,6 +1,6 @@
 """Handlers shipped with PiCloud: small building blocks for demos, tests and benchmarks."""
 
-import time
+import asyncio
 
 from picloud.domain.scripts import PermanentError, handler
 
@@ -29,8 +29,10 @@ def reject(event, ctx):
 
 
 @handler("picloud.sleep")
-def sleep(event, ctx):
-    """Sleep event["seconds"] (default 0.1), capped by the time left."""
+async def sleep(event, ctx):
+    """Sleep event["seconds"] (default 0.1), capped by the time left. An
+    async handler: waiting costs no handler thread, like a script waiting on
+    the network."""
     seconds = float(event.get("seconds", 0.1)) if isinstance(event, dict) else 0.1
-    time.sleep(max(0.0, min(seconds, ctx.remaining())))
+    await asyncio.sleep(max(0.0, min(seconds, ctx.remaining())))
     return {"slept": seconds}

@@ -24,13 +24,11 @@ from triggers.repository import DeadLetterSpec, NewTrigger
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.django_db(transaction=True)]
 
-# Rows a cluster may have run but not yet acknowledged: each loop's claimed
-# batch plus the successes it acknowledges with its next claim.
+# Rows a cluster may have run but not yet acknowledged: each process's
+# executions in flight plus the successes it acknowledges with its next claim.
 IN_FLIGHT_AT_MOST = (
     int(ACCEPTANCE_ENV["PICLOUD_QCLUSTER_WORKERS"])
-    * int(ACCEPTANCE_ENV["PICLOUD_DISPATCHER_CONCURRENCY"])
-    * 2
-    * DispatcherConfig().max_batch
+    * (DispatcherConfig().max_in_flight + 2 * DispatcherConfig().max_batch)
 )
 
 

@@ -35,7 +35,6 @@ STOP_ENV = {
     # One worker: idle, it waits on django-q2's task queue holding the
     # queue's lock, so killing it wedges its replacement — the hard case.
     "PICLOUD_QCLUSTER_WORKERS": "1",
-    "PICLOUD_DISPATCHER_CONCURRENCY": "1",
     "PICLOUD_DISPATCHER_SHUTDOWN_GRACE_MS": "500",
     "PICLOUD_STOP_GRACE_MS": str(int(GRACE * 1000)),
 }

@@ -85,9 +85,7 @@ def test_a_hundred_async_handlers_run_at_once_on_a_few_connections(host):
     script = ScriptFactory(app=member.app, handler="tests.engine.crowd")
     repo = PgOutboxRepo()
     for n in range(150):
-        repo.insert(
-            NewOutboxRow(member.app_id, "kv", script.id, member.principal_id, {"n": n})
-        )
+        repo.insert(NewOutboxRow(member.app_id, "kv", script.id, member.principal_id, {"n": n}))
     before = _connections()
     host.start()
     wait_for(lambda: CROWD.full, timeout=30, what="a hundred handlers inside at once")

@@ -9,7 +9,7 @@ import pytest
 from django.apps import apps
 from django.core import checks as django_checks
 
-from picloud.checks import CHECK_IDS, check_environment, environment_errors
+from picloud.checks import CHECK_IDS, check_environment, environment_errors, retired_warnings
 from picloud.config import (
     CONFIGS,
     DispatcherConfig,
@@ -31,7 +31,7 @@ BAD = {
         "maybe",
         "one of true, false, 1, 0, yes, no, on, off",
     ),
-    DispatcherConfig: ("PICLOUD_DISPATCHER_CONCURRENCY", "0", "an integer from 1 to 64"),
+    DispatcherConfig: ("PICLOUD_DISPATCHER_MAX_IN_FLIGHT", "0", "an integer from 1 to 10000"),
     SyncConfig: ("PICLOUD_SYNC_DB_CONNECTIONS", "many", "an integer from 1 to 100"),
     StopConfig: ("PICLOUD_STOP_GRACE_MS", "1000", "an integer from 12000 to 3600000"),
 }
@@ -88,12 +88,12 @@ def test_the_check_only_runs_for_the_picloud_app(monkeypatch):
 def test_commands_that_run_checks_stop_with_the_check_id(command):
     # No database answers at this address: a command that got past its
     # checks would fail differently, not print the check.
-    proc = manage(*command, PICLOUD_DISPATCHER_CONCURRENCY="0")
+    proc = manage(*command, PICLOUD_DISPATCHER_MAX_IN_FLIGHT="0")
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr
     assert (
-        "DispatcherConfig: (picloud.E004) PICLOUD_DISPATCHER_CONCURRENCY='0' is out of range: "
-        "allowed is an integer from 1 to 64"
+        "DispatcherConfig: (picloud.E004) PICLOUD_DISPATCHER_MAX_IN_FLIGHT='0' is out of range: "
+        "allowed is an integer from 1 to 10000"
     ) in proc.stderr, proc.stderr
 
 
@@ -134,3 +134,11 @@ def test_commands_that_start_processes_refuse_a_bad_value_without_checks(command
         "CommandError: PICLOUD_TRIGGER_RETRY_JITTER='2' is out of range: "
         "allowed is a number from 0 to 1"
     ), proc.stderr
+
+
+def test_a_retired_variable_that_is_set_is_a_warning_naming_its_replacement():
+    (warning,) = retired_warnings({"PICLOUD_DISPATCHER_CONCURRENCY": "4"})
+    assert warning.id == "picloud.W001"
+    assert "PICLOUD_DISPATCHER_CONCURRENCY" in warning.msg
+    assert "PICLOUD_DISPATCHER_MAX_IN_FLIGHT" in warning.msg
+    assert retired_warnings({"PICLOUD_DISPATCHER_CONCURRENCY": " "}) == []
