@@ -140,7 +140,6 @@ class Bench:
             "DJANGO_DEBUG": "false",
             "PICLOUD_DATABASE_ANNOUNCED": "1",
             "PICLOUD_QCLUSTER_WORKERS": str(args.processes),
-            "PICLOUD_DISPATCHER_CONCURRENCY": str(args.concurrency),
         }
         os.environ.update(self.env)
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", "picloud.settings")
@@ -390,7 +389,7 @@ class Bench:
         from outbox.dispatch.dispatcher import Dispatcher
         from outbox.dispatch.metrics import Counters
         from outbox.dispatch.replies import InboxReplySink
-        from outbox.dispatch.worker import DispatcherHost
+        from outbox.dispatch.worker import prepare_connection
         from outbox.storage.pg_repository import PgOutboxRepo, PgReplyInbox
         from triggers.pg_repository import PgTriggerRepo
 
@@ -398,7 +397,8 @@ class Bench:
         # A connection set up as a dispatch loop's is (synchronous_commit off,
         # as in production).
         connection.close()
-        DispatcherHost.prepare_connection()
+        connection.ensure_connection()
+        prepare_connection()
         n = self.args.profile_rows
         self.sql("VACUUM ANALYZE outbox")
         self.bulk_insert(n)

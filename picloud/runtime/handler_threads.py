@@ -1,14 +1,18 @@
 """Run blocking Python handlers for the event loop on a fixed number of threads.
 
 The engine keeps a hundred executions in flight on one event loop; a plain
-(``def``) handler would block that loop, so it runs here instead and the
-loop awaits its result. ``size`` threads take jobs in order. Python cannot
+(``def``) handler would block that loop, so it runs here and its result is
+handed back to the loop. ``size`` threads take jobs in order. Python cannot
 stop a thread, so a handler that overruns its time is abandoned: its thread
 finishes the call (or not) on its own and then exits, and a fresh thread
 takes its place, so the pool keeps ``size`` threads that can work. At most
-MAX_HUNG_HELPERS abandoned threads per process (they hold their database
-connections until their call returns); past that no thread is replaced and
-``saturated()`` says so, and the engine stops claiming until one ends.
+``max_hung`` (MAX_HUNG_HELPERS) abandoned threads get a replacement; past
+that ``saturated()`` may say so, and the engine stops claiming until one ends.
+
+Built for many short handlers: a job costs no asyncio task, future or timer.
+Finished jobs are handed to the loop in batches (one wake-up of the loop for
+whatever finished meanwhile), and time limits are enforced by ``expire()``,
+which the loop calls often (the engine: at least every EXPIRE_EVERY).
 
 Each thread keeps its Django database connection between jobs (handlers
 that use ``ctx.kv`` reuse it) and closes it when the thread ends.
@@ -21,6 +25,7 @@ import contextlib
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +33,13 @@ from django.db import connections
 
 from picloud.runtime.sandbox import MAX_HUNG_HELPERS, SandboxTimeout, drop_broken_connections
 
-_WAITING, _RUNNING, _WITHDRAWN = "waiting", "running", "withdrawn"
+EXPIRE_EVERY = 0.05  # seconds: how late a time limit may be noticed, at most
+
+# A job's states; its lock guards every change, so exactly one of the
+# worker (finished) and expire() (withdrawn, timed out) settles it.
+_WAITING, _RUNNING, _SETTLED = 0, 1, 2
+
+Done = Callable[[Any, BaseException | None], None]  # done(result, error), on the loop
 
 
 class NotStarted(Exception):
@@ -36,29 +47,17 @@ class NotStarted(Exception):
 
 
 class _Job:
-    def __init__(self, fn: Callable[[], Any], loop: asyncio.AbstractEventLoop) -> None:
-        self.fn, self.loop = fn, loop
-        self.started: asyncio.Future[float] = loop.create_future()
-        self.done: asyncio.Future[Any] = loop.create_future()
+    __slots__ = ("done", "fn", "lock", "start_by", "started_at", "state", "timeout", "worker")
+
+    def __init__(self, fn: Callable[[], Any], timeout: float, start_by: float, done: Done):
+        self.fn, self.timeout, self.start_by, self.done = fn, timeout, start_by, done
         self.state = _WAITING
+        self.started_at = 0.0
         self.worker: _Worker | None = None
         self.lock = threading.Lock()
 
-
-def _resolve(future: asyncio.Future, value: Any = None, error: BaseException | None = None) -> None:
-    if future.done():  # the awaiting side gave up (cancelled) meanwhile
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(value)
-
-
-def _tell(job: _Job, future: asyncio.Future, *args: Any) -> None:
-    # The loop may be gone (its engine stopped while a handler still ran):
-    # then nobody waits for the answer.
-    with contextlib.suppress(RuntimeError):
-        job.loop.call_soon_threadsafe(_resolve, future, *args)
+    def deadline(self) -> float:
+        return self.start_by if self.state == _WAITING else self.started_at + self.timeout
 
 
 class _Worker:
@@ -74,16 +73,19 @@ class _Worker:
         try:
             while not self.abandoned and (job := self.pool.jobs.get()) is not None:
                 with job.lock:
-                    if job.state == _WITHDRAWN:
-                        continue
-                    job.state, job.worker = _RUNNING, self
-                _tell(job, job.started, time.monotonic())
+                    if job.state != _WAITING:
+                        continue  # withdrawn meanwhile
+                    job.state, job.started_at, job.worker = _RUNNING, time.monotonic(), self
                 try:
                     result, error = job.fn(), None
-                except BaseException as exc:  # handed to the awaiting side, which decides
+                except BaseException as exc:  # handed to the loop, which decides
                     result, error = None, exc
                 drop_broken_connections()
-                _tell(job, job.done, result, error)
+                with job.lock:
+                    if job.state != _RUNNING:
+                        continue  # timed out meanwhile: nobody waits for this
+                    job.state = _SETTLED
+                self.pool.finished(job, result, error)
         finally:
             connections.close_all()  # this thread's own, rolling back what a handler left open
             self.pool.ended(self)
@@ -100,8 +102,120 @@ class HandlerThreads:
         self._workers: set[_Worker] = set()
         self._hung: set[_Worker] = set()
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Jobs submitted and not yet handed back: touched on the loop only.
+        self._live: set[_Job] = set()
+        # Finished jobs on their way to the loop, and whether a wake-up of
+        # the loop is already on its way for them.
+        self._results: deque[tuple[_Job, Any, BaseException | None]] = deque()
+        self._wake_pending = False
         for _ in range(size):
             self._spawn()
+
+    # -- on the event loop --------------------------------------------------
+
+    def submit(
+        self, fn: Callable[[], Any], *, timeout: float, start_by: float, done: Done
+    ) -> _Job:
+        """Run fn() on a thread; done(result, error) is called on the loop.
+
+        error is fn's exception, SandboxTimeout when it ran past `timeout`
+        seconds from its start (its thread is then abandoned), or NotStarted
+        when no thread started it by `start_by` (time.monotonic()): the
+        caller hands its row back rather than run it on a lease that could
+        end mid-run.
+        """
+        self._loop = asyncio.get_running_loop()  # one loop at a time: the latest caller's
+        job = _Job(fn, timeout, start_by, done)
+        self._live.add(job)
+        self.jobs.put(job)
+        return job
+
+    def withdraw(self, job: _Job) -> bool:
+        """Take back a job no thread has started (done is not called); False
+        once it started or was handed back."""
+        with job.lock:
+            if job.state != _WAITING:
+                return False
+            job.state = _SETTLED
+        self._live.discard(job)
+        return True
+
+    async def run(self, fn: Callable[[], Any], *, timeout: float, start_by: float) -> Any:
+        """submit() for one caller that awaits the result."""
+        future = asyncio.get_running_loop().create_future()
+
+        def done(result: Any, error: BaseException | None) -> None:
+            if not future.done():
+                future.set_exception(error) if error else future.set_result(result)
+
+        job = self.submit(fn, timeout=timeout, start_by=start_by, done=done)
+        try:
+            while not future.done():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(EXPIRE_EVERY):
+                        await asyncio.shield(future)
+                self.expire()
+        except asyncio.CancelledError:
+            self.withdraw(job)  # a started one runs on; its result is dropped
+            raise
+        return future.result()
+
+    @property
+    def live(self) -> int:
+        """Jobs submitted and not yet handed back."""
+        return len(self._live)
+
+    def expire(self, now: float | None = None) -> None:
+        """Hand back every job past its time: NotStarted for one still
+        waiting at its start-by time, SandboxTimeout for one running past its
+        timeout (its thread abandoned)."""
+        now = time.monotonic() if now is None else now
+        for job in [j for j in self._live if j.deadline() <= now]:
+            with job.lock:
+                state = job.state
+                if state == _SETTLED or job.deadline() > now:
+                    continue
+                job.state = _SETTLED
+            if state == _RUNNING:
+                self._abandon(job.worker)
+                self._hand_back(job, None, SandboxTimeout(job.timeout))
+            else:
+                self._hand_back(job, None, NotStarted())
+
+    def withdraw_all(self) -> None:
+        """Stopping: hand back every job, as not started (a running one's
+        thread runs on, its result dropped; its row goes back)."""
+        for job in list(self._live):
+            with job.lock:
+                if job.state == _SETTLED:
+                    continue
+                job.state = _SETTLED
+            self._hand_back(job, None, NotStarted())
+
+    def _hand_back(self, job: _Job, result: Any, error: BaseException | None) -> None:
+        if job in self._live:
+            self._live.discard(job)
+            job.done(result, error)
+
+    def _deliver(self) -> None:
+        self._wake_pending = False
+        while self._results:
+            job, result, error = self._results.popleft()
+            self._hand_back(job, result, error)
+
+    # -- on the threads -----------------------------------------------------
+
+    def finished(self, job: _Job, result: Any, error: BaseException | None) -> None:
+        self._results.append((job, result, error))
+        with self._lock:
+            if self._wake_pending:
+                return  # the loop will take this one with the others
+            self._wake_pending = True
+        # The loop may be gone (its engine stopped while a handler still
+        # ran): then nobody waits for the answer.
+        with contextlib.suppress(RuntimeError, AttributeError):
+            self._loop.call_soon_threadsafe(self._deliver)  # type: ignore[union-attr]
 
     def _spawn(self) -> None:
         with self._lock:
@@ -118,50 +232,6 @@ class HandlerThreads:
             # An abandoned thread that finally returned frees a place again.
             self._spawn()
 
-    def hung(self) -> int:
-        """Abandoned threads still running a handler that overran its time."""
-        with self._lock:
-            return sum(w.thread.is_alive() for w in self._hung)
-
-    def saturated(self) -> bool:
-        """True when no thread can start a handler until an abandoned one ends."""
-        with self._lock:
-            working = len(self._workers) - len(self._hung)
-        return working <= 0
-
-    async def run(self, fn: Callable[[], Any], *, timeout: float, start_by: float) -> Any:
-        """fn()'s result (or exception), run on one of the threads.
-
-        `timeout` (seconds) counts from when a thread starts it; past it,
-        SandboxTimeout and the thread is abandoned. NotStarted when no thread
-        started it by `start_by` (time.monotonic()): the caller hands the row
-        back rather than run it on a lease that could end mid-run. Cancelling
-        the awaiting task withdraws a job not yet started; a started one runs
-        on (nothing can stop it) and its result is dropped.
-        """
-        loop = asyncio.get_running_loop()
-        job = _Job(fn, loop)
-        self.jobs.put(job)
-        try:
-            async with asyncio.timeout(max(0.0, start_by - time.monotonic())):
-                started = await asyncio.shield(job.started)
-        except (TimeoutError, asyncio.CancelledError) as exc:
-            with job.lock:
-                if job.state == _WAITING:
-                    job.state = _WITHDRAWN
-                    if isinstance(exc, TimeoutError):
-                        raise NotStarted() from None
-                    raise
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            started = await job.started  # it started just as the wait ended
-        try:
-            async with asyncio.timeout(max(0.0, started + timeout - time.monotonic())):
-                return await asyncio.shield(job.done)
-        except TimeoutError:
-            self._abandon(job.worker)
-            raise SandboxTimeout(timeout) from None
-
     def _abandon(self, worker: _Worker | None) -> None:
         if worker is None:
             return
@@ -174,6 +244,18 @@ class HandlerThreads:
             replace = not self._closed and len(self._hung) <= self.max_hung
         if replace:
             self._spawn()
+
+    # -- anywhere -----------------------------------------------------------
+
+    def hung(self) -> int:
+        """Abandoned threads still running a handler that overran its time."""
+        with self._lock:
+            return sum(w.thread.is_alive() for w in self._hung)
+
+    def saturated(self) -> bool:
+        """True when no thread can start a handler until an abandoned one ends."""
+        with self._lock:
+            return len(self._workers) - len(self._hung) <= 0
 
     def close(self, wait: float = 5.0) -> None:
         """Let every thread finish its job and end (abandoned ones are not waited for)."""
