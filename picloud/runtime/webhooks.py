@@ -10,6 +10,9 @@ globally routable unicast addresses pass, see refusal_reason); the connection
 then goes to the checked address (no second lookup a DNS answer could change)
 with the original host name for TLS and the Host header. Redirects are not
 followed: a 3xx is a failure like any other non-2xx answer.
+
+`post` sends from a thread with http.client; webhook_client.py sends the same
+request from an event loop, with the guard, errors and helpers defined here.
 """
 
 from __future__ import annotations
