@@ -1,7 +1,9 @@
-"""aiohttp or httpx for webhooks that wait on the network? Both, side by side.
+"""aiohttp or httpx for webhooks that wait on the network? Both, side by side,
+and PiCloud's own client built on aiohttp (picloud/runtime/webhook_client.py).
 
     .venv/bin/python -m pip install -r benchmarks/requirements.txt
     .venv/bin/python benchmarks/http_clients.py [--requests 2000] [--concurrency 100]
+        [--clients aiohttp httpx picloud]
 
 The workload the async dispatcher will run: signed JSON POSTs (about 300
 bytes) to an endpoint that answers after 100 ms, `--concurrency` in flight
@@ -25,8 +27,12 @@ import os
 import platform
 import socket
 import statistics
+import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # picloud, for its client
 
 ENDPOINT_LATENCY = 0.1  # seconds the sink waits before answering
 BODY = json.dumps({"app": "bench", "collection": "orders", "key": "o-1", "new": {"n": 1}}).encode()
@@ -95,6 +101,28 @@ async def run_httpx(url: str, requests: int, concurrency: int) -> list[float]:
         return await _drive(one, requests, concurrency)
 
 
+async def run_picloud(url: str, requests: int, concurrency: int) -> list[float]:
+    """PiCloud's own client (picloud/runtime/webhook_client.py): aiohttp with
+    the guard, one deadline per request and the capped read."""
+    from picloud.config import WebhookConfig
+    from picloud.runtime.webhook_client import WebhookClient
+
+    client = WebhookClient(WebhookConfig(allow_private=True, allow_http=True))  # a loopback sink
+    try:
+
+        async def one() -> float:
+            started = time.perf_counter()
+            response = await client.post(
+                url, BODY, headers(), timeout=30, max_response_bytes=1_000_000
+            )
+            assert response.status == 200
+            return time.perf_counter() - started
+
+        return await _drive(one, requests, concurrency)
+    finally:
+        await client.close()
+
+
 async def _drive(one, requests: int, concurrency: int) -> list[float]:
     """`requests` calls, `concurrency` at a time; their latencies (seconds)."""
     queue = list(range(requests))
@@ -109,7 +137,7 @@ async def _drive(one, requests: int, concurrency: int) -> list[float]:
     return latencies
 
 
-CLIENTS = {"aiohttp": run_aiohttp, "httpx": run_httpx}
+CLIENTS = {"aiohttp": run_aiohttp, "httpx": run_httpx, "picloud": run_picloud}
 
 
 def measure(client: str, url: str, requests: int, concurrency: int, out) -> None:
@@ -138,6 +166,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", nargs="+", choices=sorted(CLIENTS), default=sorted(CLIENTS))
     args = parser.parse_args()
 
     ctx = multiprocessing.get_context("spawn")
@@ -157,10 +186,10 @@ def main() -> None:
                 raise
             time.sleep(0.05)
 
-    results: dict[str, list[dict]] = {name: [] for name in CLIENTS}
+    results: dict[str, list[dict]] = {name: [] for name in args.clients}
     try:
         for round_no in range(args.rounds):
-            for name in CLIENTS:
+            for name in args.clients:
                 out = ctx.Queue()
                 proc = ctx.Process(
                     target=measure, args=(name, url, args.requests, args.concurrency, out)
@@ -184,7 +213,8 @@ def main() -> None:
     print()
     print(
         f"- Command: `python benchmarks/http_clients.py --requests {args.requests} "
-        f"--concurrency {args.concurrency} --rounds {args.rounds}`"
+        f"--concurrency {args.concurrency} --rounds {args.rounds} "
+        f"--clients {' '.join(args.clients)}`"
     )
     print(
         f"- Date: {now}; machine: {os.cpu_count()} cores, Linux {platform.release()}, "

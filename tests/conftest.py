@@ -3,7 +3,9 @@ from contextlib import ExitStack
 import pytest
 
 from picloud import config
+from picloud.runtime import webhooks
 from tests.factories import AppFactory, UserFactory
+from tests.webhook_senders import SENDERS
 
 
 @pytest.fixture(autouse=True)
@@ -47,3 +49,12 @@ def app(db):
 @pytest.fixture
 def user(db):
     return UserFactory()
+
+
+@pytest.fixture(params=sorted(SENDERS))
+def webhook_post(request, monkeypatch):
+    """Each webhook sender in turn (tests/webhook_senders.py), returned and
+    also installed as webhooks.post, which execute_row calls."""
+    post = SENDERS[request.param]
+    monkeypatch.setattr(webhooks, "post", post)
+    return post

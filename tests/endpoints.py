@@ -1,13 +1,17 @@
-"""Local HTTP endpoints for webhook tests: served on 127.0.0.1 in a thread."""
+"""Local HTTP endpoints for webhook tests, served on 127.0.0.1: in a thread
+(http.server), or on the test's event loop (aiohttp)."""
 
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from aiohttp import web
 
 # path: (status, content type, body bytes). Answers PostgreSQL cannot store
 # as they are: NUL bytes, invalid UTF-8, NaN, 1e400, deep nesting.
@@ -46,16 +50,43 @@ class PoisonEndpoint(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
-    """Serve `handler` on a free loopback port; yields the base URL."""
+def serve(
+    handler: type[BaseHTTPRequestHandler], tls: ssl.SSLContext | None = None
+) -> Iterator[str]:
+    """Serve `handler` on a free loopback port, over TLS with `tls`; yields
+    the base URL."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    if tls is not None:
+        # Handshakes happen in each request's thread, not in accept().
+        server.socket = tls.wrap_socket(
+            server.socket, server_side=True, do_handshake_on_connect=False
+        )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    scheme = "https" if tls else "http"
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"{scheme}://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+@asynccontextmanager
+async def aiohttp_endpoint(
+    routes: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]],
+) -> AsyncIterator[str]:
+    """Serve POSTs to `routes` (path: handler) on a free loopback port, on
+    the running event loop; yields the base URL."""
+    app = web.Application()
+    for path, route in routes.items():
+        app.router.add_post(path, route)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 @contextmanager

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import ssl
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from picloud.db.pgconn import database_url
 
@@ -32,6 +37,49 @@ def subprocess_env(settings_dict: dict, **extra: str) -> dict[str, str]:
     env["PICLOUD_DATABASE_ANNOUNCED"] = ""
     env.update(extra)
     return env
+
+
+def fake_resolver(answers: dict[str, list[str]]):
+    """A socket.getaddrinfo that answers `answers[host]` (other hosts as the
+    system does), and the hosts it was asked for."""
+    calls = []
+    system = socket.getaddrinfo
+
+    def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):
+        calls.append(host)
+        if host not in answers:
+            return system(host, port, family, type, proto, flags)
+        result = []
+        for address in answers[host]:
+            if ":" in address:
+                result.append((socket.AF_INET6, socket.SOCK_STREAM, 6, "", (address, port, 0, 0)))
+            else:
+                result.append((socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port)))
+        return result
+
+    return getaddrinfo, calls
+
+
+def trusted_server_context(directory: Path, monkeypatch, subject_alt_name: str) -> ssl.SSLContext:
+    """A server's TLS context with a new self-signed certificate for
+    `subject_alt_name` ("IP:127.0.0.1", "DNS:hooks.example"), which
+    ssl.create_default_context() trusts until the test ends."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    make = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    subject = ["-subj", f"/CN={subject_alt_name.split(':', 1)[1]}"]
+    subject += ["-addext", f"subjectAltName={subject_alt_name}"]
+    subprocess.run(
+        [*make, *subject, "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    trusting = ssl.create_default_context
+    monkeypatch.setattr(ssl, "create_default_context", lambda: trusting(cafile=str(cert)))
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+    return server_context
 
 
 def free_port() -> int:

@@ -10,6 +10,9 @@ globally routable unicast addresses pass, see refusal_reason); the connection
 then goes to the checked address (no second lookup a DNS answer could change)
 with the original host name for TLS and the Host header. Redirects are not
 followed: a 3xx is a failure like any other non-2xx answer.
+
+`post` sends from a thread with http.client; webhook_client.py sends the same
+request from an event loop, with the guard, errors and helpers defined here.
 """
 
 from __future__ import annotations
@@ -163,22 +166,43 @@ def _is_public(address: str) -> bool:
     return refusal_reason(address) is None
 
 
+def check_addresses(host: str, addresses: list[str], config: WebhookConfig) -> None:
+    """Raise WebhookRefused unless every address `host` has may be reached
+    (any address does when PICLOUD_WEBHOOK_ALLOW_PRIVATE is set)."""
+    if config.allow_private:
+        return
+    for address in addresses:
+        reason = refusal_reason(address)
+        if reason is not None:
+            raise WebhookRefused(
+                f"destination {host!r} resolves to a non-public address ({address}): "
+                f"{reason}; only globally routable unicast addresses are allowed. "
+                "To allow it, set PICLOUD_WEBHOOK_ALLOW_PRIVATE=true."
+            )
+
+
+def unresolvable(host: str, exc: OSError) -> ConnectionError:
+    return ConnectionError(f"cannot resolve {host!r}: {exc}")
+
+
+def not_http(what: str) -> ConnectionError:
+    # A garbled status line or headers, a body cut short: like a dropped
+    # connection (and retried like one), not a crash of the caller.
+    return ConnectionError(f"the answer is not valid HTTP or was cut short: {what}")
+
+
+def no_answer_in_time(timeout: float) -> TimeoutError:
+    return TimeoutError(f"no complete answer within {timeout} s")
+
+
 def resolve_destination(host: str, port: int, config: WebhookConfig) -> str:
     """One address to connect to, after checking every address the name has."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise ConnectionError(f"cannot resolve {host!r}: {exc}") from exc
+        raise unresolvable(host, exc) from exc
     addresses = [info[4][0] for info in infos]
-    if not config.allow_private:
-        for address in addresses:
-            reason = refusal_reason(address)
-            if reason is not None:
-                raise WebhookRefused(
-                    f"destination {host!r} resolves to a non-public address ({address}): "
-                    f"{reason}; only globally routable unicast addresses are allowed. "
-                    "To allow it, set PICLOUD_WEBHOOK_ALLOW_PRIVATE=true."
-                )
+    check_addresses(host, addresses, config)
     return addresses[0]
 
 
@@ -300,18 +324,14 @@ def post(
         # Cut off at the deadline, the exchange fails however it happens to
         # (a reset, a short read, a broken pipe): it is a timeout.
         if expired:
-            raise TimeoutError(f"no complete answer within {timeout} s") from exc
+            raise no_answer_in_time(timeout) from exc
         if isinstance(exc, http.client.HTTPException):
-            # A garbled status line or headers, a body cut short: like a
-            # dropped connection (and retried like one), not a crash here.
-            raise ConnectionError(
-                f"the answer is not valid HTTP or was cut short: {exc!r}"
-            ) from exc
+            raise not_http(repr(exc)) from exc
         raise
     if expired:
         # A body that ends when the connection closes ends early, without
         # an error, when the deadline shuts the socket: not the whole answer.
-        raise TimeoutError(f"no complete answer within {timeout} s")
+        raise no_answer_in_time(timeout)
     return response
 
 

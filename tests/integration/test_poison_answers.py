@@ -29,7 +29,8 @@ LOCAL = WebhookConfig(allow_private=True, allow_http=True)
 
 
 @pytest.fixture
-def endpoint():
+def endpoint(webhook_post):
+    """The poison endpoint, sent to by each sender in turn (webhook_post)."""
     with poison_endpoint() as url:
         yield url
 

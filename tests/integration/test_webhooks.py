@@ -1,4 +1,5 @@
-"""The webhook runtime against a local HTTP server."""
+"""The webhook runtime against a local HTTP server, with each sender
+(tests/webhook_senders.py) behind execute_row."""
 
 import json
 import re
@@ -82,7 +83,8 @@ def receiver():
 
 
 @pytest.fixture
-def deliver(app, override_config):
+def deliver(app, override_config, webhook_post):
+    """Run one row of a new webhook script; with each sender in turn (webhook_post)."""
     override_config(WebhookConfig(allow_http=True))  # to save http:// scripts
     principal = MembershipFactory(app=app, role=Role.Developer.value).principal
 

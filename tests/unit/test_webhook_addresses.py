@@ -15,7 +15,9 @@ import pytest
 
 from picloud.config import WebhookConfig
 from picloud.runtime import webhooks
-from picloud.runtime.webhooks import WebhookRefused, _is_public, resolve_destination
+from picloud.runtime.webhooks import WebhookRefused, _is_public
+from tests.helpers import fake_resolver
+from tests.webhook_senders import RESOLVERS
 
 # Every block here is refused, including those the registry marks "globally
 # reachable" (anycast service blocks such as AS112, AMT, PCP/TURN anycast):
@@ -171,27 +173,19 @@ def test_the_reason_names_the_kind_and_any_ipv4_inside(address, words):
         assert word in reason, f"{word!r} missing from the reason for {address}: {reason!r}"
 
 
-def fake_resolver(answers: dict[str, list[str]]):
-    calls = []
-
-    def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):
-        calls.append(host)
-        result = []
-        for address in answers[host]:
-            if ":" in address:
-                result.append((socket.AF_INET6, socket.SOCK_STREAM, 6, "", (address, port, 0, 0)))
-            else:
-                result.append((socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port)))
-        return result
-
-    return getaddrinfo, calls
-
-
 GUARDED = WebhookConfig(allow_private=False)
 UNGUARDED = WebhookConfig(allow_private=True)
 
 
-def test_a_name_with_one_private_address_among_public_ones_is_refused(monkeypatch):
+@pytest.fixture(params=sorted(RESOLVERS))
+def resolve_destination(request):
+    """webhooks.resolve_destination, and the async client's GuardedResolver."""
+    return RESOLVERS[request.param]
+
+
+def test_a_name_with_one_private_address_among_public_ones_is_refused(
+    monkeypatch, resolve_destination
+):
     getaddrinfo, _ = fake_resolver({"hooks.example": ["8.8.8.8", "2606:4700::1", "10.0.0.5"]})
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     with pytest.raises(WebhookRefused) as refused:
@@ -201,7 +195,7 @@ def test_a_name_with_one_private_address_among_public_ones_is_refused(monkeypatc
         assert part in message, f"the refusal should name {part}: {message}"
 
 
-def test_allow_private_lets_private_and_mixed_answers_through(monkeypatch):
+def test_allow_private_lets_private_and_mixed_answers_through(monkeypatch, resolve_destination):
     getaddrinfo, _ = fake_resolver(
         {"hooks.example": ["10.0.0.5", "8.8.8.8"], "meta.example": ["100.100.100.200"]}
     )
@@ -210,49 +204,76 @@ def test_allow_private_lets_private_and_mixed_answers_through(monkeypatch):
     assert resolve_destination("meta.example", 443, UNGUARDED) == "100.100.100.200"
 
 
-def test_a_public_name_resolves_to_its_first_address(monkeypatch):
+def test_a_public_name_resolves_to_its_first_address(monkeypatch, resolve_destination):
     getaddrinfo, _ = fake_resolver({"hooks.example": ["2606:4700::1", "8.8.8.8"]})
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     assert resolve_destination("hooks.example", 443, GUARDED) == "2606:4700::1"
 
 
 @pytest.mark.parametrize("literal", ["2130706433", "0x7f.1", "0177.0.0.1", "127.1", "0"])
-def test_odd_spellings_of_local_addresses_are_refused_after_resolution(literal):
+def test_odd_spellings_of_local_addresses_are_refused_after_resolution(
+    literal, resolve_destination
+):
     # The system resolver turns these into 127.0.0.1 or 0.0.0.0 without DNS.
     with pytest.raises(WebhookRefused):
         resolve_destination(literal, 443, GUARDED)
 
 
-def test_the_connection_goes_to_the_checked_address_after_one_lookup(monkeypatch):
-    getaddrinfo, lookups = fake_resolver({"hooks.example": ["93.184.216.34"]})
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+def record_connects(monkeypatch) -> list:
+    """Refuse every connection and record where it went: through
+    socket.create_connection (webhooks.post) or a socket's connect (asyncio)."""
     connected = []
 
     def create_connection(address, timeout=None, *args, **kwargs):
         connected.append(address)
         raise ConnectionRefusedError("test: nothing listens")
 
+    def connect(sock, address):
+        connected.append(address)
+        raise ConnectionRefusedError("test: nothing listens")
+
     monkeypatch.setattr(socket, "create_connection", create_connection)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    return connected
+
+
+def test_the_connection_goes_to_the_checked_address_after_one_lookup(monkeypatch, webhook_post):
+    getaddrinfo, lookups = fake_resolver({"hooks.example": ["93.184.216.34"]})
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    connected = record_connects(monkeypatch)
     with pytest.raises(ConnectionRefusedError):
-        webhooks.post(
+        webhook_post(
             "https://hooks.example/x", b"{}", {}, timeout=1, max_response_bytes=10, config=GUARDED
         )
     assert lookups == ["hooks.example"], "the name must be resolved exactly once"
     assert connected == [("93.184.216.34", 443)]
 
 
-def test_nothing_is_connected_to_when_refused(monkeypatch):
-    getaddrinfo, _ = fake_resolver({"hooks.example": ["100.100.100.200"]})
+def test_nothing_is_connected_to_when_one_address_is_refused(monkeypatch, webhook_post):
+    getaddrinfo, _ = fake_resolver({"hooks.example": ["93.184.216.34", "100.100.100.200"]})
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    connected = []
-    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: connected.append(a))
+    connected = record_connects(monkeypatch)
     with pytest.raises(WebhookRefused, match=r"100\.100\.100\.200"):
-        webhooks.post(
+        webhook_post(
             "https://hooks.example/latest/meta-data/",
             b"{}",
             {},
             timeout=1,
             max_response_bytes=10,
             config=GUARDED,
+        )
+    assert connected == []
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1", "[::1]", "[::ffff:169.254.169.254]", "2130706433", "0x7f.1", "127.1", "0"],
+)
+def test_an_address_in_the_url_is_checked_like_a_name(monkeypatch, webhook_post, host):
+    # aiohttp connects to an IP-address host without asking its resolver.
+    connected = record_connects(monkeypatch)
+    with pytest.raises(WebhookRefused):
+        webhook_post(
+            f"https://{host}/x", b"{}", {}, timeout=1, max_response_bytes=10, config=GUARDED
         )
     assert connected == []

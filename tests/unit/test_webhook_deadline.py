@@ -1,4 +1,5 @@
-"""A webhook's time limit bounds the whole request, not each socket read.
+"""A webhook's time limit bounds the whole request, not each socket read,
+for both senders (tests/webhook_senders.py).
 
 The servers here answer one byte at a time, each byte well within the limit:
 a per-read timeout never fires, so only a deadline for the whole request
@@ -7,17 +8,14 @@ stops them.
 
 from __future__ import annotations
 
-import shutil
 import socket
-import ssl
-import subprocess
 import threading
 import time
 
 import pytest
 
 from picloud.config import WebhookConfig
-from picloud.runtime import webhooks
+from tests.helpers import trusted_server_context
 
 LOCAL = WebhookConfig(allow_private=True, allow_http=True)
 DRIP_INTERVAL = 0.2  # seconds between two bytes: far below the limit
@@ -83,10 +81,10 @@ def dripping_server(request):
         thread.join(timeout=DRIP_FOR + 1)
 
 
-def test_a_server_dripping_its_answer_is_cut_off_at_the_limit(dripping_server):
+def test_a_server_dripping_its_answer_is_cut_off_at_the_limit(dripping_server, webhook_post):
     started = time.monotonic()
     with pytest.raises(TimeoutError):
-        webhooks.post(
+        webhook_post(
             dripping_server, b"{}", {}, timeout=LIMIT, max_response_bytes=10_000, config=LOCAL
         )
     elapsed = time.monotonic() - started
@@ -96,22 +94,20 @@ def test_a_server_dripping_its_answer_is_cut_off_at_the_limit(dripping_server):
     )
 
 
-def test_a_prompt_answer_within_the_limit_is_returned_whole():
+def test_a_prompt_answer_within_the_limit_is_returned_whole(webhook_post):
     answer = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
     stop = threading.Event()
     with socket.create_server(("127.0.0.1", 0)) as listener:
         thread = threading.Thread(target=_drip, args=(listener, answer, b"", stop), daemon=True)
         thread.start()
         url = f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
-        response = webhooks.post(
-            url, b"{}", {}, timeout=LIMIT, max_response_bytes=100, config=LOCAL
-        )
+        response = webhook_post(url, b"{}", {}, timeout=LIMIT, max_response_bytes=100, config=LOCAL)
         stop.set()
         thread.join(timeout=2)
     assert (response.status, response.body) == (200, b"hello")
 
 
-def test_a_server_dripping_its_tls_handshake_is_cut_off_at_the_limit():
+def test_a_server_dripping_its_tls_handshake_is_cut_off_at_the_limit(webhook_post):
     # A TLS record header announcing 16 KiB, then the record a byte at a time:
     # the handshake waits for the whole record. (CPython bounds a handshake
     # by the socket timeout as a whole; this keeps the handshake, now started
@@ -125,7 +121,7 @@ def test_a_server_dripping_its_tls_handshake_is_cut_off_at_the_limit():
         url = f"https://127.0.0.1:{listener.getsockname()[1]}/hook"
         started = time.monotonic()
         with pytest.raises(TimeoutError):
-            webhooks.post(url, b"{}", {}, timeout=LIMIT, max_response_bytes=100, config=LOCAL)
+            webhook_post(url, b"{}", {}, timeout=LIMIT, max_response_bytes=100, config=LOCAL)
         elapsed = time.monotonic() - started
         stop.set()
         thread.join(timeout=DRIP_FOR + 1)
@@ -145,28 +141,8 @@ def _drip_handshake(listener: socket.socket, head: bytes, stop: threading.Event)
                 return
 
 
-@pytest.fixture
-def tls_certificate(tmp_path):
-    """A self-signed certificate for 127.0.0.1: (certificate, key) paths."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    make = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
-    subject = ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
-    subprocess.run(
-        [*make, *subject, "-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
-def test_an_https_answer_within_the_limit_is_returned_whole(tls_certificate, monkeypatch):
-    cert, key = tls_certificate
-    trusting = ssl.create_default_context
-    monkeypatch.setattr(ssl, "create_default_context", lambda: trusting(cafile=str(cert)))
-    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_context.load_cert_chain(cert, key)
+def test_an_https_answer_within_the_limit_is_returned_whole(tmp_path, monkeypatch, webhook_post):
+    server_context = trusted_server_context(tmp_path, monkeypatch, "IP:127.0.0.1")
     answer = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
 
     def serve(listener):
@@ -179,8 +155,6 @@ def test_an_https_answer_within_the_limit_is_returned_whole(tls_certificate, mon
         thread = threading.Thread(target=serve, args=(listener,), daemon=True)
         thread.start()
         url = f"https://127.0.0.1:{listener.getsockname()[1]}/hook"
-        response = webhooks.post(
-            url, b"{}", {}, timeout=LIMIT, max_response_bytes=100, config=LOCAL
-        )
+        response = webhook_post(url, b"{}", {}, timeout=LIMIT, max_response_bytes=100, config=LOCAL)
         thread.join(timeout=2)
     assert (response.status, response.body) == (200, b"hello")
