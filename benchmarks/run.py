@@ -87,6 +87,9 @@ class InlineExecutor:
     def run_batch(self, rows):
         return _InlineRun(self, rows)
 
+    def saturated(self) -> bool:
+        return False
+
 
 class _InlineRun:
     def __init__(self, executor: InlineExecutor, rows) -> None:

@@ -15,6 +15,7 @@ drain; the engine only decides when.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -33,7 +34,7 @@ from picloud.config import DispatcherConfig, SandboxCeiling
 from picloud.db.dbthreads import DbThreads
 from picloud.runtime.async_execution import AsyncRunner
 from picloud.runtime.execution import Failure, Lookups, Outcome, Prepared, prepare
-from picloud.runtime.handler_threads import NotStarted
+from picloud.runtime.handler_threads import EXPIRE_EVERY
 
 logger = logging.getLogger("picloud.dispatcher")
 
@@ -98,7 +99,10 @@ class Engine:
         self.ceiling = ceiling or SandboxCeiling.current()
         self.timeout = self.ceiling.timeout_ms / 1000
         self.stopping, self.clock = stopping, clock
-        self.running: set[asyncio.Task] = set()
+        # Executions started and not yet reported (tasks for webhooks and
+        # async handlers, jobs on the handler threads for plain ones).
+        self.in_flight = 0
+        self.tasks: set[asyncio.Task] = set()
         self.ran: list[tuple[OutboxRow, Outcome, float]] = []
         self.not_started: list[uuid.UUID] = []
         self.woken = True  # look once at start: rows may be waiting
@@ -116,10 +120,6 @@ class Engine:
     def _wake(self) -> None:
         self.woken = True
         self.changed.set()  # type: ignore[union-attr]
-
-    @property
-    def in_flight(self) -> int:
-        return len(self.running)
 
     # -- the loop -----------------------------------------------------------
 
@@ -181,34 +181,39 @@ class Engine:
                     look_at = time.monotonic() + MAX_IDLE
                 continue  # something may have finished meanwhile
             timeout = min(look_at, flush_at) - time.monotonic()
+            if self.runner.threads.live:
+                # Plain handlers' time limits are checked on this beat.
+                timeout = min(timeout, EXPIRE_EVERY)
             await self._wait(max(0.0, timeout))
+            self.runner.threads.expire()
 
     def _start(self, result: HopResult) -> None:
-        for row, prepared in result.claimed:
-            if isinstance(prepared, Failure):
-                self.ran.append((row, prepared, result.lease_ends_at))
-                continue
-            task = asyncio.create_task(self._execute(row, prepared, result.lease_ends_at))
-            self.running.add(task)
-            task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task) -> None:
-        self.running.discard(task)
-        self.changed.set()  # type: ignore[union-attr]
-
-    async def _execute(self, row: OutboxRow, prepared: Prepared, lease_ends_at: float) -> None:
+        lease_ends_at = result.lease_ends_at
         # A run that starts later than this could outlive the lease.
         start_by = lease_ends_at - self.timeout
-        try:
-            outcome = await self.runner.run(prepared, start_by=start_by)
-        except (NotStarted, asyncio.CancelledError):
-            # Nothing finished: the row goes back with its attempt uncounted.
-            self.not_started.append(row.id)
-            return
-        except Exception as exc:
-            logger.exception("dispatcher error running outbox row %s", row.id)
-            outcome = Failure(f"dispatcher error: {type(exc).__name__}: {exc}", retryable=True)
-        self.ran.append((row, outcome, lease_ends_at))
+        for row, prepared in result.claimed:
+            if isinstance(prepared, Failure):
+                self.ran.append((row, prepared, lease_ends_at))
+                continue
+            self.in_flight += 1
+            task = self.runner.start(
+                prepared, start_by=start_by, on_outcome=self._on_outcome(row, lease_ends_at)
+            )
+            if task is not None:
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+
+    def _on_outcome(self, row: OutboxRow, lease_ends_at: float):
+        def on_outcome(outcome: Outcome | None) -> None:
+            self.in_flight -= 1
+            if outcome is None:
+                # Nothing finished: the row goes back with its attempt uncounted.
+                self.not_started.append(row.id)
+            else:
+                self.ran.append((row, outcome, lease_ends_at))
+            self.changed.set()  # type: ignore[union-attr]
+
+        return on_outcome
 
     def _hop(self, hop: Hop) -> HopResult:
         """On the database thread: settle, hand back, claim and prepare."""
@@ -262,7 +267,7 @@ class Engine:
 
     def running_limit(self) -> int:
         """Slots free for new executions."""
-        return self.config.max_in_flight - len(self.running)
+        return self.config.max_in_flight - self.in_flight
 
     async def _sleep(self, seconds: float) -> None:
         """Wait out a database error, waking early only to stop."""
@@ -280,20 +285,25 @@ class Engine:
 
     async def _drain(self) -> None:
         """Stopping: claim nothing more, let running rows finish within the
-        grace, settling as they do; cancel the rest (handed back)."""
+        grace, settling as they do; stop the rest and hand them back."""
         deadline = time.monotonic() + self.config.shutdown_grace_ms / 1000
-        while self.running and (left := deadline - time.monotonic()) > 0:
+        while self.in_flight and (left := deadline - time.monotonic()) > 0:
             await self._settle_now()
-            await asyncio.wait(set(self.running), timeout=left, return_when=asyncio.FIRST_COMPLETED)
-        await self._settle_now()
-        if self.running:
+            self.runner.threads.expire()
+            self.changed.clear()  # type: ignore[union-attr]
+            if not (self.ran or self.not_started):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(left, EXPIRE_EVERY)):
+                        await self.changed.wait()  # type: ignore[union-attr]
+        if self.in_flight:
             logger.warning(
                 "%d executions still running after the shutdown grace; handing their rows back",
-                len(self.running),
+                self.in_flight,
             )
-            for task in list(self.running):
+            self.runner.threads.withdraw_all()
+            for task in list(self.tasks):
                 task.cancel()
-            await asyncio.gather(*self.running, return_exceptions=True)
+            await asyncio.gather(*self.tasks, return_exceptions=True)
 
     async def _settle_now(self) -> None:
         if not (self.ran or self.not_started):

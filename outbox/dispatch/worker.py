@@ -27,9 +27,9 @@ from picloud.config import DispatcherConfig, SandboxCeiling
 from picloud.db.dbthreads import DbThreads
 from picloud.db.pgconn import connect
 from picloud.db.pglisten import Listener
-from picloud.runtime import webhooks
-from picloud.runtime.async_execution import AsyncRunner, Post
+from picloud.runtime.async_execution import AsyncRunner
 from picloud.runtime.handler_threads import HandlerThreads
+from picloud.runtime.webhook_client import WebhookClient
 from triggers.pg_repository import PgTriggerRepo
 
 logger = logging.getLogger("picloud.dispatcher")
@@ -60,7 +60,7 @@ class DispatcherHost:
         make_dispatcher: Callable[..., Dispatcher],
         connect_listener: Callable,
         counter_store: CounterStore,
-        post: Post,
+        webhooks: WebhookClient,
         config: DispatcherConfig | None = None,
         ceiling: SandboxCeiling | None = None,
     ) -> None:
@@ -72,7 +72,7 @@ class DispatcherHost:
         self.threads = HandlerThreads(self.config.handler_threads)
         self.engine = Engine(
             dispatcher=make_dispatcher(counters=self.counters, should_stop=self.stopping.is_set),
-            runner=AsyncRunner(ceiling, threads=self.threads, post=post),
+            runner=AsyncRunner(ceiling, threads=self.threads, post=webhooks.post),
             db=self.db,
             counters=self.counters,
             counter_store=counter_store,
@@ -89,9 +89,16 @@ class DispatcherHost:
             on_notify=lambda _payload: self.engine.wake(),
             stop=self.stopping,
         )
+        self.webhooks = webhooks
         self.thread = threading.Thread(
-            target=asyncio.run, args=(self.engine.main(),), name="picloud-engine", daemon=True
+            target=asyncio.run, args=(self._serve(),), name="picloud-engine", daemon=True
         )
+
+    async def _serve(self) -> None:
+        try:
+            await self.engine.main()
+        finally:
+            await self.webhooks.close()  # the pooled connections, on their own loop
 
     def start(self) -> None:
         self.thread.start()
@@ -143,12 +150,6 @@ def postgres_host(config: DispatcherConfig | None = None) -> DispatcherHost:
         make_dispatcher=make_dispatcher,
         connect_listener=connect,
         counter_store=PgCounterStore(),
-        post=_threaded_post,
+        webhooks=WebhookClient(),
         config=config,
-    )
-
-
-async def _threaded_post(url, body, headers, *, timeout, max_response_bytes):
-    return await asyncio.to_thread(
-        webhooks.post, url, body, headers, timeout=timeout, max_response_bytes=max_response_bytes
     )

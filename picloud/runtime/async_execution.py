@@ -12,6 +12,7 @@ with the synchronous path, so the two cannot disagree.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import Awaitable, Callable
 
@@ -29,12 +30,15 @@ from picloud.runtime.execution import (
     webhook_outcome,
     webhook_request,
 )
-from picloud.runtime.handler_threads import HandlerThreads, NotStarted
+from picloud.runtime.handler_threads import EXPIRE_EVERY, HandlerThreads, NotStarted
 from picloud.runtime.sandbox import SandboxTimeout
 from picloud.runtime.webhooks import WebhookResponse
 
 # post(url, body, headers, *, timeout, max_response_bytes) -> WebhookResponse
 Post = Callable[..., Awaitable[WebhookResponse]]
+# Called on the loop with a row's outcome, or None when it did not run to an
+# end (no thread started it in time, or it was cancelled at shutdown).
+OnOutcome = Callable[[Outcome | None], None]
 
 
 class AsyncRunner:
@@ -42,12 +46,75 @@ class AsyncRunner:
         self.ceiling, self.threads, self.post = ceiling, threads, post
         self.timeout = ceiling.timeout_ms / 1000
 
-    async def run(self, prepared: Prepared, *, start_by: float) -> Outcome:
-        """The row's outcome. Raises NotStarted when a plain handler found
-        no free thread by `start_by` (time.monotonic()): nothing ran."""
-        if prepared.script.runtime == "webhook":
-            return await self._webhook(prepared)
-        return await self._python(prepared, start_by)
+    def start(
+        self, prepared: Prepared, *, start_by: float, on_outcome: OnOutcome
+    ) -> asyncio.Task | None:
+        """Start the row; on_outcome gets its outcome on the loop. Returns
+        the task of a webhook or async handler (cancel it to stop the row),
+        None for a plain handler (HandlerThreads.withdraw_all stops those).
+        A plain handler that no thread starts by `start_by`
+        (time.monotonic()) is not run: on_outcome(None)."""
+        if prepared.script.runtime != "webhook":
+            fn = handler_of(prepared.script)
+            if isinstance(fn, Failure):
+                on_outcome(fn)
+                return None
+            if not inspect.iscoroutinefunction(fn):
+                self._submit(fn, prepared, start_by, on_outcome)
+                return None
+            coroutine = self._async_handler(fn, prepared)
+        else:
+            coroutine = self._webhook(prepared)
+        return asyncio.create_task(_report(coroutine, on_outcome))
+
+    async def run(self, prepared: Prepared, *, start_by: float) -> Outcome | None:
+        """start() for one caller that awaits the outcome."""
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.start(prepared, start_by=start_by, on_outcome=future.set_result)
+        while not future.done():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(EXPIRE_EVERY):
+                    await asyncio.shield(future)
+            self.threads.expire()
+        return future.result()
+
+    def _submit(self, fn, prepared: Prepared, start_by: float, on_outcome: OnOutcome) -> None:
+        ceiling, timeout, payload = self.ceiling, self.timeout, prepared.row.payload
+
+        def call() -> Outcome:
+            # On the thread: the deadline counts from here, and the result is
+            # checked here too, so the loop only receives the outcome.
+            try:
+                result = fn(payload, context_for(prepared, timeout))
+            except Exception as exc:
+                return handler_failure(exc)
+            return handler_result(result, ceiling)
+
+        def done(outcome: Outcome | None, error: BaseException | None) -> None:
+            if isinstance(error, SandboxTimeout):
+                on_outcome(timed_out(ceiling))
+            elif isinstance(error, NotStarted):
+                on_outcome(None)
+            elif error is not None:  # not the handler's: call() catches those
+                on_outcome(
+                    Failure(f"dispatcher error: {type(error).__name__}: {error}", retryable=True)
+                )
+            else:
+                on_outcome(outcome)
+
+        self.threads.submit(call, timeout=timeout, start_by=start_by, done=done)
+
+    async def _async_handler(self, fn, prepared: Prepared) -> Outcome:
+        limit = asyncio.timeout(self.timeout)
+        try:
+            async with limit:
+                result = await fn(prepared.row.payload, context_for(prepared, self.timeout))
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and limit.expired():
+                return timed_out(self.ceiling)
+            # A handler's own TimeoutError (say, from a socket) is its failure.
+            return handler_failure(exc)
+        return handler_result(result, self.ceiling)
 
     async def _webhook(self, prepared: Prepared) -> Outcome:
         body, headers = webhook_request(prepared.script, prepared.row)
@@ -67,31 +134,13 @@ class AsyncRunner:
             return failure
         return webhook_outcome(response)
 
-    async def _python(self, prepared: Prepared, start_by: float) -> Outcome:
-        fn = handler_of(prepared.script)
-        if isinstance(fn, Failure):
-            return fn
-        payload = prepared.row.payload
-        limit = asyncio.timeout(self.timeout)
-        try:
-            if inspect.iscoroutinefunction(fn):
-                ctx = context_for(prepared, self.timeout)
-                async with limit:
-                    result = await fn(payload, ctx)
-            else:
 
-                def call():
-                    # The deadline counts from when a thread starts the handler.
-                    return fn(payload, context_for(prepared, self.timeout))
-
-                result = await self.threads.run(call, timeout=self.timeout, start_by=start_by)
-        except SandboxTimeout:
-            return timed_out(self.ceiling)
-        except NotStarted:
-            raise
-        except Exception as exc:
-            if isinstance(exc, TimeoutError) and limit.expired():
-                return timed_out(self.ceiling)
-            # A handler's own TimeoutError (say, from a socket) is its failure.
-            return handler_failure(exc)
-        return handler_result(result, self.ceiling)
+async def _report(coroutine, on_outcome: OnOutcome) -> None:
+    try:
+        outcome = await coroutine
+    except asyncio.CancelledError:
+        on_outcome(None)  # stopped at shutdown: nothing finished
+        raise
+    except Exception as exc:
+        outcome = Failure(f"dispatcher error: {type(exc).__name__}: {exc}", retryable=True)
+    on_outcome(outcome)

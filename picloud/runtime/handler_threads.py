@@ -114,9 +114,7 @@ class HandlerThreads:
 
     # -- on the event loop --------------------------------------------------
 
-    def submit(
-        self, fn: Callable[[], Any], *, timeout: float, start_by: float, done: Done
-    ) -> _Job:
+    def submit(self, fn: Callable[[], Any], *, timeout: float, start_by: float, done: Done) -> _Job:
         """Run fn() on a thread; done(result, error) is called on the loop.
 
         error is fn's exception, SandboxTimeout when it ran past `timeout`

@@ -26,9 +26,8 @@ pytestmark = [pytest.mark.acceptance, pytest.mark.django_db(transaction=True)]
 
 # Rows a cluster may have run but not yet acknowledged: each process's
 # executions in flight plus the successes it acknowledges with its next claim.
-IN_FLIGHT_AT_MOST = (
-    int(ACCEPTANCE_ENV["PICLOUD_QCLUSTER_WORKERS"])
-    * (DispatcherConfig().max_in_flight + 2 * DispatcherConfig().max_batch)
+IN_FLIGHT_AT_MOST = int(ACCEPTANCE_ENV["PICLOUD_QCLUSTER_WORKERS"]) * (
+    DispatcherConfig().max_in_flight + 2 * DispatcherConfig().max_batch
 )
 
 

@@ -17,7 +17,6 @@ from outbox.storage.memory_repository import MemoryOutboxRepo
 from outbox.storage.repository import NewOutboxRow
 from picloud.config import DispatcherConfig, RetryPolicy, SandboxCeiling, TriggerConfig
 from picloud.runtime.execution import Failure, Prepared, Success
-from picloud.runtime.handler_threads import NotStarted
 from triggers.memory_repository import MemoryTriggerRepo
 
 APP, SCRIPT, PRINCIPAL = (uuid.uuid4() for _ in range(3))
@@ -49,26 +48,36 @@ class Runner:
         self.inside = self.most = 0
         self.started = []
 
-        class Threads:
+        class Threads:  # no plain handlers here
+            live = 0
             saturated = staticmethod(lambda: False)
+            expire = withdraw_all = staticmethod(lambda: None)
 
         self.threads = Threads()
 
-    async def run(self, prepared, *, start_by):
+    def start(self, prepared, *, start_by, on_outcome):
+        return asyncio.create_task(self._run(prepared, on_outcome))
+
+    async def _run(self, prepared, on_outcome):
         row = prepared.row
         self.started.append(row.id)
         self.inside += 1
         self.most = max(self.most, self.inside)
         try:
             if row.payload.get("not_started"):
-                raise NotStarted()
+                on_outcome(None)
+                return
             if not row.payload.get("fast"):
                 await self.gate.wait()
+        except asyncio.CancelledError:
+            on_outcome(None)
+            raise
         finally:
             self.inside -= 1
         if row.payload.get("fail"):
-            return Failure("boom", retryable=True)
-        return Success(row.payload.get("n"))
+            on_outcome(Failure("boom", retryable=True))
+        else:
+            on_outcome(Success(row.payload.get("n")))
 
 
 @pytest.fixture
