@@ -355,6 +355,10 @@ class Dispatcher:
         policy = policy_for(self._trigger(row), self.config.retry)
         if outcome.retryable and row.attempts < policy.max_attempts:
             delay = retry_delay(row.attempts, policy, self.rand)
+            if outcome.retry_after is not None:
+                # The endpoint said when to come back: not sooner, and not
+                # later than the policy's longest delay.
+                delay = max(delay, min(outcome.retry_after, policy.max_delay_ms / 1000))
             self.outbox.reschedule(row.id, self.clock() + timedelta(seconds=delay), outcome.error)
             self.counters.inc("retried")
             return False

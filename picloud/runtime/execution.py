@@ -24,6 +24,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.utils import timezone
 
 from outbox.storage.repository import OutboxRow
 from picloud.config import SandboxCeiling, WebhookConfig
@@ -72,6 +73,9 @@ class Failure:
     # True when the worker running it was lost: nothing is known to have
     # finished (the dispatcher says so for a sync row it finds claimed again).
     lost: bool = False
+    # Seconds the endpoint asked to wait before the next attempt (Retry-After
+    # on a 429 or 503); the dispatcher waits at least this, up to its max delay.
+    retry_after: float | None = None
     ok = False
 
     def __post_init__(self) -> None:
@@ -472,10 +476,14 @@ def webhook_outcome(response: webhooks.WebhookResponse) -> Outcome:
     )
     # 408, 429 and 5xx may pass; other answers (4xx, 3xx) will not change on retry.
     retryable = response.status in (408, 429) or response.status >= 500
+    retry_after = None
+    if response.status in webhooks.RETRY_AFTER_STATUSES:
+        retry_after = webhooks.retry_after_seconds(response.retry_after, timezone.now())
     return Failure(
         f"webhook answered {response.status}: {body_text}",
         retryable=retryable,
         status=response.status,
+        retry_after=retry_after,
     )
 
 

@@ -213,7 +213,12 @@ class WebhookClient:
                 if len(data) > max_response_bytes:
                     # Raised in here: the unread rest closes the connection.
                     raise ResponseTooLarge(max_response_bytes)
-                return WebhookResponse(answer.status, data, answer.headers.get("Content-Type", ""))
+                return WebhookResponse(
+                    answer.status,
+                    data,
+                    answer.headers.get("Content-Type", ""),
+                    answer.headers.get("Retry-After", ""),
+                )
         except TimeoutError as exc:
             raise no_answer_in_time(timeout) from exc
         except aiohttp.ClientConnectorError as exc:

@@ -18,6 +18,7 @@ request from an event loop, with the guard, errors and helpers defined here.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import hashlib
 import hmac
 import http.client
@@ -27,6 +28,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -47,6 +49,28 @@ class WebhookResponse:
     status: int
     body: bytes
     content_type: str
+    retry_after: str = ""  # the Retry-After header as sent, "" when absent
+
+
+# Statuses whose Retry-After the dispatcher honours (RFC 9110 15.5.20, 15.6.4).
+RETRY_AFTER_STATUSES = (429, 503)
+
+
+def retry_after_seconds(value: str, now: datetime) -> float | None:
+    """Seconds a Retry-After header asks to wait (delay-seconds or an
+    HTTP-date), or None when it says nothing usable. Never negative."""
+    value = value.strip()
+    if not value:
+        return None
+    if value.isascii() and value.isdigit():
+        return float(min(int(value[:12]), 10**9))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000" or no zone: RFC 9110 dates are in GMT
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -341,7 +365,12 @@ def _exchange(conn, path, body, headers, max_response_bytes) -> WebhookResponse:
     data = response.read(max_response_bytes + 1)
     if len(data) > max_response_bytes:
         raise ResponseTooLarge(max_response_bytes)
-    return WebhookResponse(response.status, data, response.getheader("Content-Type", "") or "")
+    return WebhookResponse(
+        response.status,
+        data,
+        response.getheader("Content-Type", "") or "",
+        response.getheader("Retry-After", "") or "",
+    )
 
 
 class ResponseTooLarge(Exception):

@@ -56,6 +56,12 @@ class Receiver(BaseHTTPRequestHandler):
             self._answer(200, "{}", "application/json")
         elif self.path == "/huge":
             self._answer(200, "x" * 10_000, "text/plain")
+        elif self.path in ("/busy", "/unavailable", "/busy-500"):
+            status = {"/busy": 429, "/unavailable": 503, "/busy-500": 500}[self.path]
+            self.send_response(status)
+            self.send_header("Retry-After", "120")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         elif self.path == "/not-http":
             self.wfile.write(b"garbage\r\n\r\n")
 
@@ -134,6 +140,14 @@ def test_a_400_and_a_redirect_are_not_retried(receiver, deliver):
     assert [p for p, _, _ in Receiver.requests] == ["/bad-request", "/redirect"], (
         "no redirect followed"
     )
+
+
+def test_retry_after_on_429_and_503_is_kept_on_the_failure(receiver, deliver):
+    for path, status in (("/busy", 429), ("/unavailable", 503)):
+        outcome = deliver(receiver + path)[2]
+        assert (outcome.status, outcome.retryable, outcome.retry_after) == (status, True, 120.0)
+    # Other statuses' Retry-After is not a request to wait (RFC 9110 names 429 and 503).
+    assert deliver(receiver + "/busy-500")[2].retry_after is None
 
 
 def test_timeout_names_the_ceiling(receiver, deliver):

@@ -146,6 +146,20 @@ def test_retryable_failures_back_off_exponentially_then_dead_letter(world):
     assert (counts["retried"], counts["dead_lettered"], counts["dispatched"]) == (3, 1, 4)
 
 
+def test_retry_after_delays_the_retry_up_to_the_policy_s_max_delay(world):
+    world.dispatcher.config = TriggerConfig(retry=RetryPolicy(10, 1000, 60_000, 0.0))
+    delays = []
+    for asked in (30.0, 0.5, 10_000.0):
+        world.executor.outcomes[SCRIPT] = Failure("busy", retryable=True, retry_after=asked)
+        row = _enqueue(world)
+        before = world.clock.now
+        world.dispatcher.run_once(limit=10)
+        delays.append((world.outbox.get(row.id).due_at - before).total_seconds())
+        world.outbox.delete([row.id])
+    # Not sooner than asked; never sooner than the backoff; never past the max delay.
+    assert delays == [30.0, 1.0, 60.0]
+
+
 def test_delays_are_capped(world):
     world.executor.outcomes[SCRIPT] = Failure("boom", retryable=True)
     world.dispatcher.config = TriggerConfig(retry=RetryPolicy(10, 1000, 3000, 0.0))
