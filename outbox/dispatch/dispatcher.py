@@ -119,6 +119,7 @@ class Dispatcher:
         self.lease_ends_at = 0.0
         self.settle_error: Exception | None = None
         self.tally: dict[str, int] = {}
+        self.claim_cursor: uuid.UUID | None = None  # the app of the last row claimed
 
     def run_once(self, limit: int) -> BatchReport:
         """Claim up to `limit` due rows and settle every one of them.
@@ -142,7 +143,11 @@ class Dispatcher:
             self.flush_acks()
             report.saturated = True
             return report
-        rows = self.outbox.claim_due(limit, self.lease, ack=self.pending_acks)
+        rows = self.outbox.claim_due(
+            limit, self.lease, ack=self.pending_acks, after_app=self.claim_cursor
+        )
+        if rows:  # the next claim starts at the app after it (fair turns)
+            self.claim_cursor = rows[-1].app_id
         self.pending_acks = []  # only once the statement that deleted them committed
         report.claimed = len(rows)
         claimed_at = self.monotonic()
