@@ -61,6 +61,16 @@ SELECT min(due_at) AS due_at FROM outbox;
 -- The backlog: rows due now, and how long the oldest of them has waited.
 SELECT count(*) AS due, min(due_at) AS oldest_due_at FROM outbox WHERE due_at <= NOW();
 
+-- load --
+-- An app's (or one of its scripts') rows in flight and rows due: what admin
+-- shows beside the caps. Served by the (app_id, ...) indexes.
+SELECT count(*) FILTER (WHERE leased_until > NOW()) AS in_flight,
+       count(*) FILTER (WHERE due_at <= NOW()) AS backlog
+FROM outbox
+WHERE app_id = %(app_id)s
+  AND (%(script_id)s::uuid IS NULL OR script_id = %(script_id)s::uuid)
+  AND (leased_until > NOW() OR due_at <= NOW());
+
 -- add_counters --
 INSERT INTO dispatcher_counters (name, value)
 SELECT * FROM unnest(%(names)s::text[], %(values)s::bigint[])

@@ -184,6 +184,14 @@ class MemoryOutboxRepo:
         due = [r.due_at for r in self.rows.values() if r.due_at <= now]
         return len(due), min(due, default=None)
 
+    def load(self, app_id: uuid.UUID, script_id: uuid.UUID | None = None) -> tuple[int, int]:
+        now = self.clock()
+        rows = [
+            r for r in self.rows.values() if r.app_id == app_id and script_id in (None, r.script_id)
+        ]
+        in_flight = sum(self.leased_until.get(r.id, now) > now for r in rows)
+        return in_flight, sum(r.due_at <= now for r in rows)
+
 
 class MemoryCounterStore:
     def __init__(self) -> None:

@@ -118,6 +118,10 @@ class PgOutboxRepo:
         row = fetch_one(Q["stats"])
         return row["due"], row["oldest_due_at"]  # type: ignore[index]
 
+    def load(self, app_id: uuid.UUID, script_id: uuid.UUID | None = None) -> tuple[int, int]:
+        row = fetch_one(Q["load"], {"app_id": app_id, "script_id": script_id})
+        return row["in_flight"], row["backlog"]  # type: ignore[index]
+
 
 class PgCounterStore:
     """Dispatcher counters summed in PostgreSQL across processes and hosts."""

@@ -139,6 +139,9 @@ class OutboxRepo(Protocol):
     def stats(self) -> tuple[int, datetime | None]:
         """(rows due now, the oldest due_at among them or None)."""
 
+    def load(self, app_id: uuid.UUID, script_id: uuid.UUID | None = None) -> tuple[int, int]:
+        """(rows in flight, rows due now) of the app, or of its script when given."""
+
 
 @dataclass(frozen=True)
 class Reply:

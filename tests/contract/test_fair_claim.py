@@ -259,3 +259,15 @@ def test_acks_ride_along_with_a_fair_claim(outbox_repo, tenants, add):
     )
     assert _apps(second) == [b.app_id] * 2
     assert all(outbox_repo.get(r.id) is None for r in first)
+
+
+def test_load_counts_rows_in_flight_and_rows_due(outbox_repo, tenants, add):
+    a, b, *_ = tenants
+    add(a, 3)
+    add(a, 2, script_id=a.other_script_id)
+    add(b, 1)
+    assert outbox_repo.load(a.app_id) == (0, 5)
+    outbox_repo.claim_due(limit=4, lease=LEASE)  # a: 3 + 1 of the other script
+    assert outbox_repo.load(a.app_id) == (4, 1)
+    assert outbox_repo.load(a.app_id, a.other_script_id) == (1, 1)
+    assert outbox_repo.load(b.app_id) == (0, 1)
