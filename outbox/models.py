@@ -34,6 +34,8 @@ class OutboxEntry(models.Model):
     depth = models.IntegerField(default=0)
     attempts = models.IntegerField(default=0)
     due_at = models.DateTimeField(default=timezone.now)
+    # The end of the lease of the claim running it; in flight while in the future.
+    leased_until = models.DateTimeField(null=True, blank=True)
     reply_to = models.UUIDField(null=True, blank=True)
     last_error = models.TextField(null=True, blank=True)
     errors = models.JSONField(default=list)

@@ -5,9 +5,12 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpResponseRedirect
+from django.urls import reverse
 from django.utils import timezone
 
+from outbox.storage.pg_repository import PgOutboxRepo
 from picloud.admin_access import (
     ALL,
     AppFilter,
@@ -17,19 +20,52 @@ from picloud.admin_access import (
     allowed_app_ids,
     scope,
 )
+from picloud.config import ConcurrencyConfig
 from picloud.domain import tokens
 from picloud.domain.authz import Capability, Scope, has_capability
 from picloud.domain.scripts import registered_names
-from picloud.models import ApiToken, App, AppMembership, Principal, Runtime, Script, principal_for
+from picloud.models import (
+    ApiToken,
+    App,
+    AppMembership,
+    PlatformSettings,
+    Principal,
+    Runtime,
+    Script,
+    principal_for,
+)
+
+
+class ShowsLoad:
+    """Read-only "in flight" and "backlog" beside a cap (rows of the outbox)."""
+
+    def _load(self, obj) -> tuple[int, int] | None:
+        if obj is None or obj._state.adding:
+            return None
+        if not hasattr(obj, "_picloud_load"):  # both columns, one query
+            app_id, script_id = (obj.pk, None) if isinstance(obj, App) else (obj.app_id, obj.pk)
+            obj._picloud_load = PgOutboxRepo().load(app_id, script_id)
+        return obj._picloud_load
+
+    @admin.display(description="in flight")
+    def in_flight(self, obj):
+        load = self._load(obj)
+        return "—" if load is None else load[0]
+
+    @admin.display(description="backlog (rows due)")
+    def backlog(self, obj):
+        load = self._load(obj)
+        return "—" if load is None else load[1]
 
 
 @admin.register(App)
-class AppAdmin(AppScopedAdmin):
-    """Members see their apps; app admins rename them; superusers add and delete."""
+class AppAdmin(ShowsLoad, AppScopedAdmin):
+    """Members see their apps; app admins rename them and set their cap;
+    superusers add and delete."""
 
     app_capability = Capability.AppRead
     app_path = "id"
-    list_display = ["slug", "name", "created_at"]
+    list_display = ["slug", "name", "max_concurrency", "created_at"]
     search_fields = ["slug", "name"]
 
     def app_id_of(self, obj):
@@ -47,7 +83,9 @@ class AppAdmin(AppScopedAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         # A slug is in URLs and API paths: fixed once the app exists.
-        return ["slug", "created_at"] if obj is not None else ["created_at"]
+        if obj is None:
+            return ["created_at"]
+        return ["slug", "in_flight", "backlog", "created_at"]
 
 
 class MembershipForm(forms.ModelForm):
@@ -107,7 +145,10 @@ class ScriptForm(forms.ModelForm):
 
     class Meta:
         model = Script
-        fields = ["app", "name", "enabled", "runtime", "handler", "webhook_url"]
+        fields = ["app", "name", "enabled", "runtime", "handler", "webhook_url", "max_concurrency"]
+
+    # Apps whose caps the user may set (ALL: every app); set by ScriptAdmin.get_form.
+    cap_apps: frozenset | None = frozenset()
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -115,19 +156,54 @@ class ScriptForm(forms.ModelForm):
         names = sorted(registered_names())
         self.fields["handler"].choices = [("", "—")] + [(n, n) for n in names]
 
+    def clean(self):
+        cleaned = super().clean()
+        # On the add page anyone who may add scripts sees the field; the cap
+        # of a script is its app's admins' to set (a forged POST included).
+        app = cleaned.get("app") or (self.instance.app if self.instance.app_id else None)
+        if (
+            "max_concurrency" in self.fields
+            and cleaned.get("max_concurrency") is not None
+            and self.cap_apps is not ALL
+            and (app is None or app.pk not in self.cap_apps)
+        ):
+            self.add_error("max_concurrency", "Only an admin of the script's app may set its cap.")
+        return cleaned
+
 
 @admin.register(Script)
-class ScriptAdmin(AppScopedAdmin):
+class ScriptAdmin(ShowsLoad, AppScopedAdmin):
+    """Developers manage scripts; a script's cap is its app's admins' to set."""
+
     app_capability = Capability.ScriptManage
     form = ScriptForm
-    list_display = ["name", "app", "runtime", "handler", "webhook_url", "enabled"]
+    list_display = [
+        "name",
+        "app",
+        "runtime",
+        "handler",
+        "webhook_url",
+        "enabled",
+        "max_concurrency",
+    ]
     list_filter = [AppFilter, "runtime", "enabled"]
     search_fields = ["name", "handler", "webhook_url"]
     list_select_related = ["app"]
     ordering = ["app__slug", "name"]
 
     def get_readonly_fields(self, request, obj=None):
-        return ["app"] if obj is not None else []
+        if obj is None:
+            return []
+        fields = ["app", "in_flight", "backlog"]
+        cap_apps = allowed_app_ids(request, Capability.AppManageConcurrency)
+        if cap_apps is not ALL and obj.app_id not in cap_apps:
+            fields.insert(1, "max_concurrency")  # shown, and a posted value is ignored
+        return fields
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        cap_apps = allowed_app_ids(request, Capability.AppManageConcurrency)
+        return type(form.__name__, (form,), {"cap_apps": cap_apps})
 
     def save_model(self, request, obj, form, change):
         new_secret = obj.runtime == Runtime.WEBHOOK and not obj.secret
@@ -262,3 +338,40 @@ class ApiTokenAdmin(ListedLookupsOnly, MissingIs404, admin.ModelAdmin):
     def revoke(self, request, queryset):
         n = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
         self.message_user(request, f"Revoked {n} token(s).", messages.SUCCESS)
+
+
+@admin.register(PlatformSettings)
+class PlatformSettingsAdmin(admin.ModelAdmin):
+    """The platform's settings, one row: superusers only."""
+
+    fields = ["app_max_concurrency", "env_default", "updated_at"]
+    readonly_fields = ["env_default", "updated_at"]
+
+    def _superuser(self, request) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_module_permission(self, request):
+        return self._superuser(request)
+
+    def has_view_permission(self, request, obj=None):
+        return self._superuser(request)
+
+    def has_change_permission(self, request, obj=None):
+        return self._superuser(request)
+
+    def has_add_permission(self, request):
+        return False  # the migration made the row; changelist_view makes it again if gone
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def changelist_view(self, request, extra_context=None):
+        # One row: the list is its change page.
+        if not self._superuser(request):
+            raise PermissionDenied
+        row, _ = PlatformSettings.objects.get_or_create(pk=1)
+        return HttpResponseRedirect(reverse("admin:picloud_platformsettings_change", args=[row.pk]))
+
+    @admin.display(description="PICLOUD_APP_MAX_CONCURRENCY (used when the cap is empty)")
+    def env_default(self, obj):
+        return ConcurrencyConfig.current().app_max_concurrency

@@ -16,6 +16,7 @@ from django.apps import AppConfig
 from django.core import checks
 
 from picloud.config import (
+    ConcurrencyConfig,
     ConfigError,
     DispatcherConfig,
     EnvConfig,
@@ -34,6 +35,7 @@ CHECK_IDS: dict[type[EnvConfig], str] = {
     DispatcherConfig: "picloud.E004",
     SyncConfig: "picloud.E005",
     StopConfig: "picloud.E006",
+    ConcurrencyConfig: "picloud.E007",
 }
 HINT = "Fix or unset the variable (unset means the default); see docs/configuration.md."
 # Variables that no longer do anything, and what replaced them: setting one

@@ -332,6 +332,27 @@ class SyncConfig(EnvConfig):
         return min(self.timeout_ms, ceiling.timeout_ms)
 
 
+@dataclass(frozen=True)
+class ConcurrencyConfig(EnvConfig):
+    """How many executions may be in flight at once, per tenant."""
+
+    # Rows of one app in flight at most, for apps with no cap of their own
+    # (a superuser's platform setting in admin overrides it). Below the 200
+    # slots of a default cluster (2 worker processes x 100 in flight), so no
+    # single app can take every slot.
+    app_max_concurrency: int = 150
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ConcurrencyConfig:
+        env = os.environ if env is None else env
+        d = cls()
+        return cls(
+            app_max_concurrency=env_int(
+                env, "PICLOUD_APP_MAX_CONCURRENCY", d.app_max_concurrency, low=1, high=100_000
+            ),
+        )
+
+
 # Around the dispatcher's own stop, the cluster wakes its guard, stops the
 # pusher and the monitor, and each worker closes its connections: about a
 # second, more on a loaded machine. The floor keeps a stop grace from cutting
@@ -376,6 +397,7 @@ CONFIGS: tuple[type[EnvConfig], ...] = (
     DispatcherConfig,
     SyncConfig,
     StopConfig,
+    ConcurrencyConfig,
 )
 
 # The configs this process built (or a test put in place), by class. Read

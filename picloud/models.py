@@ -13,10 +13,24 @@ import uuid
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from picloud.domain.roles import Role, Scope
 from picloud.domain.scripts import Runtime, validate_runtime_fields
+
+# The largest cap admin accepts (PICLOUD_APP_MAX_CONCURRENCY's range too).
+MAX_CONCURRENCY_LIMIT = 100_000
+
+
+def concurrency_field(help_text: str) -> models.IntegerField:
+    """A nullable cap on executions in flight (CHECK > 0 in the SQL)."""
+    return models.IntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_CONCURRENCY_LIMIT)],
+        help_text=help_text,
+    )
 
 
 class App(models.Model):
@@ -25,6 +39,9 @@ class App(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     slug = models.SlugField(max_length=63, unique=True)
     name = models.CharField(max_length=200)
+    max_concurrency = concurrency_field(
+        "executions of this app in flight at most (empty: the platform's cap)"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -100,6 +117,9 @@ class Script(models.Model):
     )
     # Never shown after creation and never logged; see docs/webhooks.md.
     secret = models.CharField(max_length=200, blank=True, editable=False)
+    max_concurrency = concurrency_field(
+        "executions of this script in flight at most (empty: only the app's cap)"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -187,6 +207,25 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+
+class PlatformSettings(models.Model):
+    """Settings superusers change at run time: one row (id 1), made by the migration."""
+
+    id = models.SmallIntegerField(primary_key=True, default=1, editable=False)
+    app_max_concurrency = concurrency_field(
+        "executions of one app in flight at most, for apps without a cap of their own "
+        "(empty: PICLOUD_APP_MAX_CONCURRENCY)"
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "platform_settings"
+        verbose_name = "platform settings"
+        verbose_name_plural = "platform settings"
+
+    def __str__(self) -> str:
+        return "platform settings"
 
 
 def principal_for(user) -> Principal:

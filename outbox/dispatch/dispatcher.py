@@ -126,6 +126,7 @@ class Dispatcher:
         self.lease_ends_at = 0.0
         self.settle_error: Exception | None = None
         self.tally: dict[str, int] = {}
+        self.claim_cursor: uuid.UUID | None = None  # the app of the last row claimed
 
     def claim(self, limit: int) -> Claim:
         """Claim up to `limit` due rows to run (the engine's half of run_once).
@@ -137,8 +138,12 @@ class Dispatcher:
         """
         self.tally = {"dispatched": 0, "succeeded": 0}
         self.settle_backlog()
-        rows = self.outbox.claim_due(limit, self.lease, ack=self.pending_acks)
+        rows = self.outbox.claim_due(
+            limit, self.lease, ack=self.pending_acks, after_app=self.claim_cursor
+        )
         self.pending_acks = []  # only once the statement that deleted them committed
+        if rows:  # the next claim starts at the app after it (fair turns)
+            self.claim_cursor = rows[-1].app_id
         # Our claim holds the rows until then (less a margin for the clocks
         # of this process and the database); past it, another claimer may own them.
         self.lease_ends_at = self.monotonic() + self.lease - LEASE_CLOCK_MARGIN

@@ -11,38 +11,15 @@ RETURNING *;
 SELECT * FROM outbox WHERE id = %(id)s;
 
 -- claim_due --
--- One statement, so one short transaction: lock up to `limit` due rows that
--- no other claimer holds (SKIP LOCKED: concurrent claimers take disjoint
--- rows instead of queueing behind each other), bump attempts and push
--- due_at forward by the lease. The caller executes after this commits; if
--- it dies, the row is due again when the lease runs out.
---
--- It also deletes the rows in %(ack)s: the previous batch's successes ride
--- along with the next claim, one round trip and one commit instead of two.
--- (The CTEs share one snapshot; acknowledged rows are leased, so not due.)
-WITH acked AS (
-    DELETE FROM outbox WHERE id = ANY (%(ack)s::uuid[])
-),
-due AS (
-    SELECT id
-    FROM outbox
-    WHERE due_at <= NOW()
-    ORDER BY due_at
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE outbox AS o
-SET attempts = o.attempts + 1,
-    due_at = NOW() + make_interval(secs => %(lease)s)
--- = ANY (ARRAY(...)), not a join with `due`: a join let the planner choose a
--- hash join over a sequential scan of the whole outbox (every claim reading
--- the entire backlog, 0.25 s a claim on a bloated table); this form always
--- fetches the claimed rows through the primary key.
-WHERE o.id = ANY (ARRAY(SELECT id FROM due))
--- In OutboxRow's field order: the dispatcher builds records from the tuples.
-RETURNING o.id, o.app_id, o.source_kind, o.trigger_id, o.script_id, o.run_as_principal,
-          o.payload, o.depth, o.attempts, o.due_at, o.reply_to, o.last_error, o.errors,
-          o.created_at;
+-- One statement, so one short transaction: outbox_claim (0004_fair_claim.sql)
+-- deletes the acknowledged rows, then claims fairly across apps under the
+-- caps (FOR UPDATE SKIP LOCKED: concurrent claimers take disjoint rows
+-- instead of queueing behind each other), bumps attempts and leases the
+-- rows. The caller executes after this commits; if it dies, the row is due
+-- again (and no longer in flight) when the lease runs out. Columns come in
+-- OutboxRow's field order: the dispatcher builds records from the tuples.
+SELECT * FROM outbox_claim(%(limit)s, %(lease)s, %(ack)s::uuid[], %(after_app)s::uuid,
+                           %(default_cap)s, %(quantum)s);
 
 -- delete --
 DELETE FROM outbox WHERE id = ANY (%(ids)s::uuid[]);
@@ -51,6 +28,7 @@ DELETE FROM outbox WHERE id = ANY (%(ids)s::uuid[]);
 -- Keeps the newest %(max_errors)s errors: slice the appended array from the end.
 UPDATE outbox
 SET due_at = %(due_at)s,
+    leased_until = NULL,
     last_error = %(error)s,
     errors = (
         SELECT COALESCE(jsonb_agg(e ORDER BY n), '[]'::jsonb)
@@ -62,9 +40,9 @@ WHERE id = %(id)s;
 
 -- release --
 -- Hand claimed rows back unexecuted (shutdown, or a batch running late): due
--- now, and the claim's attempt is not counted.
+-- now, no longer in flight, and the claim's attempt is not counted.
 UPDATE outbox
-SET due_at = NOW(), attempts = GREATEST(attempts - 1, 0)
+SET due_at = NOW(), leased_until = NULL, attempts = GREATEST(attempts - 1, 0)
 WHERE id = ANY (%(ids)s::uuid[]);
 
 -- run_now --
@@ -82,6 +60,16 @@ SELECT min(due_at) AS due_at FROM outbox;
 -- stats --
 -- The backlog: rows due now, and how long the oldest of them has waited.
 SELECT count(*) AS due, min(due_at) AS oldest_due_at FROM outbox WHERE due_at <= NOW();
+
+-- load --
+-- An app's (or one of its scripts') rows in flight and rows due: what admin
+-- shows beside the caps. Served by the (app_id, ...) indexes.
+SELECT count(*) FILTER (WHERE leased_until > NOW()) AS in_flight,
+       count(*) FILTER (WHERE due_at <= NOW()) AS backlog
+FROM outbox
+WHERE app_id = %(app_id)s
+  AND (%(script_id)s::uuid IS NULL OR script_id = %(script_id)s::uuid)
+  AND (leased_until > NOW() OR due_at <= NOW());
 
 -- add_counters --
 INSERT INTO dispatcher_counters (name, value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -11,6 +12,7 @@ from datetime import datetime, timedelta
 from django.utils import timezone
 
 from outbox.storage.repository import (
+    CLAIM_QUANTUM,
     MAX_ERRORS_KEPT,
     NewOutboxRow,
     OutboxRow,
@@ -19,6 +21,7 @@ from outbox.storage.repository import (
     check_new_row,
     payload_size,
 )
+from picloud.config import ConcurrencyConfig
 from picloud.db.batches import check_batch_size
 from picloud.db.storable import bounded_error
 
@@ -27,11 +30,19 @@ class MemoryOutboxRepo:
     def __init__(self, clock: Callable[[], datetime] = timezone.now) -> None:
         self.clock = clock
         self.rows: dict[uuid.UUID, OutboxRow] = {}
+        # What PostgreSQL keeps in outbox.leased_until (absent: NULL).
+        self.leased_until: dict[uuid.UUID, datetime] = {}
+        # What apps.max_concurrency, scripts.max_concurrency and
+        # platform_settings tell PostgreSQL (absent or None: NULL).
+        self.app_caps: dict[uuid.UUID, int | None] = {}
+        self.script_caps: dict[uuid.UUID, int | None] = {}
+        self.platform_cap: int | None = None
         self._lock = threading.Lock()
 
     def reset(self) -> None:
         with self._lock:
             self.rows.clear()
+            self.leased_until.clear()
 
     def insert(self, row: NewOutboxRow) -> OutboxRow:
         check_new_row(row)
@@ -61,23 +72,76 @@ class MemoryOutboxRepo:
         return self.rows.get(row_id)
 
     def claim_due(
-        self, limit: int, lease: float, *, ack: Sequence[uuid.UUID] = ()
+        self,
+        limit: int,
+        lease: float,
+        *,
+        ack: Sequence[uuid.UUID] = (),
+        after_app: uuid.UUID | None = None,
     ) -> list[OutboxRow]:
         check_claim_args(limit, lease)
         self.delete(ack)
         with self._lock:
             now = self.clock()
-            due = sorted((r for r in self.rows.values() if r.due_at <= now), key=lambda r: r.due_at)
-            claimed = [
-                replace(r, attempts=r.attempts + 1, due_at=now + timedelta(seconds=lease))
-                for r in due[:limit]
-            ]
-            for r in claimed:
-                self.rows[r.id] = r
+            lease_end = now + timedelta(seconds=lease)
+            apps = sorted({r.app_id for r in self.rows.values()})
+            # The ring of apps with rows, starting after `after_app`.
+            start = 0 if after_app is None else bisect.bisect_right(apps, after_app)
+            ring = apps[start:] + apps[:start]
+            claimed: list[OutboxRow] = []
+            # Turns go round until one whole turn takes nothing (as outbox_claim).
+            while ring and len(claimed) < limit:
+                before = len(claimed)
+                for app_id in ring:
+                    if len(claimed) >= limit:
+                        break
+                    for row in self._take(app_id, limit - len(claimed), now):
+                        row = replace(row, attempts=row.attempts + 1, due_at=lease_end)
+                        self.rows[row.id] = row
+                        self.leased_until[row.id] = lease_end
+                        claimed.append(row)
+                if len(claimed) == before:
+                    break
         return claimed
+
+    def _take(self, app_id: uuid.UUID, remaining: int, now: datetime) -> list[OutboxRow]:
+        """One visit: the app's oldest due rows its caps and the quantum allow."""
+        cap = (
+            self.app_caps.get(app_id)
+            or self.platform_cap
+            or ConcurrencyConfig.current().app_max_concurrency
+        )
+        room = cap - sum(r.app_id == app_id for r in self._in_flight(now))
+        take = min(CLAIM_QUANTUM, remaining, room)
+        if take <= 0:
+            return []
+        script_room = {
+            script_id: script_cap - sum(r.script_id == script_id for r in self._in_flight(now))
+            for script_id, script_cap in self.script_caps.items()
+            if script_cap is not None
+        }
+        due = sorted(
+            (r for r in self.rows.values() if r.app_id == app_id and r.due_at <= now),
+            key=lambda r: r.due_at,
+        )
+        taken = []
+        for row in due:
+            if len(taken) == take:
+                break
+            if row.script_id in script_room:
+                if script_room[row.script_id] <= 0:
+                    continue  # its script is at its cap
+                script_room[row.script_id] -= 1
+            taken.append(row)
+        return taken
+
+    def _in_flight(self, now: datetime) -> list[OutboxRow]:
+        return [self.rows[i] for i, end in self.leased_until.items() if end > now]
 
     def delete(self, row_ids: Sequence[uuid.UUID]) -> int:
         with self._lock:
+            for row_id in row_ids:
+                self.leased_until.pop(row_id, None)
             return sum(self.rows.pop(i, None) is not None for i in set(row_ids))
 
     def reschedule(self, row_id: uuid.UUID, due_at: datetime, error: str) -> bool:
@@ -88,6 +152,7 @@ class MemoryOutboxRepo:
                 return False
             errors = (*current.errors, error)[-MAX_ERRORS_KEPT:]
             self.rows[row_id] = replace(current, due_at=due_at, last_error=error, errors=errors)
+            self.leased_until.pop(row_id, None)
         return True
 
     def release(self, row_ids: Sequence[uuid.UUID]) -> int:
@@ -97,6 +162,7 @@ class MemoryOutboxRepo:
                 if (row := self.rows.get(row_id)) is not None:
                     attempts = max(row.attempts - 1, 0)
                     self.rows[row_id] = replace(row, due_at=now, attempts=attempts)
+                    self.leased_until.pop(row_id, None)
                     released += 1
             return released
 
@@ -117,6 +183,14 @@ class MemoryOutboxRepo:
         now = self.clock()
         due = [r.due_at for r in self.rows.values() if r.due_at <= now]
         return len(due), min(due, default=None)
+
+    def load(self, app_id: uuid.UUID, script_id: uuid.UUID | None = None) -> tuple[int, int]:
+        now = self.clock()
+        rows = [
+            r for r in self.rows.values() if r.app_id == app_id and script_id in (None, r.script_id)
+        ]
+        in_flight = sum(self.leased_until.get(r.id, now) > now for r in rows)
+        return in_flight, sum(r.due_at <= now for r in rows)
 
 
 class MemoryCounterStore:

@@ -11,6 +11,7 @@ from django.db import connection
 from psycopg.types.datetime import TimestamptzLoader
 
 from outbox.storage.repository import (
+    CLAIM_QUANTUM,
     MAX_ERRORS_KEPT,
     NewOutboxRow,
     OutboxRow,
@@ -19,6 +20,7 @@ from outbox.storage.repository import (
     check_new_row,
     payload_size,
 )
+from picloud.config import ConcurrencyConfig
 from picloud.db.batches import check_batch_size
 from picloud.db.sqlexec import execute, fetch_all, fetch_one, from_json, to_json
 from picloud.db.sqlfiles import load_queries
@@ -29,6 +31,7 @@ Q = load_queries("outbox")
 
 def _record(row: dict[str, Any]) -> OutboxRow:
     raw = row["payload"]
+    row.pop("leased_until", None)  # the claim's business, not the record's
     return OutboxRow(
         **{
             **row,
@@ -59,14 +62,26 @@ class PgOutboxRepo:
         return _record(row) if row else None
 
     def claim_due(
-        self, limit: int, lease: float, *, ack: Sequence[uuid.UUID] = ()
+        self,
+        limit: int,
+        lease: float,
+        *,
+        ack: Sequence[uuid.UUID] = (),
+        after_app: uuid.UUID | None = None,
     ) -> list[OutboxRow]:
         check_claim_args(limit, lease)
         # The hot path of the dispatcher: ids go as one array literal (not a
         # list psycopg adapts item by item), timestamps are parsed by
         # psycopg's C loader (Django's is Python, a regex per value), and
         # records are built from the tuples (RETURNING is in field order).
-        params = {"limit": limit, "lease": lease, "ack": "{" + ",".join(map(str, ack)) + "}"}
+        params = {
+            "limit": limit,
+            "lease": lease,
+            "ack": "{" + ",".join(map(str, ack)) + "}",
+            "after_app": after_app,
+            "default_cap": ConcurrencyConfig.current().app_max_concurrency,
+            "quantum": CLAIM_QUANTUM,
+        }
         with connection.cursor() as cursor:
             cursor.cursor.adapters.register_loader("timestamptz", TimestamptzLoader)
             cursor.execute(Q["claim_due"], params)
@@ -102,6 +117,10 @@ class PgOutboxRepo:
     def stats(self) -> tuple[int, datetime | None]:
         row = fetch_one(Q["stats"])
         return row["due"], row["oldest_due_at"]  # type: ignore[index]
+
+    def load(self, app_id: uuid.UUID, script_id: uuid.UUID | None = None) -> tuple[int, int]:
+        row = fetch_one(Q["load"], {"app_id": app_id, "script_id": script_id})
+        return row["in_flight"], row["backlog"]  # type: ignore[index]
 
 
 class PgCounterStore:

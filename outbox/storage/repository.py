@@ -16,6 +16,9 @@ from typing import Any, Protocol
 from outbox.storage.kinds import SourceKind
 
 MAX_ERRORS_KEPT = 100  # attempts whose errors are kept (= the highest max_attempts)
+# Rows a claim takes at most from one app per visit: a claim of 100 rows
+# serves at least 10 apps when that many have due rows.
+CLAIM_QUANTUM = 10
 
 
 @dataclass(frozen=True)
@@ -80,12 +83,32 @@ class OutboxRepo(Protocol):
         """The row, or None."""
 
     def claim_due(
-        self, limit: int, lease: float, *, ack: Sequence[uuid.UUID] = ()
+        self,
+        limit: int,
+        lease: float,
+        *,
+        ack: Sequence[uuid.UUID] = (),
+        after_app: uuid.UUID | None = None,
     ) -> list[OutboxRow]:
-        """Atomically take up to `limit` rows whose due_at has passed, oldest
-        due first: bump their attempts and push due_at `lease` seconds ahead
-        (the visibility timeout), and return them as updated. Rows in `ack`
-        are deleted in the same statement (acknowledging the last batch).
+        """Atomically take up to `limit` due rows, fairly across apps and
+        under the concurrency caps: bump their attempts and push due_at
+        `lease` seconds ahead (the visibility timeout; the rows are in flight
+        until then), and return them as updated. Rows in `ack` are deleted in
+        the same statement (acknowledging the last batch).
+
+        Fairness: the apps that have rows take turns in app_id order,
+        starting after `after_app` (the app of the last row this claimer got;
+        None: the first app) and wrapping around; each visit takes at most
+        CLAIM_QUANTUM of the app's due rows, oldest due first, and turns go
+        round again until `limit` rows are taken or no app can give more.
+        Rows come back in claim order, so the last row's app_id is the next
+        `after_app`.
+
+        Caps: an app never has more rows in flight than its max_concurrency,
+        else the platform setting, else PICLOUD_APP_MAX_CONCURRENCY; a
+        script with a max_concurrency never more than that. Rows over a cap
+        stay where they are until a slot frees (ack, reschedule, release or
+        a lease running out).
 
         Concurrent callers never receive the same row while its lease runs; a
         row whose lease ran out (its worker died) is claimable again. Must be
@@ -96,13 +119,13 @@ class OutboxRepo(Protocol):
         """Acknowledge rows: delete them in one statement; returns how many existed."""
 
     def reschedule(self, row_id: uuid.UUID, due_at: datetime, error: str) -> bool:
-        """Make the row due at `due_at`, record `error` as last_error and append
+        """Make the row due at `due_at` (no longer in flight), record `error` as last_error and append
         it (truncated to MAX_ERROR_CHARS) to errors, keeping the last
         MAX_ERRORS_KEPT. False if the row is gone."""
 
     def release(self, row_ids: Sequence[uuid.UUID]) -> int:
-        """Give claimed rows back unexecuted: due now, and the claim's attempt
-        uncounted (attempts - 1, never below 0). Returns how many existed."""
+        """Give claimed rows back unexecuted: due now, no longer in flight,
+        and the claim's attempt uncounted (attempts - 1, never below 0). Returns how many existed."""
 
     def run_now(self, row_ids: Sequence[uuid.UUID]) -> int:
         """Make waiting rows due now (an operator's "run now"). Rows being
@@ -115,6 +138,9 @@ class OutboxRepo(Protocol):
 
     def stats(self) -> tuple[int, datetime | None]:
         """(rows due now, the oldest due_at among them or None)."""
+
+    def load(self, app_id: uuid.UUID, script_id: uuid.UUID | None = None) -> tuple[int, int]:
+        """(rows in flight, rows due now) of the app, or of its script when given."""
 
 
 @dataclass(frozen=True)

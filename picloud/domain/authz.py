@@ -71,6 +71,11 @@ class Capability:
     class AppManageMembers(_AppCapability):
         scope = Scope.AppAdmin
 
+    class AppManageConcurrency(_AppCapability):
+        """Set the app's and its scripts' caps on executions in flight."""
+
+        scope = Scope.AppAdmin
+
     class PlatformManageApps(_Capability):
         scope = Scope.PlatformAdmin
 
@@ -86,6 +91,7 @@ Capability.ALL_APP_CAPABILITIES = (
     Capability.AppManageTriggers,
     Capability.AppDeadLetterManage,
     Capability.AppManageMembers,
+    Capability.AppManageConcurrency,
 )
 
 

@@ -1,4 +1,5 @@
-"""claim_due from two real connections at once never hands out a row twice."""
+"""claim_due from real connections at once never hands out a row twice, and
+never puts more rows of an app (or a script) in flight than its cap."""
 
 import threading
 from collections import Counter
@@ -12,21 +13,24 @@ from tests.factories import AppFactory, ScriptFactory, UserFactory
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ROWS = 3_000
+DUP_APPS = 10  # claimers serialise per app: spread the rows so they interleave
 BATCH = 7  # small and odd, so the claimers interleave many times
 LEASE = 300.0  # seconds; nothing comes back during the test
 CLAIMERS = 2
 
 
 def test_concurrent_claimers_never_receive_the_same_row():
-    app = AppFactory()
-    script = ScriptFactory(app=app)
     principal = UserFactory().principal
-    with connection.cursor() as cur:
-        cur.execute(
-            "INSERT INTO outbox (app_id, source_kind, script_id, run_as_principal, payload) "
-            "SELECT %s, 'kv', %s, %s, jsonb_build_object('n', g) FROM generate_series(1, %s) g",
-            [app.id, script.id, principal.id, ROWS],
-        )
+    for _ in range(DUP_APPS):
+        app = AppFactory(max_concurrency=ROWS)  # no cap in the way: this is about duplicates
+        script = ScriptFactory(app=app)
+        with connection.cursor() as cur:
+            cur.execute(
+                "INSERT INTO outbox (app_id, source_kind, script_id, run_as_principal, payload) "
+                "SELECT %s, 'kv', %s, %s, jsonb_build_object('n', g) "
+                "FROM generate_series(1, %s) g",
+                [app.id, script.id, principal.id, ROWS // DUP_APPS],
+            )
     repo = PgOutboxRepo()
     start = threading.Barrier(CLAIMERS)
     claimed: list[list] = [[] for _ in range(CLAIMERS)]
@@ -56,3 +60,96 @@ def test_concurrent_claimers_never_receive_the_same_row():
     assert not duplicates, f"{len(duplicates)} rows were claimed twice"
     assert len(every) == ROWS, f"claimed {len(every)} of {ROWS} rows"
     assert all(rounds), f"each claimer should have taken batches, rounds={rounds}"
+
+
+APPS = 5
+APP_CAP = 3
+SCRIPT_CAP = 2  # the last app's first script; that app's own cap is higher
+ROWS_PER_SCRIPT = 60
+CAP_CLAIMERS = 4
+
+
+def _in_flight(cur, column):
+    cur.execute(
+        f"SELECT {column}, count(*) FROM outbox WHERE leased_until > now() GROUP BY {column}"
+    )
+    return dict(cur.fetchall())
+
+
+def test_concurrent_claimers_never_exceed_a_cap():
+    principal = UserFactory().principal
+    apps = [AppFactory(max_concurrency=APP_CAP) for _ in range(APPS - 1)]
+    apps.append(AppFactory(max_concurrency=10))
+    scripts = {a.id: ScriptFactory(app=a) for a in apps}
+    capped = ScriptFactory(app=apps[-1], max_concurrency=SCRIPT_CAP)
+    caps = {a.id: a.max_concurrency for a in apps}
+    every_script = [scripts[a.id] for a in apps] + [capped]
+    with connection.cursor() as cur:
+        for script in every_script:
+            cur.execute(
+                "INSERT INTO outbox (app_id, source_kind, script_id, run_as_principal) "
+                "SELECT %s, 'kv', %s, %s FROM generate_series(1, %s)",
+                [script.app_id, script.id, principal.id, ROWS_PER_SCRIPT],
+            )
+    total = len(every_script) * ROWS_PER_SCRIPT
+    repo = PgOutboxRepo()
+    start = threading.Barrier(CAP_CLAIMERS + 1)
+    done = threading.Event()
+    claimed: list[list] = [[] for _ in range(CAP_CLAIMERS)]
+    seen_apps: dict = {}
+    seen_script = [0]
+    errors: list[BaseException] = []
+
+    def claimer(i: int) -> None:
+        try:
+            start.wait(timeout=10)
+            ack: list = []
+            after = None
+            idle = 0
+            while idle < 200 and sum(map(len, claimed)) < total:
+                # Acknowledge the last batch with this claim: rows come and go.
+                batch = repo.claim_due(limit=BATCH, lease=LEASE, ack=ack, after_app=after)
+                ack = [r.id for r in batch]
+                if batch:
+                    claimed[i].extend(ack)
+                    after = batch[-1].app_id
+                    idle = 0
+                else:
+                    idle += 1
+            repo.delete(ack)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    def monitor() -> None:
+        # Reads committed data only: what every claimer sees.
+        try:
+            start.wait(timeout=10)
+            with connection.cursor() as cur:
+                while not done.is_set():
+                    for app_id, n in _in_flight(cur, "app_id").items():
+                        seen_apps[app_id] = max(seen_apps.get(app_id, 0), n)
+                    n = _in_flight(cur, "script_id").get(capped.id, 0)
+                    seen_script[0] = max(seen_script[0], n)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=claimer, args=(i,)) for i in range(CAP_CLAIMERS)]
+    watcher = threading.Thread(target=monitor)
+    for t in [*threads, watcher]:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    done.set()
+    watcher.join(timeout=10)
+    assert not errors, errors
+
+    every = [row_id for ids in claimed for row_id in ids]
+    assert len(every) == len(set(every)) == total, f"claimed {len(every)} of {total} rows"
+    assert seen_apps, "the monitor saw rows in flight"
+    over = {app_id: n for app_id, n in seen_apps.items() if n > caps[app_id]}
+    assert not over, f"apps over their cap: {over} (caps {caps})"
+    assert seen_script[0] <= SCRIPT_CAP, f"{seen_script[0]} rows of a script capped at {SCRIPT_CAP}"

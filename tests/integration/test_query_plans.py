@@ -1,11 +1,13 @@
 """The hot queries use their indexes at realistic sizes (plans, not timings)."""
 
 import json
+import re
 
 import pytest
 from django.db import connection
 
 from deadletters.pg_repository import Q as DEAD_LETTER_QUERIES
+from outbox.storage.pg_repository import PgOutboxRepo
 from tests.factories import UserFactory
 from triggers.pg_repository import Q as TRIGGER_QUERIES
 
@@ -101,3 +103,93 @@ def test_unresolved_count_uses_the_partial_index_with_100000_resolved_rows(app):
     with connection.cursor() as cur:
         cur.execute(DEAD_LETTER_QUERIES["unresolved_count"], {"app_ids": [app.id]})
         assert cur.fetchone()[0] == 100
+
+
+def _claim_plans(claims):
+    """The plans of every statement the claim runs inside outbox_claim, as
+    auto_explain reports them (with actual row counts) to this client."""
+    notices = []
+    raw = connection.connection
+    raw.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+    try:
+        _sql(
+            "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; "
+            "SET auto_explain.log_nested_statements = on; SET auto_explain.log_level = notice; "
+            "SET auto_explain.log_format = json; SET auto_explain.log_analyze = on; "
+            "SET auto_explain.log_timing = off; SET client_min_messages = notice"
+        )
+        after, ack = None, []
+        for _ in range(claims):
+            rows = PgOutboxRepo().claim_due(limit=100, lease=300, ack=ack, after_app=after)
+            assert len(rows) == 100
+            # Half the batch done by the next claim, half still running.
+            after, ack = rows[-1].app_id, [r.id for r in rows[::2]]
+    finally:
+        _sql("SET auto_explain.log_min_duration = -1; RESET client_min_messages")
+        raw.remove_notice_handler(raw._notice_handlers[-1])
+    plans = [json.loads(n.split("plan:", 1)[1]) for n in notices if "plan:" in n]
+    return [p for p in plans if "outbox_claim" not in p["Query Text"]]
+
+
+def test_the_fair_claim_reads_indexes_only_with_100000_due_rows_in_100_apps():
+    principal = UserFactory().principal
+    _sql(
+        "INSERT INTO apps (slug, name) SELECT 'fair-' || g, 'Fair ' || g FROM generate_series(1, 100) g"
+    )
+    _sql(
+        "INSERT INTO scripts (app_id, name, handler) "
+        "SELECT id, 'handler', 'picloud.noop' FROM apps WHERE slug LIKE 'fair-%%'"
+    )
+    # Every fifth app has a capped script too (the claim's other path).
+    _sql(
+        "INSERT INTO scripts (app_id, name, handler, max_concurrency) "
+        "SELECT id, 'capped', 'picloud.noop', 2 FROM apps WHERE slug LIKE 'fair-%%' "
+        "AND right(slug, 1) IN ('0', '5')"
+    )
+    _sql(
+        """
+        INSERT INTO outbox (app_id, source_kind, script_id, run_as_principal, due_at)
+        SELECT s.app_id, 'kv', s.id, %s, now() - make_interval(secs => g)
+        FROM scripts s CROSS JOIN generate_series(1, 1000) g
+        WHERE s.name = 'handler'
+           OR (s.name = 'capped' AND g <= 100)
+        """,
+        [principal.id],
+    )
+    with connection.cursor() as cur:
+        cur.execute("SELECT count(*), count(DISTINCT app_id) FROM outbox")
+        assert cur.fetchone() == (102_000, 100)
+    # Rows in flight, as in a running system, when the statistics are taken.
+    repo = PgOutboxRepo()
+    after = None
+    for _ in range(10):
+        after = repo.claim_due(limit=100, lease=300, after_app=after)[-1].app_id
+    _sql("ANALYZE outbox; ANALYZE apps; ANALYZE scripts")
+
+    # Enough claims that PL/pgSQL's cached plans turn generic, a whole turn of the apps.
+    plans = _claim_plans(claims=12)
+    assert plans, "auto_explain reported nothing"
+    indexes, problems = set(), []
+    for plan in plans:
+        for node in _nodes(plan["Plan"]):
+            indexes.add(node.get("Index Name"))
+            # (apps and scripts fit in a page or two here: scanning them is right.)
+            if node["Node Type"] == "Seq Scan" and node.get("Relation Name") == "outbox":
+                problems.append("a sequential scan of the outbox")
+            index = node.get("Index Name") or ""
+            if index.endswith("_leased_idx") and not re.search(
+                r"\b(app_id|script_id) = ", node.get("Index Cond", "")
+            ):
+                problems.append(f"{index} read for every app: {node.get('Index Cond')}")
+            if node["Node Type"] == "Sort" and node["Actual Rows"] > 100:
+                problems.append(f"a sort of {node['Actual Rows']} rows")
+            if node.get("Relation Name") == "outbox" and node.get("Actual Rows", 0) > 1_000:
+                problems.append(f"{node['Actual Rows']} outbox rows read by one node")
+        if problems:
+            raise AssertionError(f"{problems} in {plan['Query Text']!r}: {plan['Plan']}")
+    expected = {
+        "outbox_app_due_idx",  # next app, an app's due rows
+        "outbox_app_leased_idx",  # an app's rows in flight
+        "outbox_script_due_idx",  # a capped script's due rows
+    }
+    assert expected <= indexes, f"missing {expected - indexes}; used {indexes}"

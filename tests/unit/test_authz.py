@@ -18,6 +18,7 @@ WEAKEST_ROLE = {
     Capability.AppManageTriggers: Role.AppAdmin,
     Capability.AppDeadLetterManage: Role.AppAdmin,
     Capability.AppManageMembers: Role.AppAdmin,
+    Capability.AppManageConcurrency: Role.AppAdmin,
     Capability.PlatformManageApps: None,
 }
 ROLE_ORDER = [Role.Viewer, Role.Developer, Role.AppAdmin]

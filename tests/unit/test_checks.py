@@ -12,6 +12,7 @@ from django.core import checks as django_checks
 from picloud.checks import CHECK_IDS, check_environment, environment_errors, retired_warnings
 from picloud.config import (
     CONFIGS,
+    ConcurrencyConfig,
     DispatcherConfig,
     SandboxCeiling,
     StopConfig,
@@ -34,12 +35,13 @@ BAD = {
     DispatcherConfig: ("PICLOUD_DISPATCHER_MAX_IN_FLIGHT", "0", "an integer from 1 to 10000"),
     SyncConfig: ("PICLOUD_SYNC_DB_CONNECTIONS", "many", "an integer from 1 to 100"),
     StopConfig: ("PICLOUD_STOP_GRACE_MS", "1000", "an integer from 12000 to 3600000"),
+    ConcurrencyConfig: ("PICLOUD_APP_MAX_CONCURRENCY", "0", "an integer from 1 to 100000"),
 }
 
 
 def test_every_config_has_its_own_check_id():
     assert set(CHECK_IDS) == set(CONFIGS) == set(BAD)
-    assert sorted(CHECK_IDS.values()) == [f"picloud.E00{n}" for n in range(1, 7)]
+    assert sorted(CHECK_IDS.values()) == [f"picloud.E00{n}" for n in range(1, 8)]
 
 
 def test_a_valid_environment_passes():
@@ -60,7 +62,14 @@ def test_a_bad_value_is_an_error_with_the_configs_id_naming_variable_and_allowed
 def test_every_bad_config_is_reported_at_once():
     env = {name: value for name, value, _ in BAD.values() if name != "PICLOUD_STOP_GRACE_MS"}
     ids = [error.id for error in environment_errors(env)]
-    assert ids == ["picloud.E001", "picloud.E002", "picloud.E003", "picloud.E004", "picloud.E005"]
+    assert ids == [
+        "picloud.E001",
+        "picloud.E002",
+        "picloud.E003",
+        "picloud.E004",
+        "picloud.E005",
+        "picloud.E007",
+    ]
 
 
 def test_a_bad_dispatcher_grace_is_reported_once_not_again_for_the_stop_grace():

@@ -7,6 +7,7 @@ import pytest
 
 from picloud import config
 from picloud.config import (
+    ConcurrencyConfig,
     ConfigError,
     RetryPolicy,
     SandboxCeiling,
@@ -36,6 +37,7 @@ VARIABLES = {
         "14",
         14,
     ),
+    "PICLOUD_APP_MAX_CONCURRENCY": (ConcurrencyConfig, "app_max_concurrency", "40", 40),
 }
 
 # Values each variable must refuse: malformed, negative, out of range.
@@ -50,6 +52,7 @@ BAD_VALUES = {
     "PICLOUD_TRIGGER_RETRY_JITTER": ["lots", "-0.1", "1.01", "nan"],
     "PICLOUD_DEAD_LETTER_RETENTION_DAYS": ["forever", "-1", "0", "3651"],
     "PICLOUD_ABANDONED_EXECUTIONS_RETENTION_DAYS": ["week", "-7", "0", "3651"],
+    "PICLOUD_APP_MAX_CONCURRENCY": ["lots", "-1", "0", "100001", "1e3"],
 }
 
 
@@ -67,6 +70,11 @@ def test_defaults_are_documented_values():
     assert config.retry == RetryPolicy(
         max_attempts=5, base_delay_ms=1000, max_delay_ms=300_000, jitter=0.2
     )
+
+
+def test_the_default_app_cap_leaves_a_default_cluster_slots_for_other_apps():
+    # 2 worker processes x 100 executions in flight each (docs/configuration.md).
+    assert ConcurrencyConfig.from_env({}).app_max_concurrency == 150 < 2 * 100
 
 
 def test_every_variable_has_bad_values_listed():

@@ -46,9 +46,9 @@ class FaultyOutbox(MemoryOutboxRepo):
         if self.down:
             raise DatabaseGone("connection lost")
 
-    def claim_due(self, limit, lease, *, ack=()):
+    def claim_due(self, limit, lease, *, ack=(), after_app=None):
         self._check()
-        return super().claim_due(limit, lease, ack=ack)
+        return super().claim_due(limit, lease, ack=ack, after_app=after_app)
 
     def delete(self, row_ids):
         self._check()

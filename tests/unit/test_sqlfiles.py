@@ -52,9 +52,11 @@ RELEASED_MIGRATION_SQL = {
     "outbox/sql/0001_outbox.sql": "aaa634b37c66ca85024f5f1ac1a85608724c38029be19796ac491507c9dea1c8",
     "outbox/sql/0002_notify.sql": "b8ad5e084978305a68077ee126806d225bf78584de450a3c318ee72d65fa25bf",
     "outbox/sql/0003_reply_inboxes.sql": "48163695f3bec1832b259d4ee6b4d33dfa7a4e483e95a5559c0e7894b8c5e23a",
+    "outbox/sql/0004_fair_claim.sql": "6bad99fc6915af82d10cb1f336a0382a51f8c33de9512e61d87e3217f0316d1d",
     "picloud/sql/0001_core.sql": "dbd30827f9eff6be097e26c580efd6c66d40a1c45860d65a669b12670d6837f3",
     "picloud/sql/0002_kv_and_runtimes.sql": "b0f38c7b32c56779f5fc6ca45b180508191783f6699f49914f255d4b3f66d282",
     "picloud/sql/0003_api_tokens.sql": "d1dbec3c1227f5709f1ef39dde8861fe5cd7fe62fa6c4ef0ca0c011002657829",
+    "picloud/sql/0004_concurrency_caps.sql": "2c4bc8ab7849668c03fb053e6f8c912f8974e82169f7861b434de2cdbe34c823",
     "triggers/sql/0001_triggers.sql": "e116e8e1729105023746c442bafd46c5c61b1d8120de177df23dab110f96ce69",
     "triggers/sql/0002_dead_letter_source_same_app.sql": "75522c3dcee7c91094365474bca29858b58f597a57ebf73a6651ab23811ebd16",
 }
