@@ -49,13 +49,21 @@ class PoisonEndpoint(BaseHTTPRequestHandler):
         pass
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default backlog is 5: a burst of a hundred connects
+    # from the dispatcher would overflow it, and dropped SYNs are retried
+    # only after a second or more (a slow test endpoint, not a slow client).
+    request_queue_size = 1024
+    daemon_threads = True
+
+
 @contextmanager
 def serve(
     handler: type[BaseHTTPRequestHandler], tls: ssl.SSLContext | None = None
 ) -> Iterator[str]:
     """Serve `handler` on a free loopback port, over TLS with `tls`; yields
     the base URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _Server(("127.0.0.1", 0), handler)
     if tls is not None:
         # Handshakes happen in each request's thread, not in accept().
         server.socket = tls.wrap_socket(

@@ -41,6 +41,9 @@ logger = logging.getLogger("picloud.dispatcher")
 MAX_IDLE = 1.0  # seconds an idle engine waits at most before looking again
 FLUSH_EVERY = 1.0  # seconds between counter flushes
 DB_RETRY_DELAY = (0.2, 5.0)  # seconds: first and longest wait after a database error
+# seconds: first and longest wait before claiming again when rows are due but
+# none could be claimed (caps, or another claimer holding the app)
+RECHECK_DUE = (0.005, MAX_IDLE)
 
 
 def idle_timeout(next_due: datetime | None, now: datetime) -> float:
@@ -67,7 +70,9 @@ class HopResult:
     asked: int
     got: int  # rows the claim took (a lost invocation is settled, not run)
     lease_ends_at: float
-    idle_for: float  # seconds until the next row is due, when the claim came back short
+    idle_for: (
+        float  # seconds until the next row is due (0: due now), when the claim came back short
+    )
 
 
 def _prepare_rows(rows: list[OutboxRow], ceiling: SandboxCeiling) -> list[Prepared | Failure]:
@@ -135,6 +140,7 @@ class Engine:
 
     async def _run(self) -> None:
         more = True  # the last claim was full: more rows are probably due
+        recheck = RECHECK_DUE[0]
         look_at = 0.0  # monotonic time of the next look when idle
         flush_at = time.monotonic() + FLUSH_EVERY
         delay = DB_RETRY_DELAY[0]
@@ -172,11 +178,19 @@ class Engine:
                 if hop.claim:
                     self._start(result)
                     more = result.got >= result.asked
-                    if not more:
+                    if more or result.got:
+                        recheck = RECHECK_DUE[0]
+                    else:
                         # Nothing more claimable now: wait for the next row to
-                        # come due, a NOTIFY, a finished row, or MAX_IDLE
-                        # (rows held by caps or other claimers are due already).
-                        look_at = time.monotonic() + (result.idle_for or MAX_IDLE)
+                        # come due, a NOTIFY or a finished row. Rows due but
+                        # not claimable are at their app's cap or were being
+                        # claimed by another process (which holds an app only
+                        # for its claim's few milliseconds): look again soon,
+                        # then less and less often.
+                        wait = result.idle_for
+                        if not wait:
+                            wait, recheck = recheck, min(recheck * 2, RECHECK_DUE[1])
+                        look_at = time.monotonic() + wait
                 elif hop.flush_acks:
                     look_at = time.monotonic() + MAX_IDLE
                 continue  # something may have finished meanwhile
