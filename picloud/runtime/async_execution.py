@@ -106,9 +106,16 @@ class AsyncRunner:
 
     async def _async_handler(self, fn, prepared: Prepared) -> Outcome:
         limit = asyncio.timeout(self.timeout)
+        ctx = context_for(prepared, self.timeout)
+
+        def run_blocking(call):
+            # Bounded like plain handlers: on the handler threads, within the time left.
+            return self.threads.run(call, timeout=ctx.remaining(), start_by=ctx.deadline)
+
+        ctx.run_blocking = run_blocking
         try:
             async with limit:
-                result = await fn(prepared.row.payload, context_for(prepared, self.timeout))
+                result = await fn(prepared.row.payload, ctx)
         except Exception as exc:
             if isinstance(exc, TimeoutError) and limit.expired():
                 return timed_out(self.ceiling)

@@ -11,13 +11,14 @@ can run a script with rights its principal lost.
 from __future__ import annotations
 
 import asyncio
+import functools
 import http.client
 import inspect
 import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -101,9 +102,23 @@ class ExecutionContext:
     handler: str
     deadline: float  # time.monotonic() by which the handler must return
 
+    # How run_sync runs blocking code: the engine's handler threads (set by
+    # the runner); None: a thread of asyncio's own.
+    run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]] | None = None
+
     def remaining(self) -> float:
         """Seconds left before the sandbox timeout."""
         return max(0.0, self.deadline - time.monotonic())
+
+    async def run_sync(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """For ``async def`` handlers: run blocking code (``ctx.kv``, the
+        Django ORM, a blocking library) on a handler thread and await its
+        result; the event loop must not block, and Django refuses database
+        calls made on it."""
+        call = functools.partial(fn, *args, **kwargs)
+        if self.run_blocking is None:
+            return await asyncio.to_thread(call)
+        return await self.run_blocking(call)
 
     @cached_property
     def kv(self) -> KvClient:

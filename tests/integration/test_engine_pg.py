@@ -8,10 +8,12 @@ import time
 import pytest
 from django.db import connection
 
+from deadletters.models import DeadLetter
 from outbox.dispatch.worker import postgres_host
 from outbox.models import OutboxEntry
 from outbox.storage.pg_repository import PgOutboxRepo
 from outbox.storage.repository import NewOutboxRow
+from picloud import kv
 from picloud.config import DispatcherConfig
 from picloud.domain.authz import Role
 from picloud.domain.scripts import handler
@@ -63,6 +65,14 @@ async def crowd(event, ctx):
     return {"n": event["n"]}
 
 
+@handler("tests.engine.async_write")
+async def async_write(event, ctx):
+    await asyncio.sleep(0.01)
+    await ctx.run_sync(ctx.kv.put, "seen", str(event["n"]), {"by": "async"})
+    item = await ctx.run_sync(ctx.kv.get, "seen", str(event["n"]))
+    return item.value
+
+
 @pytest.fixture
 def host():
     CROWD.reset()
@@ -94,3 +104,15 @@ def test_a_hundred_async_handlers_run_at_once_on_a_few_connections(host):
     assert CROWD.most == IN_FLIGHT, "never more than max_in_flight at once"
     assert CROWD.done == 150
     assert during <= 5, f"{during} connections for {IN_FLIGHT} executions in flight"
+
+
+def test_an_async_handler_uses_the_kv_store_through_run_sync(host):
+    member = MembershipFactory(role=Role.Developer.value)
+    script = ScriptFactory(app=member.app, handler="tests.engine.async_write")
+    PgOutboxRepo().insert(
+        NewOutboxRow(member.app_id, "kv", script.id, member.principal_id, {"n": 7})
+    )
+    host.start()
+    wait_for(lambda: not OutboxEntry.objects.exists(), timeout=30, what="the row done")
+    assert kv.get(member.app, "seen", "7", principal=member.principal).value == {"by": "async"}
+    assert not DeadLetter.objects.exists()
