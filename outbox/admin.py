@@ -1,4 +1,5 @@
-"""Admin for the outbox: a read-only view of the backlog, and "run now"."""
+"""Admin for the outbox: a read-only view of the backlog, "run now", and the
+scripts' circuit breakers with "close now"."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from django.contrib import admin, messages
 from django.db.models import Count, Min, Q
 from django.utils import timezone
 
-from outbox.models import OutboxEntry
+from outbox.models import OutboxEntry, ScriptCircuit
+from outbox.storage.circuits import CircuitState
+from outbox.storage.pg_circuits import PgCircuitRepo
 from outbox.storage.pg_repository import PgOutboxRepo
 from picloud.admin_access import AppFilter, AppScopedAdmin, WrittenBySystem
 from picloud.domain.authz import Capability
@@ -103,3 +106,72 @@ class OutboxEntryAdmin(WrittenBySystem, AppScopedAdmin):
         )
         extra_context = {**(extra_context or {}), "backlog": list(backlog), "now": now}
         return super().changelist_view(request, extra_context)
+
+
+class CircuitStateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request, model_admin):
+        return [("open", "Open"), ("probing", "Probing"), ("closed", "Closed")]
+
+    def queryset(self, request, queryset):
+        now = timezone.now()
+        if self.value() == "open":
+            return queryset.filter(open_until__gt=now)
+        if self.value() == "probing":
+            return queryset.filter(open_until__lte=now)
+        if self.value() == "closed":
+            return queryset.filter(open_until__isnull=True)
+        return queryset
+
+
+@admin.register(ScriptCircuit)
+class ScriptCircuitAdmin(WrittenBySystem, AppScopedAdmin):
+    """Scripts whose endpoint failed since its last success. The dispatcher
+    writes these; the app's admins (who manage its triggers) may close one
+    now, and its rows are claimed again at once."""
+
+    app_capability = Capability.AppManageTriggers
+    list_display = ["script", "app", "state", "failures", "open_until", "short_error", "updated_at"]
+    list_filter = [AppFilter, CircuitStateFilter]
+    list_select_related = ["app", "script"]
+    ordering = ["-updated_at"]
+    actions = ["close_now"]
+    readonly_fields = [
+        "script",
+        "app",
+        "failures",
+        "opened",
+        "open_until",
+        "last_error",
+        "updated_at",
+    ]
+
+    def has_change_permission(self, request, obj=None):
+        # For the action only: the change page shows the circuit read-only.
+        return obj is None and super().has_change_permission(request)
+
+    @admin.display(description="state")
+    def state(self, obj):
+        now = timezone.now()
+        state = CircuitState(
+            obj.script_id, obj.app_id, obj.failures, obj.opened, obj.open_until, obj.last_error
+        ).state(now)
+        if state == "open":
+            return f"open until {timezone.localtime(obj.open_until):%H:%M:%S}"
+        return state
+
+    @admin.display(description="last error")
+    def short_error(self, obj):
+        return truncate(obj.last_error or "", 80)
+
+    @admin.action(description="Close selected circuits now", permissions=["change"])
+    def close_now(self, request, queryset):
+        ids = list(queryset.values_list("script_id", flat=True))
+        closed = PgCircuitRepo().close(ids)
+        self.message_user(
+            request,
+            f"{closed} circuit(s) closed: their scripts' rows are claimed again.",
+            messages.SUCCESS,
+        )

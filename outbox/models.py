@@ -49,3 +49,25 @@ class OutboxEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.source_kind} {self.id}"
+
+
+class ScriptCircuit(models.Model):
+    """A script's circuit breaker (outbox/sql/0005_circuit_breaker.sql): only
+    scripts that failed since their last success have a row."""
+
+    script = models.OneToOneField(
+        Script, on_delete=models.CASCADE, primary_key=True, related_name="circuit"
+    )
+    app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="+")
+    failures = models.IntegerField(default=0)
+    opened = models.IntegerField(default=0)
+    open_until = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(null=True, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "script_circuits"
+        verbose_name = "circuit breaker"
+
+    def __str__(self) -> str:
+        return f"circuit of {self.script_id}"

@@ -16,6 +16,7 @@ from django.apps import AppConfig
 from django.core import checks
 
 from picloud.config import (
+    CircuitConfig,
     ConcurrencyConfig,
     ConfigError,
     DispatcherConfig,
@@ -36,6 +37,7 @@ CHECK_IDS: dict[type[EnvConfig], str] = {
     SyncConfig: "picloud.E005",
     StopConfig: "picloud.E006",
     ConcurrencyConfig: "picloud.E007",
+    CircuitConfig: "picloud.E008",
 }
 HINT = "Fix or unset the variable (unset means the default); see docs/configuration.md."
 # Variables that no longer do anything, and what replaced them: setting one

@@ -353,6 +353,45 @@ class ConcurrencyConfig(EnvConfig):
         )
 
 
+@dataclass(frozen=True)
+class CircuitConfig(EnvConfig):
+    """The circuit breaker of each script (docs/dispatcher.md, "Failing endpoints")."""
+
+    # Consecutive retryable failures (timeouts included) that open a script's circuit.
+    failure_threshold: int = 5
+    # The first cool-down; each failed probe doubles it, up to the max.
+    cooldown_ms: int = 10_000
+    max_cooldown_ms: int = 600_000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> CircuitConfig:
+        env = os.environ if env is None else env
+        d = cls()
+        cooldown = env_int(
+            env, "PICLOUD_CIRCUIT_COOLDOWN_MS", d.cooldown_ms, low=100, high=MS_PER_DAY
+        )
+        max_cooldown = env_int(
+            env, "PICLOUD_CIRCUIT_MAX_COOLDOWN_MS", d.max_cooldown_ms, low=100, high=MS_PER_DAY
+        )
+        if max_cooldown < cooldown:
+            raise ConfigError(
+                f"PICLOUD_CIRCUIT_MAX_COOLDOWN_MS={max_cooldown} is below "
+                f"PICLOUD_CIRCUIT_COOLDOWN_MS={cooldown}: allowed is a value at least the "
+                "first cool-down"
+            )
+        return cls(
+            failure_threshold=env_int(
+                env,
+                "PICLOUD_CIRCUIT_FAILURE_THRESHOLD",
+                d.failure_threshold,
+                low=1,
+                high=10_000,
+            ),
+            cooldown_ms=cooldown,
+            max_cooldown_ms=max_cooldown,
+        )
+
+
 # Around the dispatcher's own stop, the cluster wakes its guard, stops the
 # pusher and the monitor, and each worker closes its connections: about a
 # second, more on a loaded machine. The floor keeps a stop grace from cutting
@@ -398,6 +437,7 @@ CONFIGS: tuple[type[EnvConfig], ...] = (
     SyncConfig,
     StopConfig,
     ConcurrencyConfig,
+    CircuitConfig,
 )
 
 # The configs this process built (or a test put in place), by class. Read

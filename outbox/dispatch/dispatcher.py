@@ -34,9 +34,10 @@ from deadletters.repository import (
 )
 from outbox.dispatch.backoff import policy_for, retry_delay
 from outbox.dispatch.metrics import Counters
+from outbox.storage.circuits import CircuitRepo, summarize
 from outbox.storage.kinds import SourceKind
 from outbox.storage.repository import OutboxRepo, OutboxRow
-from picloud.config import SandboxCeiling, TriggerConfig
+from picloud.config import CircuitConfig, SandboxCeiling, TriggerConfig
 from picloud.runtime.execution import Failure, Outcome, RowExecutor
 from picloud.runtime.sandbox import SandboxFull
 from triggers.fanout import FanOut
@@ -103,6 +104,9 @@ class Dispatcher:
         clock: Callable[[], datetime] = timezone.now,
         rand: Callable[[], float] = random.random,
         should_stop: Callable[[], bool] = lambda: False,
+        # Each script's circuit breaker; None: none (every circuit closed).
+        circuits: CircuitRepo | None = None,
+        circuit_config: CircuitConfig | None = None,
     ) -> None:
         self.outbox, self.triggers, self.dead_letters = outbox, triggers, dead_letters
         self.config = config or TriggerConfig.current()
@@ -126,6 +130,11 @@ class Dispatcher:
         self.lease_ends_at = 0.0
         self.settle_error: Exception | None = None
         self.tally: dict[str, int] = {}
+        self.circuits = circuits
+        self.circuit_config = circuit_config or CircuitConfig.current()
+        # (script, app, healthy or None, error) of outcomes seen since the
+        # circuits were last told.
+        self.observed: list[tuple[uuid.UUID, uuid.UUID, bool | None, str | None]] = []
         self.claim_cursor: uuid.UUID | None = None  # the app of the last row claimed
 
     def claim(self, limit: int) -> Claim:
@@ -179,6 +188,7 @@ class Dispatcher:
         self._end_tally()
 
     def _end_tally(self) -> None:
+        self._tell_circuits()
         self.counters.add(self.tally)
         self.tally = {"dispatched": 0, "succeeded": 0}
         if self.settle_error is not None:
@@ -242,6 +252,7 @@ class Dispatcher:
                 self._settle_or_keep(row, outcome, self.lease_ends_at)
         finally:
             run.close()
+            self._tell_circuits()
             self.counters.add(self.tally)
             self.tally = {"dispatched": 0, "succeeded": 0}
             self._hand_back(report, unsettled)
@@ -258,6 +269,8 @@ class Dispatcher:
 
     def _settle_or_keep(self, row: OutboxRow, outcome: Outcome, lease_ends_at: float) -> None:
         self.tally["dispatched"] += 1
+        if self.circuits is not None:
+            self.observed.append((row.script_id, row.app_id, _health(outcome), _error_of(outcome)))
         if self.backlog:
             # A settling statement failed in this batch: keep the outcome for
             # the next attempt instead of running into the same failure.
@@ -322,6 +335,17 @@ class Dispatcher:
                 "settling outbox row %s failed (%s); retrying as plain text", row.id, exc
             )
             return self._settle(row, _plain(row, outcome, exc))
+
+    def _tell_circuits(self) -> None:
+        """Record what this batch saw of each script's health. Advisory: a
+        failure here is logged, not raised (the outcomes are settled anyway)."""
+        if self.circuits is None or not self.observed:
+            return
+        observed, self.observed = self.observed, []
+        try:
+            self.circuits.record(summarize(observed), self.circuit_config)
+        except Exception as exc:
+            logger.warning("could not record circuit breaker outcomes (%s)", exc)
 
     def _count(self, outcome: Outcome) -> None:
         """Count a settled outcome (once, however many tries settling took)."""
@@ -438,6 +462,22 @@ def _plain(row: OutboxRow, outcome: Outcome, exc: Exception) -> Outcome:
     # non-ASCII as backslash escapes: printable ASCII only.
     text = outcome.error.encode("unicode_escape").decode("ascii")
     return replace(outcome, error=f"{text} [stored as escaped text after {why}]")
+
+
+def _health(outcome: Outcome) -> bool | None:
+    """What an outcome says of its endpoint's health, for the circuit breaker:
+    True for a success, False for a failure that may pass on retry (an error,
+    a timeout, a 5xx), None when it says nothing (refused before running, a
+    worker lost, a failure retrying cannot fix)."""
+    if outcome.ok:
+        return True
+    if outcome.unauthorized or outcome.lost or not outcome.retryable:
+        return None
+    return False
+
+
+def _error_of(outcome: Outcome) -> str | None:
+    return None if outcome.ok else outcome.error
 
 
 def _lost_invocation(row: OutboxRow) -> bool:

@@ -22,6 +22,7 @@ from outbox.dispatch.engine import Engine
 from outbox.dispatch.metrics import Counters, CounterStore
 from outbox.dispatch.replies import InboxReplySink
 from outbox.dispatch.wakeup import CHANNEL
+from outbox.storage.pg_circuits import PgCircuitRepo
 from outbox.storage.pg_repository import PgCounterStore, PgOutboxRepo, PgReplyInbox
 from picloud.config import DispatcherConfig, SandboxCeiling
 from picloud.db.dbthreads import DbThreads
@@ -142,6 +143,7 @@ def postgres_host(config: DispatcherConfig | None = None) -> DispatcherHost:
             replies=InboxReplySink(PgReplyInbox(), PgAbandonedRepo(), counters),
             atomic=transaction.atomic,
             counters=counters,
+            circuits=PgCircuitRepo(),
             lease_margin=config.lease_margin_ms / 1000,
             **kwargs,
         )

@@ -111,3 +111,31 @@ DELETE FROM reply_inboxes
 WHERE id IN (
     SELECT id FROM reply_inboxes WHERE created_at < %(older_than)s LIMIT %(batch_size)s
 );
+
+-- record_circuits --
+-- One batch's outcomes per script (arrays of one entry a script).
+SELECT record_circuit_outcomes(
+    %(scripts)s::uuid[], %(apps)s::uuid[], %(succeeded)s::boolean[], %(failures)s::integer[],
+    %(errors)s::text[], %(threshold)s, %(base_ms)s, %(max_ms)s
+);
+
+-- get_circuit --
+SELECT script_id, app_id, failures, opened, open_until, last_error
+FROM script_circuits WHERE script_id = %(script_id)s;
+
+-- close_circuits --
+-- An operator's "close now". Returns the circuits that were not closed.
+WITH was AS (
+    SELECT script_id, open_until IS NOT NULL AS not_closed
+    FROM script_circuits WHERE script_id = ANY (%(ids)s::uuid[]) FOR UPDATE
+)
+UPDATE script_circuits c
+SET failures = 0, opened = 0, open_until = NULL, updated_at = NOW()
+FROM was WHERE c.script_id = was.script_id
+RETURNING was.not_closed;
+
+-- circuit_counts --
+-- Circuits not closed (served by script_circuits_app_open_idx's predicate).
+SELECT count(*) FILTER (WHERE open_until > NOW()) AS open,
+       count(*) FILTER (WHERE open_until <= NOW()) AS probing
+FROM script_circuits WHERE open_until IS NOT NULL;

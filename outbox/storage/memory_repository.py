@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
+from outbox.storage.memory_circuits import MemoryCircuitRepo
 from outbox.storage.repository import (
     CLAIM_QUANTUM,
     MAX_ERRORS_KEPT,
@@ -37,6 +38,9 @@ class MemoryOutboxRepo:
         self.app_caps: dict[uuid.UUID, int | None] = {}
         self.script_caps: dict[uuid.UUID, int | None] = {}
         self.platform_cap: int | None = None
+        # The script circuits the claim reads (outbox/storage/memory_circuits.py);
+        # None: every circuit closed.
+        self.circuits: MemoryCircuitRepo | None = None
         self._lock = threading.Lock()
 
     def reset(self) -> None:
@@ -115,15 +119,18 @@ class MemoryOutboxRepo:
         take = min(CLAIM_QUANTUM, remaining, room)
         if take <= 0:
             return []
-        script_room = {
-            script_id: script_cap - sum(r.script_id == script_id for r in self._in_flight(now))
-            for script_id, script_cap in self.script_caps.items()
-            if script_cap is not None
-        }
         due = sorted(
             (r for r in self.rows.values() if r.app_id == app_id and r.due_at <= now),
             key=lambda r: r.due_at,
         )
+        script_room = {}
+        for script_id in {r.script_id for r in due}:
+            script_cap = self.script_caps.get(script_id)
+            if self.circuits is not None:  # 0 while open, 1 while probing
+                script_cap = self.circuits.script_cap(script_id, script_cap, now)
+            if script_cap is not None:
+                in_flight = sum(r.script_id == script_id for r in self._in_flight(now))
+                script_room[script_id] = script_cap - in_flight
         taken = []
         for row in due:
             if len(taken) == take:

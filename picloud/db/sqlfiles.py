@@ -28,7 +28,7 @@ def read_sql(app_module: str, filename: str) -> str:
 
 
 def sql_migration(
-    app_module: str, filename: str, *, reverse_sql: str, state_operations: list
+    app_module: str, filename: str, *, reverse_sql: str | list[str], state_operations: list
 ) -> migrations.SeparateDatabaseAndState:
     """A migration operation: run `filename` forwards and `reverse_sql` backwards."""
     return migrations.SeparateDatabaseAndState(

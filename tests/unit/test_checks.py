@@ -12,6 +12,7 @@ from django.core import checks as django_checks
 from picloud.checks import CHECK_IDS, check_environment, environment_errors, retired_warnings
 from picloud.config import (
     CONFIGS,
+    CircuitConfig,
     ConcurrencyConfig,
     DispatcherConfig,
     SandboxCeiling,
@@ -36,6 +37,7 @@ BAD = {
     SyncConfig: ("PICLOUD_SYNC_DB_CONNECTIONS", "many", "an integer from 1 to 100"),
     StopConfig: ("PICLOUD_STOP_GRACE_MS", "1000", "an integer from 12000 to 3600000"),
     ConcurrencyConfig: ("PICLOUD_APP_MAX_CONCURRENCY", "0", "an integer from 1 to 100000"),
+    CircuitConfig: ("PICLOUD_CIRCUIT_FAILURE_THRESHOLD", "0", "an integer from 1 to 10000"),
 }
 
 

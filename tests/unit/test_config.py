@@ -7,6 +7,7 @@ import pytest
 
 from picloud import config
 from picloud.config import (
+    CircuitConfig,
     ConcurrencyConfig,
     ConfigError,
     RetryPolicy,
@@ -38,6 +39,9 @@ VARIABLES = {
         14,
     ),
     "PICLOUD_APP_MAX_CONCURRENCY": (ConcurrencyConfig, "app_max_concurrency", "40", 40),
+    "PICLOUD_CIRCUIT_FAILURE_THRESHOLD": (CircuitConfig, "failure_threshold", "3", 3),
+    "PICLOUD_CIRCUIT_COOLDOWN_MS": (CircuitConfig, "cooldown_ms", "2000", 2000),
+    "PICLOUD_CIRCUIT_MAX_COOLDOWN_MS": (CircuitConfig, "max_cooldown_ms", "20000", 20000),
 }
 
 # Values each variable must refuse: malformed, negative, out of range.
@@ -53,6 +57,9 @@ BAD_VALUES = {
     "PICLOUD_DEAD_LETTER_RETENTION_DAYS": ["forever", "-1", "0", "3651"],
     "PICLOUD_ABANDONED_EXECUTIONS_RETENTION_DAYS": ["week", "-7", "0", "3651"],
     "PICLOUD_APP_MAX_CONCURRENCY": ["lots", "-1", "0", "100001", "1e3"],
+    "PICLOUD_CIRCUIT_FAILURE_THRESHOLD": ["few", "-1", "0", "10001"],
+    "PICLOUD_CIRCUIT_COOLDOWN_MS": ["10s", "-1", "99", "86400001"],
+    "PICLOUD_CIRCUIT_MAX_COOLDOWN_MS": ["1h", "-1", "99", "86400001"],
 }
 
 
@@ -291,3 +298,10 @@ def test_the_override_config_fixture_lasts_the_test(override_config, monkeypatch
         300,
         2,
     )
+
+
+def test_the_circuit_s_max_cool_down_may_not_be_below_the_first():
+    with pytest.raises(ConfigError, match="PICLOUD_CIRCUIT_MAX_COOLDOWN_MS=1000 is below"):
+        CircuitConfig.from_env(
+            {"PICLOUD_CIRCUIT_COOLDOWN_MS": "5000", "PICLOUD_CIRCUIT_MAX_COOLDOWN_MS": "1000"}
+        )

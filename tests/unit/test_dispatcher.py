@@ -10,9 +10,16 @@ import pytest
 from deadletters.memory_repository import MemoryDeadLetterRepo
 from outbox.dispatch.dispatcher import Dispatcher, iter_batches
 from outbox.dispatch.metrics import Counters
+from outbox.storage.memory_circuits import MemoryCircuitRepo
 from outbox.storage.memory_repository import MemoryOutboxRepo
 from outbox.storage.repository import NewOutboxRow
-from picloud.config import RetryPolicy, SandboxCeiling, TriggerConfig, WebhookConfig
+from picloud.config import (
+    CircuitConfig,
+    RetryPolicy,
+    SandboxCeiling,
+    TriggerConfig,
+    WebhookConfig,
+)
 from picloud.runtime.execution import Failure, RowExecutor, Success
 from triggers.memory_repository import MemoryTriggerRepo
 from triggers.repository import DeadLetterSpec, KvSpec, NewTrigger
@@ -371,3 +378,36 @@ def test_flush_acks_acknowledges_what_waits(world):
     world.dispatcher.run_once(limit=2)
     world.dispatcher.flush_acks()
     assert not any(world.outbox.get(r.id) for r in rows)
+
+
+def test_retryable_failures_open_the_script_s_circuit_and_its_rows_then_wait(world):
+    circuits = MemoryCircuitRepo(world.clock)
+    world.dispatcher.circuits, world.outbox.circuits = circuits, circuits
+    world.dispatcher.circuit_config = CircuitConfig(failure_threshold=2, cooldown_ms=60_000)
+    world.dispatcher.config = TriggerConfig(retry=RetryPolicy(10, 1000, 1000, 0.0))
+    world.executor.outcomes[SCRIPT] = Failure("503", retryable=True)
+    rows = [_enqueue(world) for _ in range(2)]
+    world.dispatcher.run_once(limit=10)  # both fail: the circuit opens
+    assert circuits.get(SCRIPT).state(world.clock.now) == "open"
+    world.clock.advance(5)  # their backoff is over, the cool-down is not
+    assert world.dispatcher.run_once(limit=10).claimed == 0
+    assert [world.outbox.get(r.id).attempts for r in rows] == [1, 1], "waiting costs no attempt"
+    world.clock.advance(60)  # the cool-down ended: one row probes, and succeeds
+    world.executor.outcomes[SCRIPT] = Success("ok")
+    assert world.dispatcher.run_once(limit=10).claimed == 1
+    assert circuits.get(SCRIPT).state(world.clock.now) == "closed"
+    assert world.dispatcher.run_once(limit=10).claimed == 1, "closed: the rest runs"
+
+
+def test_failures_that_say_nothing_of_the_endpoint_leave_the_circuit_alone(world):
+    circuits = MemoryCircuitRepo(world.clock)
+    world.dispatcher.circuits = circuits
+    world.dispatcher.circuit_config = CircuitConfig(failure_threshold=1)
+    for outcome in (
+        Failure("403", retryable=False, status=403),
+        Failure("denied", retryable=False, unauthorized=True, status=403),
+    ):
+        world.executor.outcomes[SCRIPT] = outcome
+        _enqueue(world)
+        world.dispatcher.run_once(limit=10)
+    assert circuits.get(SCRIPT) is None

@@ -1,0 +1,233 @@
+-- The circuit breaker (docs/dispatcher.md, "Failing endpoints"): per script,
+-- consecutive retryable failures open its circuit; while it is open the claim
+-- takes none of its rows (they wait, no attempt counted); when the cool-down
+-- ends one row probes (at most one in flight), and its outcome closes the
+-- circuit or opens it again for twice as long, up to a cap.
+--
+-- WARNING: migrations run this file. Editing it does not change databases
+-- that already ran it; add a new numbered file and migration instead.
+
+-- One row per script that has failed since its last success; none for the
+-- scripts that never failed (a success only updates an existing row).
+CREATE TABLE script_circuits (
+    script_id   UUID PRIMARY KEY REFERENCES scripts(id) ON DELETE CASCADE,
+    app_id      UUID NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    -- Retryable failures since the last success (the circuit opens at the
+    -- threshold).
+    failures    INTEGER NOT NULL DEFAULT 0 CHECK (failures >= 0),
+    -- Times opened since the last success: the cool-down is base * 2^(opened-1).
+    opened      INTEGER NOT NULL DEFAULT 0 CHECK (opened >= 0),
+    -- NULL: closed. In the future: open until then. Past: the cool-down
+    -- ended, one row probes.
+    open_until  TIMESTAMPTZ,
+    last_error  TEXT,
+    updated_at  TIMESTAMPTZ NOT NULL DEFAULT NOW()
+);
+-- The claim asks, per app, whether any circuit is not closed.
+CREATE INDEX script_circuits_app_open_idx ON script_circuits (app_id)
+    WHERE open_until IS NOT NULL;
+
+-- Record what one settling batch saw, per script (in arrays of one entry a
+-- script): whether any execution succeeded, how many retryable failures came
+-- after the last success (all of them when none succeeded), and the last
+-- error. A success closes the circuit; failures then count up and open it at
+-- p_threshold; a failure while the circuit probes opens it again for twice
+-- as long (p_base_ms doubling up to p_max_ms).
+CREATE FUNCTION record_circuit_outcomes(
+    p_scripts UUID[], p_apps UUID[], p_succeeded BOOLEAN[], p_failures INTEGER[],
+    p_errors TEXT[], p_threshold INTEGER, p_base_ms INTEGER, p_max_ms INTEGER
+) RETURNS VOID LANGUAGE plpgsql AS $$
+DECLARE
+    i INTEGER;
+    c script_circuits%ROWTYPE;
+    opens BOOLEAN;
+BEGIN
+    FOR i IN 1 .. coalesce(cardinality(p_scripts), 0) LOOP
+        IF p_failures[i] > 0 THEN
+            INSERT INTO script_circuits (script_id, app_id) VALUES (p_scripts[i], p_apps[i])
+            ON CONFLICT (script_id) DO NOTHING;
+        END IF;
+        SELECT * INTO c FROM script_circuits WHERE script_id = p_scripts[i] FOR UPDATE;
+        CONTINUE WHEN NOT FOUND;  -- a success, and the script never failed
+        IF p_succeeded[i] THEN
+            c.failures := 0;
+            c.opened := 0;
+            c.open_until := NULL;
+        END IF;
+        IF p_failures[i] > 0 THEN
+            opens := (c.open_until IS NOT NULL AND c.open_until <= NOW())  -- the probe failed
+                  OR (c.open_until IS NULL AND c.failures + p_failures[i] >= p_threshold);
+            c.failures := c.failures + p_failures[i];
+            c.last_error := p_errors[i];
+            IF opens THEN
+                c.opened := c.opened + 1;
+                c.open_until := NOW() + make_interval(secs => LEAST(
+                    p_max_ms::double precision,
+                    p_base_ms * power(2::double precision, LEAST(c.opened - 1, 40))
+                ) / 1000);
+            END IF;
+        END IF;
+        UPDATE script_circuits
+        SET failures = c.failures, opened = c.opened, open_until = c.open_until,
+            last_error = c.last_error, updated_at = NOW()
+        WHERE script_id = c.script_id;
+    END LOOP;
+END;
+$$;
+
+-- The claim of 0004_fair_claim.sql, with circuits: a script whose circuit is
+-- open gives no rows; one that probes gives one row in flight at most.
+CREATE OR REPLACE FUNCTION outbox_claim(
+    p_limit INTEGER,
+    p_lease DOUBLE PRECISION,
+    p_ack UUID[],
+    p_after UUID,          -- the app served last by this claimer; NULL: start at the first
+    p_default_cap INTEGER, -- PICLOUD_APP_MAX_CONCURRENCY of the claiming process
+    p_quantum INTEGER      -- rows at most per app per visit
+) RETURNS TABLE (
+    id UUID, app_id UUID, source_kind TEXT, trigger_id UUID, script_id UUID,
+    run_as_principal UUID, payload JSONB, depth INTEGER, attempts INTEGER,
+    due_at TIMESTAMPTZ, reply_to UUID, last_error TEXT, errors JSONB, created_at TIMESTAMPTZ
+) LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    lease_end TIMESTAMPTZ := NOW() + make_interval(secs => p_lease);
+    platform_cap INTEGER;
+    remaining INTEGER := p_limit;
+    cur UUID := p_after;       -- the app visited last
+    app UUID;                  -- the app visited now
+    idle_from UUID;            -- first app of the current run of visits that took nothing
+    idle_wrapped BOOLEAN := FALSE;
+    cap INTEGER;
+    room INTEGER;
+    take INTEGER;
+    ids UUID[];
+BEGIN
+    IF cardinality(p_ack) > 0 THEN
+        DELETE FROM outbox o WHERE o.id = ANY (p_ack);
+    END IF;
+    SELECT s.app_max_concurrency INTO platform_cap FROM platform_settings s WHERE s.id = 1;
+
+    LOOP
+        EXIT WHEN remaining <= 0;
+        -- The next app with rows: one descent of outbox_app_due_idx.
+        -- (No min(uuid) in PostgreSQL 15; ORDER BY ... LIMIT 1 reads the same entry.)
+        IF cur IS NULL THEN
+            app := (SELECT o.app_id FROM outbox o ORDER BY o.app_id LIMIT 1);
+        ELSE
+            app := (SELECT o.app_id FROM outbox o WHERE o.app_id > cur ORDER BY o.app_id LIMIT 1);
+        END IF;
+        IF app IS NULL THEN
+            EXIT WHEN cur IS NULL;  -- no rows at all
+            cur := NULL;            -- past the last app: wrap around
+            IF idle_from IS NOT NULL THEN
+                EXIT WHEN idle_wrapped;  -- (idle_from's rows went away meanwhile)
+                idle_wrapped := TRUE;
+            END IF;
+            CONTINUE;
+        END IF;
+        -- A whole turn of the ring took nothing: nothing more can be taken.
+        EXIT WHEN idle_from IS NOT NULL AND idle_wrapped AND app >= idle_from;
+        cur := app;
+        ids := '{}';
+
+        -- An app with no due row costs one more descent and no lock. (Its
+        -- earliest due_at, not EXISTS: the planner may answer EXISTS with a
+        -- sequential scan betting on an early hit.)
+        IF (SELECT o.due_at FROM outbox o WHERE o.app_id = app ORDER BY o.due_at LIMIT 1) <= NOW()
+           AND pg_try_advisory_xact_lock(1869968482, hashtext(app::text))
+        THEN
+            SELECT COALESCE(a.max_concurrency, platform_cap, p_default_cap) INTO cap
+            FROM apps a WHERE a.id = app;
+            -- A statement of its own, after the lock: a fresh snapshot.
+            SELECT cap - count(*) INTO room FROM (
+                SELECT 1 FROM outbox o
+                WHERE o.app_id = app AND o.leased_until > NOW() LIMIT cap
+            ) in_flight;
+            take := LEAST(p_quantum, remaining, room);
+            IF take > 0 AND NOT EXISTS (
+                SELECT 1 FROM scripts s WHERE s.app_id = app AND s.max_concurrency IS NOT NULL
+            ) AND NOT EXISTS (
+                SELECT 1 FROM script_circuits k WHERE k.app_id = app AND k.open_until IS NOT NULL
+            ) THEN
+                ids := ARRAY(
+                    SELECT o.id FROM outbox o
+                    WHERE o.app_id = app AND o.due_at <= NOW()
+                    ORDER BY o.due_at
+                    LIMIT take
+                    FOR UPDATE SKIP LOCKED
+                );
+            ELSIF take > 0 THEN
+                -- Some scripts have caps or a circuit that is not closed: take
+                -- each script's oldest due rows up to its room (none for a
+                -- script at its cap or with an open circuit, so its backlog is
+                -- never read; one in flight at most while its circuit probes),
+                -- then the oldest of those for the app.
+                ids := ARRAY(
+                    SELECT o.id FROM outbox o
+                    WHERE o.id = ANY (ARRAY(
+                        SELECT c.id
+                        FROM scripts s
+                        LEFT JOIN script_circuits k ON k.script_id = s.id
+                        CROSS JOIN LATERAL (
+                            SELECT CASE
+                                WHEN k.open_until > NOW() THEN 0
+                                WHEN k.open_until IS NOT NULL THEN LEAST(s.max_concurrency, 1)
+                                ELSE s.max_concurrency
+                            END AS cap
+                        ) sc
+                        CROSS JOIN LATERAL (
+                            SELECT CASE WHEN sc.cap IS NULL THEN take
+                                   WHEN sc.cap = 0 THEN 0
+                                   ELSE sc.cap - (
+                                       SELECT count(*) FROM (
+                                           -- (app_id too: whichever leased index
+                                           -- the planner picks, it reads only
+                                           -- this app's rows in flight.)
+                                           SELECT 1 FROM outbox f
+                                           WHERE f.script_id = s.id AND f.app_id = app
+                                             AND f.leased_until > NOW()
+                                           LIMIT sc.cap
+                                       ) script_in_flight)
+                                   END AS room
+                        ) r
+                        CROSS JOIN LATERAL (
+                            SELECT w.id, w.due_at FROM outbox w
+                            WHERE w.script_id = s.id AND w.app_id = app AND w.due_at <= NOW()
+                            ORDER BY w.due_at
+                            LIMIT GREATEST(LEAST(r.room, take), 0)
+                        ) c
+                        WHERE s.app_id = app
+                        ORDER BY c.due_at
+                        LIMIT take
+                    ))
+                    AND o.due_at <= NOW()
+                    ORDER BY o.due_at
+                    FOR UPDATE SKIP LOCKED
+                );
+            END IF;
+        END IF;
+
+        IF cardinality(ids) > 0 THEN
+            RETURN QUERY
+            WITH claimed AS (
+                UPDATE outbox o
+                SET attempts = o.attempts + 1, due_at = lease_end, leased_until = lease_end
+                WHERE o.id = ANY (ids)
+                RETURNING o.*
+            )
+            SELECT c.id, c.app_id, c.source_kind, c.trigger_id, c.script_id,
+                   c.run_as_principal, c.payload, c.depth, c.attempts, c.due_at,
+                   c.reply_to, c.last_error, c.errors, c.created_at
+            FROM claimed c JOIN unnest(ids) WITH ORDINALITY AS u(id, n) ON u.id = c.id
+            ORDER BY u.n;
+            remaining := remaining - cardinality(ids);
+            idle_from := NULL;
+            idle_wrapped := FALSE;
+        ELSIF idle_from IS NULL THEN
+            idle_from := app;
+            idle_wrapped := FALSE;
+        END IF;
+    END LOOP;
+END;
+$$;
