@@ -144,8 +144,13 @@ class Engine:
         look_at = 0.0  # monotonic time of the next look when idle
         flush_at = time.monotonic() + FLUSH_EVERY
         delay = DB_RETRY_DELAY[0]
+        expire_at = 0.0
         while not self.stopping.is_set():
             now = time.monotonic()
+            if now >= expire_at:
+                # Plain handlers' time limits, on this beat however busy the loop.
+                self.runner.threads.expire(now)
+                expire_at = now + EXPIRE_EVERY
             free = self.running_limit()
             # A finished row freed a slot, maybe of an app at its cap: worth
             # a claim, which rides on the hop that settles it anyway.
@@ -176,7 +181,12 @@ class Engine:
                     continue
                 delay = DB_RETRY_DELAY[0]
                 if hop.claim:
-                    self._start(result)
+                    try:
+                        self._start(result)
+                    except Exception:
+                        # A fault of ours, not a row's: the rows not started
+                        # come back when their lease ends.
+                        logger.exception("dispatch engine: could not start claimed rows")
                     more = result.got >= result.asked
                     if more or result.got:
                         recheck = RECHECK_DUE[0]
@@ -199,7 +209,6 @@ class Engine:
                 # Plain handlers' time limits are checked on this beat.
                 timeout = min(timeout, EXPIRE_EVERY)
             await self._wait(max(0.0, timeout))
-            self.runner.threads.expire()
 
     def _start(self, result: HopResult) -> None:
         lease_ends_at = result.lease_ends_at

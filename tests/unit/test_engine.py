@@ -51,7 +51,7 @@ class Runner:
         class Threads:  # no plain handlers here
             live = 0
             saturated = staticmethod(lambda: False)
-            expire = withdraw_all = staticmethod(lambda: None)
+            expire = withdraw_all = staticmethod(lambda *now: None)
 
         self.threads = Threads()
 
