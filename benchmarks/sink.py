@@ -6,8 +6,9 @@ An aiohttp server in a process of its own, on loopback: asyncio sleeps, so a
 few thousand requests can wait at once without threads. `POST /hook` is the
 endpoint; `GET /stats` says how many requests arrived, how many distinct
 deliveries (the `X-PiCloud-Delivery` header; a redelivery counts once), the
-most that were waiting at once, and when the first arrived and the last was
-answered (Unix time); `POST /reset` zeroes it all between rounds.
+most that were waiting at once and how many on average (time-weighted, from
+the first arrival to the last answer), and when the first arrived and the
+last was answered (Unix time); `POST /reset` zeroes it all between rounds.
 """
 
 from __future__ import annotations
@@ -37,6 +38,16 @@ class Counts:
         self.peak = 0
         self.first_at: float | None = None
         self.last_answer_at: float | None = None
+        self.waited = 0.0  # request-seconds spent waiting here, summed
+        self.changed_at = 0.0
+
+    def change(self, by: int) -> None:
+        now = time.monotonic()
+        if self.in_flight:
+            self.waited += self.in_flight * (now - self.changed_at)
+        self.changed_at = now
+        self.in_flight += by
+        self.peak = max(self.peak, self.in_flight)
 
     def as_dict(self) -> dict:
         return {
@@ -46,6 +57,9 @@ class Counts:
             "peak": self.peak,
             "first_at": self.first_at,
             "last_answer_at": self.last_answer_at,
+            "mean_in_flight": (
+                self.waited / (self.last_answer_at - self.first_at) if self.last_answer_at else 0.0
+            ),
         }
 
 
@@ -59,12 +73,11 @@ def serve(port: int, delay: float) -> None:
         counts.requests += 1
         delivery = request.headers.get(DELIVERY_HEADER, f"#{counts.requests}")
         counts.first_at = counts.first_at or time.time()
-        counts.in_flight += 1
-        counts.peak = max(counts.peak, counts.in_flight)
+        counts.change(+1)
         try:
             await asyncio.sleep(delay)
         finally:
-            counts.in_flight -= 1
+            counts.change(-1)
         counts.deliveries.add(delivery)
         counts.last_answer_at = time.time()
         return web.json_response({"ok": True})

@@ -142,6 +142,16 @@ class Setup:
         }
         return {pid: len(self._pg_ports(pid) & ports) for pid in pids}
 
+    def backends(self) -> list[int]:
+        """The server processes of every connection to the scratch database now."""
+        return [
+            row[0]
+            for row in self.sql(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (BENCH_DB,),
+            )
+        ]
+
     def listening(self, pids: list[int]) -> list[int]:
         """The processes among `pids` that hold a LISTEN connection (a
         PiCloud dispatcher or a procrastinate worker, ready)."""
@@ -229,6 +239,12 @@ class Sampler:
         }
 
 
+def machine_busy() -> tuple[float, float]:
+    """CPU seconds the whole machine spent busy, and in all, so far."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0), sum(times)
+
+
 def cpu_seconds(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
@@ -249,8 +265,12 @@ class Contender:
         self.setup, self.sink, self.tmp = setup, sink, tmp
         self.rates: list[float] = []
         self.peaks: list[int] = []
+        self.means: list[float] = []  # requests waiting at the sink, time-weighted mean
+        self.first_lags: list[float] = []  # seconds from the commit to the first request
         self.settle_lags: list[float] = []  # seconds from the last answer to an empty queue
-        self.cpu_per_delivery: list[float] = []
+        # CPU ms per delivery: the contender's workers, the sink, the database's
+        # backends for this database; and the share of the machine's cores busy.
+        self.cpu: list[dict[str, float]] = []
         self.workers: list[int] = []
         self.samples: dict[int, dict] = {}
 
@@ -263,24 +283,40 @@ class Contender:
 
     def round(self, n: int, tag: str, timeout: float) -> None:
         self.sink.reset()
-        cpu = cpu_seconds(self.workers)
         with Sampler(self.setup, self.workers) as sampler:
             committed = self.deliver(n, tag)
+            # From the commit: enqueueing is not what the CPU figures study.
+            groups = {
+                "workers": self.workers,
+                "sink": [self.sink.proc.pid],
+                "postgres": self.setup.backends(),
+            }
+            before = {name: cpu_seconds(pids) for name, pids in groups.items()}
+            busy, total = machine_busy()
             stats = self.sink.wait_for(n, timeout)
             while self.backlog():
                 time.sleep(0.02)
             settled = time.time()
-        self.cpu_per_delivery.append((cpu_seconds(self.workers) - cpu) / n)
+            busy, total = (a - b for a, b in zip(machine_busy(), (busy, total), strict=True))
+        cpu = {name: (cpu_seconds(pids) - before[name]) / n * 1000 for name, pids in groups.items()}
+        cpu["machine_busy"] = busy / total if total else 0.0
+        self.cpu.append(cpu)
+
         for pid, s in sampler.summary().items():
             seen = self.samples.setdefault(pid, {"rss_peak": 0.0, "connections_peak": 0})
             seen["rss_peak"] = max(seen["rss_peak"], s["rss_peak"])
             seen["connections_peak"] = max(seen["connections_peak"], s["connections_peak"])
         self.rates.append(n / (stats["last_answer_at"] - committed))
         self.peaks.append(stats["peak"])
+        self.means.append(stats["mean_in_flight"])
+        self.first_lags.append(stats["first_at"] - committed)
         self.settle_lags.append(max(0.0, settled - stats["last_answer_at"]))
         print(
-            f"{tag}: {self.name} {self.rates[-1]:,.0f} deliveries/s, peak {self.peaks[-1]} "
-            f"at the sink, {stats['requests'] - n} redelivered",
+            f"{tag}: {self.name} {self.rates[-1]:,.0f} deliveries/s, first after "
+            f"{self.first_lags[-1] * 1000:.0f} ms, {self.means[-1]:.0f} waiting at the sink on "
+            f"average (peak {self.peaks[-1]}), {stats['requests'] - n} redelivered; CPU ms per "
+            f"delivery: workers {cpu['workers']:.2f}, sink {cpu['sink']:.2f}, PostgreSQL "
+            f"{cpu['postgres']:.2f}; machine {cpu['machine_busy']:.0%} busy",
             flush=True,
         )
 
@@ -457,23 +493,31 @@ def render(setup: Setup, alone: dict, contenders: list[Contender], command: str)
         f"{alone['rate'] / alone['bound']:.0%} of its bound of {alone['bound']:,.0f}/s, "
         f"peak {alone['peak']} waiting.",
         "",
-        f"| contender | deliveries/s (median) | of the bound ({bound:,.0f}/s) | peak at the "
-        "sink | settled after the last answer (s) | worker CPU per delivery (ms) | "
-        "RSS per worker, peak (MiB) | PostgreSQL connections per worker, peak |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        f"| contender | deliveries/s (median) | of the bound ({bound:,.0f}/s) | at the sink: "
+        "mean / peak waiting | first request after (ms) | settled after the last answer (s) | "
+        "CPU ms per delivery: workers / sink / PostgreSQL | machine busy | RSS per worker, "
+        "peak (MiB) | PostgreSQL connections per worker, peak |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     labels = {
         "picloud": "**PiCloud** under qcluster",
         "procrastinate": "procrastinate, async task",
     }
     for c in contenders:
+
+        def cpu(name: str, c: Contender = c) -> float:
+            return statistics.median(r[name] for r in c.cpu)
+
         rate = statistics.median(c.rates)
         rss = ", ".join(f"{s['rss_peak']:.0f}" for s in c.samples.values())
         conns = ", ".join(str(s["connections_peak"]) for s in c.samples.values())
         lines.append(
-            f"| {labels[c.name]} | {rate:,.0f} | {rate / bound:.0%} | {max(c.peaks)} | "
+            f"| {labels[c.name]} | {rate:,.0f} | {rate / bound:.0%} | "
+            f"{statistics.median(c.means):.0f} / {max(c.peaks)} | "
+            f"{statistics.median(c.first_lags) * 1000:.0f} | "
             f"{statistics.median(c.settle_lags):.2f} | "
-            f"{statistics.median(c.cpu_per_delivery) * 1000:.2f} | {rss} | {conns} |"
+            f"{cpu('workers'):.2f} / {cpu('sink'):.2f} / {cpu('postgres'):.2f} | "
+            f"{cpu('machine_busy'):.0%} | {rss} | {conns} |"
         )
     ours = contenders[0]
     rate = statistics.median(ours.rates)
@@ -508,10 +552,14 @@ def render(setup: Setup, alone: dict, contenders: list[Contender], command: str)
         "one transaction (a KV trigger on the webhook script fans each out to an outbox row); "
         "procrastinate's defers the same events as jobs in one `batch_defer`. Timed from that "
         "commit until the sink answered the last distinct delivery (the `X-PiCloud-Delivery` "
-        "header); the peak is of requests waiting at the sink at once. RSS and connections are "
+        "header). At the sink: requests waiting at once, time-weighted mean from the first "
+        "arrival to the last answer (by Little's law, deliveries/s x 0.1 s over the same span) "
+        "and peak; medians of the rounds, peak of all. RSS and connections are "
         "sampled every 0.25 s while the rounds run (connections matched to processes by client "
-        "port in pg_stat_activity); CPU is the worker processes' user + system time over a "
-        "round, settling included.",
+        "port in pg_stat_activity). CPU: user + system time from the commit until the queue "
+        "is empty (settling included) of the worker processes, the sink, and the PostgreSQL "
+        "backends serving the scratch database, per delivery; machine busy is the share of "
+        "all cores busy meanwhile, other work on the machine included.",
         END,
     ]
     return "\n".join(lines)
