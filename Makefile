@@ -48,10 +48,12 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# The dispatcher beside its peers; writes docs/benchmarks.md (minutes, not for CI).
+# The dispatcher beside its peers, noop rows and 100 ms webhooks, and synchronous
+# invocation; each writes its section of docs/benchmarks.md (minutes, not for CI).
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -r benchmarks/requirements.txt
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
+	$(PY) benchmarks/webhooks.py
 	$(PY) benchmarks/invoke_load.py
 
 # Synchronous invocation over HTTP under load; writes its section of docs/benchmarks.md.
