@@ -44,6 +44,12 @@ DB_RETRY_DELAY = (0.2, 5.0)  # seconds: first and longest wait after a database 
 # seconds: first and longest wait before claiming again when rows are due but
 # none could be claimed (caps, or another claimer holding the app)
 RECHECK_DUE = (0.005, MAX_IDLE)
+# While many rows are in flight, outcomes are gathered for up to GATHER
+# seconds (or GATHER_ROWS of them) before a trip to the database: a claim
+# costs about the same for one row as for twenty, and a slot waiting 5 ms is
+# little beside an execution that took long enough to overlap with others.
+GATHER = 0.005
+GATHER_ROWS = 16
 
 
 def idle_timeout(next_due: datetime | None, now: datetime) -> float:
@@ -110,6 +116,7 @@ class Engine:
         self.tasks: set[asyncio.Task] = set()
         self.ran: list[tuple[OutboxRow, Outcome, float]] = []
         self.not_started: list[uuid.UUID] = []
+        self.ran_since = 0.0  # when the oldest outcome in `ran` came in
         self.woken = True  # look once at start: rows may be waiting
         self.changed: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -165,6 +172,9 @@ class Engine:
                 flush_counters=now >= flush_at,
             )
             hop.flush_acks = not hop.claim and now >= look_at
+            if self._gathering(now) and not hop.flush_counters:
+                await asyncio.sleep(min(GATHER, self.ran_since + GATHER - now))
+                continue
             if self.ran or self.not_started or hop.claim or hop.flush_counters or hop.flush_acks:
                 hop.ran, self.ran = self.ran, []
                 hop.hand_back, self.not_started = self.not_started, []
@@ -210,6 +220,17 @@ class Engine:
                 timeout = min(timeout, EXPIRE_EVERY)
             await self._wait(max(0.0, timeout))
 
+    def _gathering(self, now: float) -> bool:
+        """Wait a moment for more outcomes before this trip? Only when it
+        would settle a few rows and claim a few (the other slots are busy)."""
+        return (
+            bool(self.ran)
+            and len(self.ran) < GATHER_ROWS
+            and self.running_limit() < GATHER_ROWS
+            and now - self.ran_since < GATHER
+            and not (self.woken or self.not_started)
+        )
+
     def _start(self, result: HopResult) -> None:
         lease_ends_at = result.lease_ends_at
         # A run that starts later than this could outlive the lease.
@@ -233,6 +254,8 @@ class Engine:
                 # Nothing finished: the row goes back with its attempt uncounted.
                 self.not_started.append(row.id)
             else:
+                if not self.ran:
+                    self.ran_since = time.monotonic()
                 self.ran.append((row, outcome, lease_ends_at))
             self.changed.set()  # type: ignore[union-attr]
 
