@@ -29,6 +29,10 @@ CLUSTER_ENV = {
     "PICLOUD_TRIGGER_RETRY_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
     "PICLOUD_TRIGGER_RETRY_BASE_DELAY_MS": "50",
     "PICLOUD_TRIGGER_RETRY_MAX_DELAY_MS": "200",
+    # Every poison row must reach its last attempt here; with the breaker on,
+    # the failing endpoints' circuits would open and their rows wait instead
+    # (tests/acceptance/test_breaker_cluster.py covers that).
+    "PICLOUD_CIRCUIT_FAILURE_THRESHOLD": "10000",
 }
 
 ANSWERS = {p: POISON_ANSWERS[p] for p in ("/clean", "/nul-500", "/nul-400", "/bytes-500")}
