@@ -20,6 +20,7 @@ from picloud.config import (
     ConfigError,
     DispatcherConfig,
     EnvConfig,
+    MetricsConfig,
     SandboxCeiling,
     StopConfig,
     SyncConfig,
@@ -36,6 +37,7 @@ CHECK_IDS: dict[type[EnvConfig], str] = {
     SyncConfig: "picloud.E005",
     StopConfig: "picloud.E006",
     ConcurrencyConfig: "picloud.E007",
+    MetricsConfig: "picloud.E008",
 }
 HINT = "Fix or unset the variable (unset means the default); see docs/configuration.md."
 # Variables that no longer do anything, and what replaced them: setting one

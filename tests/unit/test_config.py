@@ -9,6 +9,7 @@ from picloud import config
 from picloud.config import (
     ConcurrencyConfig,
     ConfigError,
+    MetricsConfig,
     RetryPolicy,
     SandboxCeiling,
     TriggerConfig,
@@ -38,6 +39,7 @@ VARIABLES = {
         14,
     ),
     "PICLOUD_APP_MAX_CONCURRENCY": (ConcurrencyConfig, "app_max_concurrency", "40", 40),
+    "PICLOUD_METRICS_PER_APP": (MetricsConfig, "per_app", "yes", True),
 }
 
 # Values each variable must refuse: malformed, negative, out of range.
@@ -53,6 +55,7 @@ BAD_VALUES = {
     "PICLOUD_DEAD_LETTER_RETENTION_DAYS": ["forever", "-1", "0", "3651"],
     "PICLOUD_ABANDONED_EXECUTIONS_RETENTION_DAYS": ["week", "-7", "0", "3651"],
     "PICLOUD_APP_MAX_CONCURRENCY": ["lots", "-1", "0", "100001", "1e3"],
+    "PICLOUD_METRICS_PER_APP": ["maybe", "2", "tenants"],
 }
 
 
@@ -75,6 +78,11 @@ def test_defaults_are_documented_values():
 def test_the_default_app_cap_leaves_a_default_cluster_slots_for_other_apps():
     # 2 worker processes x 100 executions in flight each (docs/configuration.md).
     assert ConcurrencyConfig.from_env({}).app_max_concurrency == 150 < 2 * 100
+
+
+def test_per_app_metrics_are_off_unless_asked_for():
+    # They name tenants on an endpoint with no per-app authorization.
+    assert MetricsConfig.from_env({}).per_app is False
 
 
 def test_every_variable_has_bad_values_listed():
