@@ -1,8 +1,11 @@
-"""/metrics: the dispatcher counters and the outbox backlog, for Prometheus.
+"""/metrics: the dispatcher counters and the outbox's gauges, for Prometheus.
 
-Counters are the cluster-wide totals every dispatcher process adds to in
-PostgreSQL, so one scrape of any web process sees all hosts. Gauges are read
-from the outbox at scrape time. Only totals are exposed, no per-app figures.
+Counters (and the claim-duration histogram, which is a set of counters) are
+the cluster-wide totals every dispatcher process adds to in PostgreSQL, so
+one scrape of any web process sees all hosts. Gauges are read from the
+outbox at scrape time. Per-app series (the busiest apps only) appear when
+PICLOUD_METRICS_PER_APP is on: they name apps, and the endpoint has no
+per-app authorization.
 """
 
 from __future__ import annotations
@@ -11,10 +14,16 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 
-from outbox.dispatch.metrics import COUNTERS
+from outbox.dispatch.metrics import CLAIM_SECONDS, COUNTERS, Histogram
+from outbox.storage.pg_gauges import APP_COUNT_CAP, TOP_APPS, PgOutboxGauges
 from outbox.storage.pg_repository import PgCounterStore, PgOutboxRepo
+from picloud.config import MetricsConfig
 
 HELP = {
     "dispatched": "Outbox rows the dispatchers started to handle.",
@@ -26,13 +35,36 @@ HELP = {
 }
 
 
+def histogram_family(
+    name: str, documentation: str, histogram: Histogram, totals: dict[str, int]
+) -> HistogramMetricFamily:
+    """A histogram kept as counters (outbox/dispatch/metrics.py), for Prometheus."""
+    count = totals.get(histogram.count, 0)
+    buckets = [(f"{b:g}", totals.get(histogram.bucket(b), 0)) for b in histogram.buckets]
+    return HistogramMetricFamily(
+        name,
+        documentation,
+        buckets=[*buckets, ("+Inf", count)],
+        sum_value=totals.get(histogram.sum_us, 0) / 1_000_000,
+    )
+
+
 class PicloudCollector:
+    def __init__(self, config: MetricsConfig) -> None:
+        self.config = config
+
     def collect(self):
         totals = PgCounterStore().read()
         for name in COUNTERS:
             yield CounterMetricFamily(
                 f"picloud_dispatcher_{name}", HELP[name], value=totals.get(name, 0)
             )
+        yield histogram_family(
+            "picloud_dispatcher_claim_seconds",
+            "How long each claim statement took, in seconds.",
+            CLAIM_SECONDS,
+            totals,
+        )
         due, oldest = PgOutboxRepo().stats()
         yield GaugeMetricFamily("picloud_outbox_backlog", "Outbox rows due now.", value=due)
         age = (timezone.now() - oldest).total_seconds() if oldest else 0.0
@@ -41,10 +73,48 @@ class PicloudCollector:
             "How long the oldest due outbox row has been waiting.",
             value=max(age, 0.0),
         )
+        gauges = PgOutboxGauges()
+        yield GaugeMetricFamily(
+            "picloud_dispatcher_in_flight",
+            "Executions in flight on every cluster: outbox rows whose lease runs.",
+            value=gauges.in_flight(),
+        )
+        if self.config.per_app:
+            yield from _per_app(gauges)
+
+
+def _per_app(gauges: PgOutboxGauges):
+    busiest = gauges.busiest_apps()
+    cap = f"counted up to {APP_COUNT_CAP} per app"
+    backlog = GaugeMetricFamily(
+        "picloud_app_backlog",
+        f"Rows due now, for the {TOP_APPS} apps with the most ({cap}).",
+        labels=["app"],
+    )
+    in_flight = GaugeMetricFamily(
+        "picloud_app_in_flight",
+        f"Rows in flight, for the apps of picloud_app_backlog ({cap}).",
+        labels=["app"],
+    )
+    for app in busiest.top:
+        backlog.add_metric([app.slug], app.due)
+        in_flight.add_metric([app.slug], app.in_flight)
+    yield backlog
+    yield in_flight
+    yield GaugeMetricFamily(
+        "picloud_app_backlog_other",
+        f"Rows due now, summed over the apps not in picloud_app_backlog ({cap}).",
+        value=busiest.other_due,
+    )
+    yield GaugeMetricFamily(
+        "picloud_app_in_flight_other",
+        f"Rows in flight, summed over the apps not in picloud_app_in_flight ({cap}).",
+        value=busiest.other_in_flight,
+    )
 
 
 @require_GET
 def metrics_view(request: HttpRequest) -> HttpResponse:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(PicloudCollector())
+    registry.register(PicloudCollector(MetricsConfig.current()))
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

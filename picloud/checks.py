@@ -21,6 +21,7 @@ from picloud.config import (
     ConfigError,
     DispatcherConfig,
     EnvConfig,
+    MetricsConfig,
     SandboxCeiling,
     StopConfig,
     SyncConfig,
@@ -38,6 +39,7 @@ CHECK_IDS: dict[type[EnvConfig], str] = {
     StopConfig: "picloud.E006",
     ConcurrencyConfig: "picloud.E007",
     CircuitConfig: "picloud.E008",
+    MetricsConfig: "picloud.E009",
 }
 HINT = "Fix or unset the variable (unset means the default); see docs/configuration.md."
 # Variables that no longer do anything, and what replaced them: setting one

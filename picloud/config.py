@@ -392,6 +392,22 @@ class CircuitConfig(EnvConfig):
         )
 
 
+@dataclass(frozen=True)
+class MetricsConfig(EnvConfig):
+    """What `GET /metrics` exposes beyond cluster-wide totals."""
+
+    # Per-app series (the busiest apps' backlog and rows in flight) carry app
+    # slugs and volumes, and /metrics has no per-app authorization: whoever
+    # can scrape it would learn which tenants exist and how busy they are.
+    # Off unless the operator decides the scrape path may see that.
+    per_app: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> MetricsConfig:
+        env = os.environ if env is None else env
+        return cls(per_app=env_bool(env, "PICLOUD_METRICS_PER_APP", cls().per_app))
+
+
 # Around the dispatcher's own stop, the cluster wakes its guard, stops the
 # pusher and the monitor, and each worker closes its connections: about a
 # second, more on a loaded machine. The floor keeps a stop grace from cutting
@@ -438,6 +454,7 @@ CONFIGS: tuple[type[EnvConfig], ...] = (
     StopConfig,
     ConcurrencyConfig,
     CircuitConfig,
+    MetricsConfig,
 )
 
 # The configs this process built (or a test put in place), by class. Read

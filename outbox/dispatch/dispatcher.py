@@ -33,7 +33,7 @@ from deadletters.repository import (
     NewDeadLetter,
 )
 from outbox.dispatch.backoff import policy_for, retry_delay
-from outbox.dispatch.metrics import Counters
+from outbox.dispatch.metrics import CLAIM_SECONDS, Counters
 from outbox.storage.circuits import CircuitRepo, summarize
 from outbox.storage.kinds import SourceKind
 from outbox.storage.repository import OutboxRepo, OutboxRow
@@ -147,9 +147,11 @@ class Dispatcher:
         """
         self.tally = {"dispatched": 0, "succeeded": 0}
         self.settle_backlog()
+        started = self.monotonic()
         rows = self.outbox.claim_due(
             limit, self.lease, ack=self.pending_acks, after_app=self.claim_cursor
         )
+        self.counters.observe(CLAIM_SECONDS, self.monotonic() - started)
         self.pending_acks = []  # only once the statement that deleted them committed
         if rows:  # the next claim starts at the app after it (fair turns)
             self.claim_cursor = rows[-1].app_id

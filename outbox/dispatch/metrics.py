@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Protocol
 
 COUNTERS = (
@@ -13,6 +14,52 @@ COUNTERS = (
     "authorization_failures",
     "abandoned",
 )
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """A histogram kept as plain counters, so it adds up across processes
+    like the others: one counter per bucket (cumulative: observations at or
+    below its bound), the observation count, and their sum in whole
+    microseconds (the shared store holds integers).
+
+    The stored names are part of the metrics' contract (docs/dispatcher.md):
+    ``<name>_count``, ``<name>_sum_us`` and ``<name>_le_<bound>``.
+    """
+
+    name: str
+    buckets: tuple[float, ...]  # upper bounds in seconds, ascending
+
+    @property
+    def count(self) -> str:
+        return f"{self.name}_count"
+
+    @property
+    def sum_us(self) -> str:
+        return f"{self.name}_sum_us"
+
+    def bucket(self, bound: float) -> str:
+        return f"{self.name}_le_{bound:g}"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.count, self.sum_us, *(self.bucket(b) for b in self.buckets))
+
+    def increments(self, seconds: float) -> dict[str, int]:
+        """The counter increments one observation of `seconds` makes."""
+        seconds = max(seconds, 0.0)
+        found = {self.count: 1, self.sum_us: round(seconds * 1_000_000)}
+        found.update({self.bucket(b): 1 for b in self.buckets if seconds <= b})
+        return found
+
+
+# How long each claim statement took (Dispatcher.claim). A claim is a few
+# milliseconds when healthy (docs/dispatcher.md); the upper buckets catch a
+# database under strain.
+CLAIM_SECONDS = Histogram(
+    "claim_seconds", (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+)
+KNOWN = (*COUNTERS, *CLAIM_SECONDS.names)
 
 
 class CounterStore(Protocol):
@@ -28,11 +75,11 @@ class Counters:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pending = dict.fromkeys(COUNTERS, 0)
+        self._pending = dict.fromkeys(KNOWN, 0)
 
     def inc(self, name: str, n: int = 1) -> None:
         if name not in self._pending:
-            raise KeyError(f"unknown counter {name!r}; known: {', '.join(COUNTERS)}")
+            raise KeyError(f"unknown counter {name!r}; known: {', '.join(KNOWN)}")
         with self._lock:
             self._pending[name] += n
 
@@ -40,15 +87,19 @@ class Counters:
         """Several increments under one lock (the dispatcher adds a batch's)."""
         unknown = set(increments) - set(self._pending)
         if unknown:
-            raise KeyError(f"unknown counters {sorted(unknown)}; known: {', '.join(COUNTERS)}")
+            raise KeyError(f"unknown counters {sorted(unknown)}; known: {', '.join(KNOWN)}")
         with self._lock:
             for name, n in increments.items():
                 self._pending[name] += n
 
+    def observe(self, histogram: Histogram, seconds: float) -> None:
+        """Count one observation of `seconds` in `histogram`."""
+        self.add(histogram.increments(seconds))
+
     def take(self) -> dict[str, int]:
         """The increments since the last take, reset to zero."""
         with self._lock:
-            taken, self._pending = self._pending, dict.fromkeys(COUNTERS, 0)
+            taken, self._pending = self._pending, dict.fromkeys(KNOWN, 0)
         return taken
 
     def flush(self, store: CounterStore) -> None:

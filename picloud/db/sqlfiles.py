@@ -3,8 +3,9 @@
 SQL is the source of truth for the schema: each migration runs a named file
 from its app's ``sql/`` folder, wrapped in ``SeparateDatabaseAndState`` so
 Django's model state mirrors it (and ``makemigrations --check`` stays clean).
-Queries used at run time live in ``sql/queries.sql`` under ``-- name --``
-headers and are loaded once per process by ``load_queries``.
+Queries used at run time live in ``sql/queries.sql`` (or another named
+file of queries) under ``-- name --`` headers and are loaded once per
+process by ``load_queries``.
 """
 
 from __future__ import annotations
@@ -51,5 +52,5 @@ def parse_queries(text: str) -> dict[str, str]:
 
 
 @functools.cache
-def load_queries(app_module: str) -> dict[str, str]:
-    return parse_queries(read_sql(app_module, "queries.sql"))
+def load_queries(app_module: str, filename: str = "queries.sql") -> dict[str, str]:
+    return parse_queries(read_sql(app_module, filename))

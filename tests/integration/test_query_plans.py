@@ -7,6 +7,7 @@ import pytest
 from django.db import connection
 
 from deadletters.pg_repository import Q as DEAD_LETTER_QUERIES
+from outbox.storage.pg_gauges import Q as GAUGE_QUERIES
 from outbox.storage.pg_repository import PgOutboxRepo
 from tests.factories import UserFactory
 from triggers.pg_repository import Q as TRIGGER_QUERIES
@@ -193,3 +194,64 @@ def test_the_fair_claim_reads_indexes_only_with_100000_due_rows_in_100_apps():
         "outbox_script_due_idx",  # a capped script's due rows
     }
     assert expected <= indexes, f"missing {expected - indexes}; used {indexes}"
+
+
+def _analyzed_nodes(sql, params):
+    with connection.cursor() as cur:
+        cur.execute("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + sql, params)
+        raw = cur.fetchone()[0]
+    return list(_nodes((json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]))
+
+
+def _outbox_reads(nodes):
+    """The nodes that read the outbox or one of its indexes."""
+    return [
+        n
+        for n in nodes
+        if n.get("Relation Name") == "outbox" or n.get("Index Name", "").startswith("outbox_")
+    ]
+
+
+def test_the_metrics_gauges_read_indexes_only_and_at_most_the_cap_per_app():
+    principal = UserFactory().principal
+    _sql(
+        "INSERT INTO apps (slug, name) SELECT 'gauge-' || g, 'Gauge ' || g "
+        "FROM generate_series(1, 100) g"
+    )
+    _sql(
+        "INSERT INTO scripts (app_id, name, handler) "
+        "SELECT id, 'handler', 'picloud.noop' FROM apps WHERE slug LIKE 'gauge-%%'"
+    )
+    _sql(
+        """
+        INSERT INTO outbox (app_id, source_kind, script_id, run_as_principal, due_at)
+        SELECT s.app_id, 'kv', s.id, %s, now() - make_interval(secs => g)
+        FROM scripts s CROSS JOIN generate_series(1, 1000) g
+        WHERE s.name = 'handler'
+        """,
+        [principal.id],
+    )
+    repo = PgOutboxRepo()
+    after = None
+    for _ in range(5):
+        after = repo.claim_due(limit=100, lease=300, after_app=after)[-1].app_id
+    _sql("ANALYZE outbox; ANALYZE apps")
+
+    in_flight = _outbox_reads(_analyzed_nodes(GAUGE_QUERIES["in_flight"], {}))
+    assert not any(n["Node Type"] == "Seq Scan" for n in in_flight), in_flight
+    assert {n["Index Name"] for n in in_flight if "Index Name" in n} <= {
+        "outbox_app_leased_idx",
+        "outbox_script_leased_idx",
+    }, in_flight
+
+    cap = 50
+    busiest = _outbox_reads(
+        _analyzed_nodes(GAUGE_QUERIES["busiest_apps"], {"top": 10, "count_cap": cap})
+    )
+    assert not any(n["Node Type"] == "Seq Scan" for n in busiest), busiest
+    # Actual Rows is per loop: no app's index range is read past the cap.
+    assert max(n["Actual Rows"] for n in busiest) <= cap, busiest
+    assert {n.get("Index Name") for n in busiest} >= {
+        "outbox_app_due_idx",
+        "outbox_app_leased_idx",
+    }

@@ -15,6 +15,7 @@ from picloud.config import (
     CircuitConfig,
     ConcurrencyConfig,
     DispatcherConfig,
+    MetricsConfig,
     SandboxCeiling,
     StopConfig,
     SyncConfig,
@@ -38,12 +39,17 @@ BAD = {
     StopConfig: ("PICLOUD_STOP_GRACE_MS", "1000", "an integer from 12000 to 3600000"),
     ConcurrencyConfig: ("PICLOUD_APP_MAX_CONCURRENCY", "0", "an integer from 1 to 100000"),
     CircuitConfig: ("PICLOUD_CIRCUIT_FAILURE_THRESHOLD", "0", "an integer from 1 to 10000"),
+    MetricsConfig: (
+        "PICLOUD_METRICS_PER_APP",
+        "maybe",
+        "one of true, false, 1, 0, yes, no, on, off",
+    ),
 }
 
 
 def test_every_config_has_its_own_check_id():
     assert set(CHECK_IDS) == set(CONFIGS) == set(BAD)
-    assert sorted(CHECK_IDS.values()) == [f"picloud.E00{n}" for n in range(1, 8)]
+    assert sorted(CHECK_IDS.values()) == [f"picloud.E00{n}" for n in range(1, 10)]
 
 
 def test_a_valid_environment_passes():
@@ -71,6 +77,8 @@ def test_every_bad_config_is_reported_at_once():
         "picloud.E004",
         "picloud.E005",
         "picloud.E007",
+        "picloud.E008",
+        "picloud.E009",
     ]
 
 

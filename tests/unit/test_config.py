@@ -10,6 +10,7 @@ from picloud.config import (
     CircuitConfig,
     ConcurrencyConfig,
     ConfigError,
+    MetricsConfig,
     RetryPolicy,
     SandboxCeiling,
     TriggerConfig,
@@ -42,6 +43,7 @@ VARIABLES = {
     "PICLOUD_CIRCUIT_FAILURE_THRESHOLD": (CircuitConfig, "failure_threshold", "3", 3),
     "PICLOUD_CIRCUIT_COOLDOWN_MS": (CircuitConfig, "cooldown_ms", "2000", 2000),
     "PICLOUD_CIRCUIT_MAX_COOLDOWN_MS": (CircuitConfig, "max_cooldown_ms", "20000", 20000),
+    "PICLOUD_METRICS_PER_APP": (MetricsConfig, "per_app", "yes", True),
 }
 
 # Values each variable must refuse: malformed, negative, out of range.
@@ -60,6 +62,7 @@ BAD_VALUES = {
     "PICLOUD_CIRCUIT_FAILURE_THRESHOLD": ["few", "-1", "0", "10001"],
     "PICLOUD_CIRCUIT_COOLDOWN_MS": ["10s", "-1", "99", "86400001"],
     "PICLOUD_CIRCUIT_MAX_COOLDOWN_MS": ["1h", "-1", "99", "86400001"],
+    "PICLOUD_METRICS_PER_APP": ["maybe", "2", "tenants"],
 }
 
 
@@ -82,6 +85,11 @@ def test_defaults_are_documented_values():
 def test_the_default_app_cap_leaves_a_default_cluster_slots_for_other_apps():
     # 2 worker processes x 100 executions in flight each (docs/configuration.md).
     assert ConcurrencyConfig.from_env({}).app_max_concurrency == 150 < 2 * 100
+
+
+def test_per_app_metrics_are_off_unless_asked_for():
+    # They name tenants on an endpoint with no per-app authorization.
+    assert MetricsConfig.from_env({}).per_app is False
 
 
 def test_every_variable_has_bad_values_listed():

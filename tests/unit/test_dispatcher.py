@@ -117,6 +117,20 @@ def test_success_deletes_the_row_with_the_next_claim(world):
     assert world.outbox.get(row.id) is None
 
 
+def test_each_claim_statement_is_timed_into_the_claim_histogram(world):
+    ticks = iter([10.0, 10.003])  # the monotonic clock before and after the statement
+    world.dispatcher.monotonic = lambda: next(ticks, 10.003)
+    _enqueue(world)
+    world.dispatcher.claim(limit=10)
+    counts = world.counters.take()
+    assert counts["claim_seconds_count"] == 1
+    assert counts["claim_seconds_sum_us"] == 3000
+    assert counts["claim_seconds_le_0.0025"] == 0
+    assert counts["claim_seconds_le_0.005"] == counts["claim_seconds_le_1"] == 1
+    world.dispatcher.claim(limit=10)  # an empty claim is a claim too
+    assert world.counters.take()["claim_seconds_count"] == 1
+
+
 def test_flush_acks_deletes_successes_at_once(world):
     row = _enqueue(world)
     world.dispatcher.run_once(limit=10)
