@@ -21,6 +21,8 @@ from prometheus_client.core import (
 )
 
 from outbox.dispatch.metrics import CLAIM_SECONDS, COUNTERS, Histogram
+from outbox.storage.circuits import OPEN, PROBING
+from outbox.storage.pg_circuits import PgCircuitRepo
 from outbox.storage.pg_gauges import APP_COUNT_CAP, TOP_APPS, PgOutboxGauges
 from outbox.storage.pg_repository import PgCounterStore, PgOutboxRepo
 from picloud.config import MetricsConfig
@@ -78,6 +80,17 @@ class PicloudCollector:
             "picloud_dispatcher_in_flight",
             "Executions in flight on every cluster: outbox rows whose lease runs.",
             value=gauges.in_flight(),
+        )
+        circuits = PgCircuitRepo().counts()
+        yield GaugeMetricFamily(
+            "picloud_circuits_open",
+            "Scripts whose circuit is open: their rows wait, unclaimed.",
+            value=circuits[OPEN],
+        )
+        yield GaugeMetricFamily(
+            "picloud_circuits_probing",
+            "Scripts whose circuit's cool-down ended: one row at a time probes.",
+            value=circuits[PROBING],
         )
         if self.config.per_app:
             yield from _per_app(gauges)

@@ -6,10 +6,13 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from outbox.dispatch.metrics import CLAIM_SECONDS, Counters
+from outbox.models import ScriptCircuit
+from outbox.storage.circuits import ScriptOutcomes
+from outbox.storage.pg_circuits import PgCircuitRepo
 from outbox.storage.pg_gauges import TOP_APPS, PgOutboxGauges
 from outbox.storage.pg_repository import PgCounterStore, PgOutboxRepo
 from outbox.storage.repository import NewOutboxRow
-from picloud.config import MetricsConfig
+from picloud.config import CircuitConfig, MetricsConfig
 from tests.factories import AppFactory, ScriptFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -183,3 +186,16 @@ def test_claim_durations_are_a_histogram_summed_across_processes(client):
         for le in ("0.001", "0.0025", "0.005", "0.25", "+Inf")
     }
     assert buckets == {"0.001": 1, "0.0025": 1, "0.005": 3, "0.25": 4, "+Inf": 4}
+
+
+def test_circuits_open_and_probing_are_counted(client):
+    circuits = PgCircuitRepo()
+    config = CircuitConfig(failure_threshold=1, cooldown_ms=60_000)
+    opened, probing = ScriptFactory(), ScriptFactory()
+    for script in (opened, probing):
+        circuits.record([ScriptOutcomes(script.id, script.app_id, False, 1, "503")], config)
+    ScriptCircuit.objects.filter(script=probing).update(
+        open_until=timezone.now() - timedelta(seconds=1)
+    )
+    scraped = _scrape(client)
+    assert (scraped["picloud_circuits_open"], scraped["picloud_circuits_probing"]) == (1, 1)
