@@ -108,22 +108,26 @@ class Setup:
         from triggers.repository import KvSpec, NewTrigger
 
         user = get_user_model().objects.create_user("bench", password=None)
-        self.app = App.objects.create(slug="bench", name="Bench")
         self.principal = principal_for(user)
-        AppMembership.objects.create(app=self.app, principal=self.principal, role="admin")
-        self.script = Script.objects.create(
-            app=self.app, name="hook", runtime="webhook", webhook_url=url
-        )
-        PgTriggerRepo().create(
-            NewTrigger(
-                app_id=self.app.id,
-                kind="kv",
-                script_id=self.script.id,
-                name="orders",
-                registered_by_principal=self.principal.id,
-                kv=KvSpec("orders", ("insert",)),
+        # Several tenants, as on a shared cluster: one app alone may hold at
+        # most PICLOUD_APP_MAX_CONCURRENCY (150) of the 200 slots.
+        self.apps, self.scripts = [], []
+        for n in range(self.args.apps):
+            app = App.objects.create(slug=f"bench-{n}", name=f"Bench {n}")
+            AppMembership.objects.create(app=app, principal=self.principal, role="admin")
+            script = Script.objects.create(app=app, name="hook", runtime="webhook", webhook_url=url)
+            PgTriggerRepo().create(
+                NewTrigger(
+                    app_id=app.id,
+                    kind="kv",
+                    script_id=script.id,
+                    name="orders",
+                    registered_by_principal=self.principal.id,
+                    kv=KvSpec("orders", ("insert",)),
+                )
             )
-        )
+            self.apps.append(app)
+            self.scripts.append(script)
 
     def sql(self, statement: str, params=None) -> list:
         with psycopg.connect(self.conninfo, autocommit=True) as c:
@@ -358,9 +362,10 @@ class PiCloud(Contender):
 
         from picloud import kv
 
-        app, principal = self.setup.app, self.setup.principal
+        apps, principal = self.setup.apps, self.setup.principal
         with transaction.atomic():
             for i in range(n):
+                app = apps[i % len(apps)]
                 kv.put(app, "orders", f"{tag}-{i}", {"n": i}, principal=principal)
         return time.time()
 
@@ -395,14 +400,21 @@ class Procrastinate(Contender):
         from benchmarks.tasks import procrastinate_webhook
         from picloud.kv.hooks import KvEvent
 
-        app, script = self.setup.app, self.setup.script
+        apps, scripts = self.setup.apps, self.setup.scripts
         jobs = [
             {
-                "url": script.webhook_url,
-                "secret": script.secret,
+                "url": scripts[i % len(apps)].webhook_url,
+                "secret": scripts[i % len(apps)].secret,
                 "delivery": f"{tag}-{i}",
                 "payload": KvEvent(
-                    app.id, app.slug, "orders", f"{tag}-{i}", "insert", None, {"n": i}, 1
+                    apps[i % len(apps)].id,
+                    apps[i % len(apps)].slug,
+                    "orders",
+                    f"{tag}-{i}",
+                    "insert",
+                    None,
+                    {"n": i},
+                    1,
                 ).payload(),
             }
             for i in range(n)
@@ -548,8 +560,10 @@ def render(setup: Setup, alone: dict, contenders: list[Contender], command: str)
             if len(contenders) > 1
             else ""
         )
-        + " deliveries/s. PiCloud's round writes the KV entries through `picloud.kv.put` in "
-        "one transaction (a KV trigger on the webhook script fans each out to an outbox row); "
+        + f" deliveries/s. The deliveries are spread over {setup.args.apps} apps (tenants), "
+        "each with its own webhook script and KV trigger: one app alone may hold at most "
+        "`PICLOUD_APP_MAX_CONCURRENCY` (150) of the 200 slots. PiCloud's round writes the "
+        "KV entries through `picloud.kv.put` in one transaction (a KV trigger on the webhook script fans each out to an outbox row); "
         "procrastinate's defers the same events as jobs in one `batch_defer`. Timed from that "
         "commit until the sink answered the last distinct delivery (the `X-PiCloud-Delivery` "
         "header). At the sink: requests waiting at once, time-weighted mean from the first "
@@ -569,6 +583,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deliveries", type=int, default=5_000, help="per round and contender")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--apps", type=int, default=4, help="tenants the deliveries are spread over"
+    )
     parser.add_argument("--sink-requests", type=int, default=6_000)
     parser.add_argument("--timeout", type=float, default=120, help="seconds a round may take")
     parser.add_argument("--no-write", action="store_true", help="print, do not touch docs/")
