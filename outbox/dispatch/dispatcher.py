@@ -53,6 +53,10 @@ DEFER_ACKS_MIN_LEASE = 10.0  # seconds
 # out: it measures the lease from when the claim returned, the database from
 # when it ran.
 LEASE_CLOCK_MARGIN = 1.0  # seconds
+# How often a dispatcher reads which scripts' circuits have failures: a
+# success of a script that failed in another process within this time may
+# not reset its count (the next failure then counts on from it).
+CIRCUIT_SYNC_EVERY = 1.0  # seconds
 
 
 class ReplySink(Protocol):
@@ -135,6 +139,9 @@ class Dispatcher:
         # (script, app, healthy or None, error) of outcomes seen since the
         # circuits were last told.
         self.observed: list[tuple[uuid.UUID, uuid.UUID, bool | None, str | None]] = []
+        # Scripts whose circuit a success would change, as last read.
+        self._dirty: set[uuid.UUID] = set()
+        self._dirty_read_at = float("-inf")
         self.claim_cursor: uuid.UUID | None = None  # the app of the last row claimed
 
     def claim(self, limit: int) -> Claim:
@@ -340,12 +347,30 @@ class Dispatcher:
 
     def _tell_circuits(self) -> None:
         """Record what this batch saw of each script's health. Advisory: a
-        failure here is logged, not raised (the outcomes are settled anyway)."""
+        failure here is logged, not raised (the outcomes are settled anyway).
+
+        Failures are always recorded. A success only matters to a script
+        whose circuit has failures or is not closed; which those are is read
+        at most once per CIRCUIT_SYNC_EVERY (and a script this process saw
+        fail counts at once), so a batch of successes costs no statement."""
         if self.circuits is None or not self.observed:
             return
         observed, self.observed = self.observed, []
         try:
-            self.circuits.record(summarize(observed), self.circuit_config)
+            seen = summarize(observed)
+            if any(not o.failures for o in seen):
+                now = self.monotonic()
+                if now - self._dirty_read_at >= CIRCUIT_SYNC_EVERY:
+                    self._dirty = self.circuits.dirty()
+                    self._dirty_read_at = now
+            news = [o for o in seen if o.failures or o.script_id in self._dirty]
+            if news:
+                self.circuits.record(news, self.circuit_config)
+            for o in news:
+                if o.failures:
+                    self._dirty.add(o.script_id)
+                else:
+                    self._dirty.discard(o.script_id)  # a success reset it
         except Exception as exc:
             logger.warning("could not record circuit breaker outcomes (%s)", exc)
 

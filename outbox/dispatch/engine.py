@@ -55,6 +55,7 @@ GATHER_ROWS = 16
 # moment a running row ends, and the trip that claims more runs meanwhile.
 # Such a row counts as in flight for its app's cap while it waits.
 PREFETCH_PERCENT = 25
+GATE_TTL = 1.0  # seconds a script's and principal's right to run is reused
 
 
 def idle_timeout(next_due: datetime | None, now: datetime) -> float:
@@ -86,9 +87,19 @@ class HopResult:
     )
 
 
-def _prepare_rows(rows: list[OutboxRow], ceiling: SandboxCeiling) -> list[Prepared | Failure]:
-    lookups = Lookups()  # per claim: bounds how stale a revoked role can be
-    return [prepare(row, ceiling=ceiling, lookups=lookups) for row in rows]
+class _Checks:
+    """Check claimed rows (prepare), reading each script and principal once
+    per GATE_TTL: a revoked role or a disabled script stops new runs within
+    that time, and a busy engine does not read the same script every claim."""
+
+    def __init__(self) -> None:
+        self.lookups, self.read_at = Lookups(), time.monotonic()
+
+    def __call__(self, rows: list[OutboxRow], ceiling: SandboxCeiling) -> list:
+        now = time.monotonic()
+        if now - self.read_at >= GATE_TTL:
+            self.lookups, self.read_at = Lookups(), now
+        return [prepare(row, ceiling=ceiling, lookups=self.lookups) for row in rows]
 
 
 class Engine:
@@ -109,7 +120,7 @@ class Engine:
         prepare_rows: Callable[[list[OutboxRow], SandboxCeiling], list] | None = None,
     ) -> None:
         self.dispatcher, self.runner, self.db = dispatcher, runner, db
-        self.prepare_rows = prepare_rows or _prepare_rows
+        self.prepare_rows = prepare_rows or _Checks()
         self.counters, self.counter_store = counters, counter_store
         self.config = config or DispatcherConfig.current()
         self.ceiling = ceiling or SandboxCeiling.current()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 from collections.abc import Callable
 
@@ -39,6 +40,7 @@ logger = logging.getLogger("picloud.dispatcher")
 # serial anyway (each claim acknowledges the last one's successes), and one
 # connection keeps a process's count fixed (docs/dispatcher.md).
 ENGINE_DB_THREADS = 1
+SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the GIL while others wait (default 0.005)
 
 
 def prepare_connection() -> None:
@@ -102,6 +104,12 @@ class DispatcherHost:
             await self.webhooks.close()  # the pooled connections, on their own loop
 
     def start(self) -> None:
+        # The engine's threads wait on PostgreSQL and on each other; when an
+        # answer arrives, the waiting thread must get the GIL back from a
+        # handler thread that may be busy. Python's default 5 ms switch
+        # interval would make every such hand-over wait that long behind
+        # busy threads (the "convoy effect").
+        sys.setswitchinterval(SWITCH_INTERVAL)
         self.thread.start()
         self.engine.ready.wait(10)
         self.listener.start()

@@ -134,6 +134,10 @@ SET failures = 0, opened = 0, open_until = NULL, updated_at = NOW()
 FROM was WHERE c.script_id = was.script_id
 RETURNING was.not_closed;
 
+-- dirty_circuits --
+-- Circuits a success would change (few: scripts failing right now).
+SELECT script_id FROM script_circuits WHERE failures > 0 OR open_until IS NOT NULL;
+
 -- circuit_counts --
 -- Circuits not closed (served by script_circuits_app_open_idx's predicate).
 SELECT count(*) FILTER (WHERE open_until > NOW()) AS open,

@@ -89,3 +89,7 @@ class CircuitRepo(Protocol):
 
     def counts(self) -> dict[str, int]:
         """How many circuits are open and probing right now ({OPEN: n, PROBING: m})."""
+
+    def dirty(self) -> set[uuid.UUID]:
+        """Scripts whose circuit a success would change: failures counted,
+        or not closed. A success of any other script is no news."""

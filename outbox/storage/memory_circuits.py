@@ -73,6 +73,9 @@ class MemoryCircuitRepo:
         states = [c.state(now) for c in self.circuits.values()]
         return {OPEN: states.count(OPEN), PROBING: states.count(PROBING)}
 
+    def dirty(self) -> set[uuid.UUID]:
+        return {s for s, c in self.circuits.items() if c.failures or c.open_until is not None}
+
     def script_cap(self, script_id: uuid.UUID, cap: int | None, now: datetime) -> int | None:
         """The script's cap as the claim sees it: 0 while open, 1 while probing."""
         c = self.circuits.get(script_id)

@@ -42,6 +42,9 @@ class PgCircuitRepo:
         rows = fetch_all(Q["close_circuits"], {"ids": list(script_ids)})
         return sum(r["not_closed"] for r in rows)
 
+    def dirty(self) -> set[uuid.UUID]:
+        return {r["script_id"] for r in fetch_all(Q["dirty_circuits"])}
+
     def counts(self) -> dict[str, int]:
         row = fetch_one(Q["circuit_counts"])
         return {OPEN: row["open"], PROBING: row["probing"]}  # type: ignore[index]
