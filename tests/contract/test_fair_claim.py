@@ -104,32 +104,36 @@ def _apps(rows):
     return [r.app_id for r in rows]
 
 
+Q = CLAIM_QUANTUM
+
+
 def test_apps_take_turns_a_quantum_each_in_app_id_order(outbox_repo, tenants, add):
     a, b, c, _ = tenants
-    rows = {t.app_id: add(t, 15) for t in (c, a, b)}  # c's rows are the oldest
-    first = outbox_repo.claim_due(limit=3 * CLAIM_QUANTUM, lease=LEASE)
-    assert _apps(first) == [a.app_id] * 10 + [b.app_id] * 10 + [c.app_id] * 10
-    assert [r.id for r in first[:10]] == rows[a.app_id][:10], "oldest due first within an app"
+    half = Q // 2
+    rows = {t.app_id: add(t, Q + half) for t in (c, a, b)}  # c's rows are the oldest
+    first = outbox_repo.claim_due(limit=3 * Q, lease=LEASE)
+    assert _apps(first) == [a.app_id] * Q + [b.app_id] * Q + [c.app_id] * Q
+    assert [r.id for r in first[:Q]] == rows[a.app_id][:Q], "oldest due first within an app"
     second = outbox_repo.claim_due(limit=100, lease=LEASE, after_app=first[-1].app_id)
-    assert _apps(second) == [a.app_id] * 5 + [b.app_id] * 5 + [c.app_id] * 5
-    assert [r.id for r in second[:5]] == rows[a.app_id][10:]
+    assert _apps(second) == [a.app_id] * half + [b.app_id] * half + [c.app_id] * half
+    assert [r.id for r in second[:half]] == rows[a.app_id][Q:]
 
 
 def test_an_app_with_a_backlog_does_not_hold_back_a_later_app(outbox_repo, tenants, add):
     a, b, *_ = tenants
-    add(a, 500)
+    add(a, 20 * Q)
     late = add(b, 2)
-    rows = outbox_repo.claim_due(limit=12, lease=LEASE)
-    assert _apps(rows) == [a.app_id] * 10 + [b.app_id] * 2
-    assert [r.id for r in rows[10:]] == late
+    rows = outbox_repo.claim_due(limit=Q + 2, lease=LEASE)
+    assert _apps(rows) == [a.app_id] * Q + [b.app_id] * 2
+    assert [r.id for r in rows[Q:]] == late
 
 
 def test_turns_go_round_again_until_the_limit(outbox_repo, tenants, add):
     a, b, *_ = tenants
-    add(a, 25)
+    add(a, 2 * Q + 5)
     add(b, 3)
-    rows = outbox_repo.claim_due(limit=20, lease=LEASE)
-    assert _apps(rows) == [a.app_id] * 10 + [b.app_id] * 3 + [a.app_id] * 7
+    rows = outbox_repo.claim_due(limit=2 * Q, lease=LEASE)
+    assert _apps(rows) == [a.app_id] * Q + [b.app_id] * 3 + [a.app_id] * (Q - 3)
     rest = outbox_repo.claim_due(limit=100, lease=LEASE, after_app=rows[-1].app_id)
     assert _apps(rest) == [a.app_id] * 8
     assert outbox_repo.claim_due(limit=100, lease=LEASE) == []
