@@ -4,7 +4,7 @@
 
 One PostgreSQL (DATABASE_URL, or the embedded one), a scratch database
 `picloud_bench_fair`, `manage.py qcluster` on the defaults (2 worker
-processes x 100 executions in flight, app cap 150), webhooks to local
+processes x 100 executions in flight, app cap 100), webhooks to local
 aiohttp sinks (benchmarks/sink.py) on loopback. Measured:
   1. B's start latency (enqueuing commit to the handler's first line,
      sequential single rows) with nothing else running: B's unloaded p50/p99;
@@ -264,7 +264,7 @@ def render(setup: Setup, results: dict, command: str) -> str:
         f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         f"- Machine: {machine()}",
         f"- PostgreSQL {setup.pg_version}; `qcluster` on the defaults (2 worker processes x 100 "
-        "in flight, app cap 150); webhooks to aiohttp sinks on loopback; "
+        "in flight, app cap 100); webhooks to aiohttp sinks on loopback; "
         f"`PICLOUD_SANDBOX_TIMEOUT_MS={HANG_TIMEOUT_MS}`.",
         "",
         "App B's start latency: its rows one at a time, from the enqueuing commit to the "

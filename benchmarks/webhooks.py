@@ -110,7 +110,7 @@ class Setup:
         user = get_user_model().objects.create_user("bench", password=None)
         self.principal = principal_for(user)
         # Several tenants, as on a shared cluster: one app alone may hold at
-        # most PICLOUD_APP_MAX_CONCURRENCY (150) of the 200 slots.
+        # most PICLOUD_APP_MAX_CONCURRENCY (100) of the 200 slots.
         self.apps, self.scripts = [], []
         for n in range(self.args.apps):
             app = App.objects.create(slug=f"bench-{n}", name=f"Bench {n}")
@@ -562,7 +562,7 @@ def render(setup: Setup, alone: dict, contenders: list[Contender], command: str)
         )
         + f" deliveries/s. The deliveries are spread over {setup.args.apps} apps (tenants), "
         "each with its own webhook script and KV trigger: one app alone may hold at most "
-        "`PICLOUD_APP_MAX_CONCURRENCY` (150) of the 200 slots. PiCloud's round writes the "
+        "`PICLOUD_APP_MAX_CONCURRENCY` (100) of the 200 slots. PiCloud's round writes the "
         "KV entries through `picloud.kv.put` in one transaction (a KV trigger on the webhook script fans each out to an outbox row); "
         "procrastinate's defers the same events as jobs in one `batch_defer`. Timed from that "
         "commit until the sink answered the last distinct delivery (the `X-PiCloud-Delivery` "

@@ -337,10 +337,11 @@ class ConcurrencyConfig(EnvConfig):
     """How many executions may be in flight at once, per tenant."""
 
     # Rows of one app in flight at most, for apps with no cap of their own
-    # (a superuser's platform setting in admin overrides it). Below the 200
-    # slots of a default cluster (2 worker processes x 100 in flight), so no
-    # single app can take every slot.
-    app_max_concurrency: int = 150
+    # (a superuser's platform setting in admin overrides it). Half the 200
+    # slots of a default cluster (2 worker processes x 100 in flight): an app
+    # whose endpoint hangs holds at most half of them, the rest keep serving
+    # the other apps (benchmarks/fairness.py).
+    app_max_concurrency: int = 100
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ConcurrencyConfig:

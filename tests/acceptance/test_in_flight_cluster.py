@@ -16,7 +16,7 @@ from django.utils import timezone
 from deadletters.models import DeadLetter
 from outbox.models import OutboxEntry
 from picloud.domain.authz import Role
-from picloud.models import Script
+from picloud.models import App, Script
 from tests.acceptance.cluster import Cluster
 from tests.endpoints import serve
 from tests.factories import MembershipFactory
@@ -76,6 +76,8 @@ def rows(db, monkeypatch, sink):
     for name, value in LOCAL_WEBHOOKS.items():  # to save an http://127.0.0.1 script
         monkeypatch.setenv(name, value)
     member = MembershipFactory(role=Role.AppAdmin.value)
+    # Room for both processes' 100 slots (the default cap is half of them).
+    App.objects.filter(pk=member.app_id).update(max_concurrency=ROWS)
     script = Script.objects.create(
         app=member.app, name="hook", runtime="webhook", webhook_url=sink + "/in"
     )

@@ -155,7 +155,7 @@ def test_only_superusers_see_and_change_the_platform_cap(client, shop):
     listing = client.get(reverse("admin:picloud_platformsettings_changelist"))
     assert listing.status_code == 302 and listing.url == url
     page = client.get(url).content.decode()
-    assert "PICLOUD_APP_MAX_CONCURRENCY" in page and "150" in page
+    assert "PICLOUD_APP_MAX_CONCURRENCY" in page and "100" in page
     assert client.post(url, {"app_max_concurrency": "5"}).status_code == 302
     assert PlatformSettings.objects.get(pk=1).app_max_concurrency == 5
     assert client.post(url, {"app_max_concurrency": ""}).status_code == 302

@@ -84,7 +84,7 @@ def test_defaults_are_documented_values():
 
 def test_the_default_app_cap_leaves_a_default_cluster_slots_for_other_apps():
     # 2 worker processes x 100 executions in flight each (docs/configuration.md).
-    assert ConcurrencyConfig.from_env({}).app_max_concurrency == 150 < 2 * 100
+    assert ConcurrencyConfig.from_env({}).app_max_concurrency == 100 == 2 * 100 // 2
 
 
 def test_per_app_metrics_are_off_unless_asked_for():
