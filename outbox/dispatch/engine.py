@@ -51,10 +51,16 @@ RECHECK_DUE = (0.005, MAX_IDLE)
 # little beside an execution that took long enough to overlap with others.
 GATHER = 0.005
 GATHER_ROWS = 16
-# Rows claimed ahead of free slots, as a share of the slots: each starts the
-# moment a running row ends, and the trip that claims more runs meanwhile.
-# Such a row counts as in flight for its app's cap while it waits.
+# Rows claimed ahead of free slots: each starts the moment a running row
+# ends, and the trip that claims more runs meanwhile. As many as finish in
+# PREFETCH_HORIZON at the recent rate, at most PREFETCH_PERCENT of the slots:
+# when rows finish slowly, a row claimed ahead would wait long for a slot
+# (behind, say, a 2 s webhook) while another process has slots free, so
+# slow turnover claims nothing ahead. Such a row counts as in flight for its
+# app's cap while it waits.
 PREFETCH_PERCENT = 25
+PREFETCH_HORIZON = 0.03  # seconds
+RATE_EVERY = 0.1  # seconds between updates of the recent finishing rate
 GATE_TTL = 1.0  # seconds a script's and principal's right to run is reused
 
 
@@ -135,7 +141,10 @@ class Engine:
         self.ran_since = 0.0  # when the oldest outcome in `ran` came in
         # Claimed, checked rows waiting for a free slot (at most `prefetch`).
         self.queued: collections.deque[tuple[OutboxRow, Prepared, float]] = collections.deque()
-        self.prefetch = max(1, self.config.max_in_flight * PREFETCH_PERCENT // 100)
+        self.prefetch_max = max(1, self.config.max_in_flight * PREFETCH_PERCENT // 100)
+        self.prefetch = 0  # rows to claim ahead now (follows the finishing rate)
+        self.finished = 0  # rows finished since the rate was last updated
+        self.rate = 0.0  # rows finished per second, smoothed
         self.woken = True  # look once at start: rows may be waiting
         self.changed: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -171,8 +180,12 @@ class Engine:
         flush_at = time.monotonic() + FLUSH_EVERY
         delay = DB_RETRY_DELAY[0]
         expire_at = 0.0
+        rate_at = time.monotonic()
         while not self.stopping.is_set():
             now = time.monotonic()
+            if now - rate_at >= RATE_EVERY:
+                self._follow_rate(now - rate_at)
+                rate_at = now
             if now >= expire_at:
                 # Plain handlers' time limits, on this beat however busy the loop.
                 self.runner.threads.expire(now)
@@ -239,6 +252,12 @@ class Engine:
                 timeout = min(timeout, EXPIRE_EVERY)
             await self._wait(max(0.0, timeout))
 
+    def _follow_rate(self, elapsed: float) -> None:
+        """Update the finishing rate, and with it how many rows to claim ahead."""
+        self.rate = 0.7 * self.rate + 0.3 * self.finished / elapsed
+        self.finished = 0
+        self.prefetch = min(self.prefetch_max, int(self.rate * PREFETCH_HORIZON))
+
     def _gathering(self, now: float) -> bool:
         """Wait a moment for more outcomes before this trip? Only when it
         would settle a few rows and claim a few (the other slots are busy)."""
@@ -277,6 +296,7 @@ class Engine:
     def _on_outcome(self, row: OutboxRow, lease_ends_at: float):
         def on_outcome(outcome: Outcome | None) -> None:
             self.in_flight -= 1
+            self.finished += 1
             if outcome is None:
                 # Nothing finished: the row goes back with its attempt uncounted.
                 self.not_started.append(row.id)
