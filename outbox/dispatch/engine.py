@@ -60,6 +60,11 @@ GATHER_ROWS = 16
 # app's cap while it waits.
 PREFETCH_PERCENT = 25
 PREFETCH_HORIZON = 0.03  # seconds
+# A row claimed ahead that waits longer than this for a slot (the running
+# rows all started together and all run long) goes back to the outbox, for a
+# process with free slots, and this one claims nothing ahead for a while.
+QUEUE_WAIT_MAX = 0.05  # seconds
+QUEUE_PAUSE = 1.0  # seconds without claiming ahead after that
 RATE_EVERY = 0.1  # seconds between updates of the recent finishing rate
 GATE_TTL = 1.0  # seconds a script's and principal's right to run is reused
 
@@ -141,6 +146,8 @@ class Engine:
         self.ran_since = 0.0  # when the oldest outcome in `ran` came in
         # Claimed, checked rows waiting for a free slot (at most `prefetch`).
         self.queued: collections.deque[tuple[OutboxRow, Prepared, float]] = collections.deque()
+        self.queued_at: collections.deque[float] = collections.deque()  # when each was queued
+        self.ahead_paused_until = 0.0
         self.prefetch_max = max(1, self.config.max_in_flight * PREFETCH_PERCENT // 100)
         self.prefetch = 0  # rows to claim ahead now (follows the finishing rate)
         self.finished = 0  # rows finished since the rate was last updated
@@ -186,6 +193,8 @@ class Engine:
             if now - rate_at >= RATE_EVERY:
                 self._follow_rate(now - rate_at)
                 rate_at = now
+            if self.queued_at and now - self.queued_at[0] > QUEUE_WAIT_MAX:
+                self._hand_back_queued(now)
             if now >= expire_at:
                 # Plain handlers' time limits, on this beat however busy the loop.
                 self.runner.threads.expire(now)
@@ -250,7 +259,17 @@ class Engine:
             if self.runner.threads.live:
                 # Plain handlers' time limits are checked on this beat.
                 timeout = min(timeout, EXPIRE_EVERY)
+            if self.queued_at:  # look again when the oldest waited too long
+                timeout = min(timeout, self.queued_at[0] + QUEUE_WAIT_MAX - time.monotonic())
             await self._wait(max(0.0, timeout))
+
+    def _hand_back_queued(self, now: float) -> None:
+        """Rows claimed ahead wait too long: back to the outbox with them (a
+        process with free slots takes them), and claim nothing ahead for a while."""
+        self.not_started.extend(row.id for row, _, _ in self.queued)
+        self.queued.clear()
+        self.queued_at.clear()
+        self.ahead_paused_until = now + QUEUE_PAUSE
 
     def _follow_rate(self, elapsed: float) -> None:
         """Update the finishing rate, and with it how many rows to claim ahead."""
@@ -276,12 +295,14 @@ class Engine:
                 self.ran.append((row, prepared, lease_ends_at))
             else:
                 self.queued.append((row, prepared, lease_ends_at))
+                self.queued_at.append(time.monotonic())
         self._fill()
 
     def _fill(self) -> None:
         """Start claimed rows while slots are free."""
         while self.queued and self.in_flight < self.config.max_in_flight:
             row, prepared, lease_ends_at = self.queued.popleft()
+            self.queued_at.popleft()
             self.in_flight += 1
             task = self.runner.start(
                 prepared,
@@ -364,7 +385,8 @@ class Engine:
         """Rows a claim may take now: the free slots, plus room in the
         ready queue (claimed rows that start the moment a slot frees, so a
         finished row's slot does not wait for a trip to the database)."""
-        return self.config.max_in_flight + self.prefetch - self.in_flight - len(self.queued)
+        ahead = self.prefetch if time.monotonic() >= self.ahead_paused_until else 0
+        return self.config.max_in_flight + ahead - self.in_flight - len(self.queued)
 
     async def _sleep(self, seconds: float) -> None:
         """Wait out a database error, waking early only to stop."""
@@ -387,6 +409,7 @@ class Engine:
         # Claimed rows that never started go back at once.
         self.not_started.extend(row.id for row, _, _ in self.queued)
         self.queued.clear()
+        self.queued_at.clear()
         while self.in_flight and (left := deadline - time.monotonic()) > 0:
             await self._settle_now()
             self.runner.threads.expire()
