@@ -63,7 +63,7 @@ PREFETCH_HORIZON = 0.03  # seconds
 # A row claimed ahead that waits longer than this for a slot (the running
 # rows all started together and all run long) goes back to the outbox, for a
 # process with free slots, and this one claims nothing ahead for a while.
-QUEUE_WAIT_MAX = 0.05  # seconds
+QUEUE_WAIT_MAX = 0.15  # seconds
 QUEUE_PAUSE = 1.0  # seconds without claiming ahead after that
 RATE_EVERY = 0.1  # seconds between updates of the recent finishing rate
 GATE_TTL = 1.0  # seconds a script's and principal's right to run is reused
