@@ -380,11 +380,13 @@ class Bench:
                 self.stop(p)
 
     def profile(self) -> str:
-        """cProfile one dispatcher loop in this process, draining noop rows.
+        """cProfile the claim-and-settle path in this process, draining noop rows.
 
-        Handlers normally run in a helper thread, which cProfile does not
-        see; here each row runs inline in the profiled thread instead, so the
-        profile covers all per-row work but not the thread hand-off.
+        The engine spreads a row's work over its event loop, its database
+        thread and a handler thread, which cProfile (one thread) cannot follow
+        together; this drives the same claim, checks and settling through the
+        synchronous drain (Dispatcher.run_once) with each row run inline, so
+        the profile covers that per-row work but not the hand-offs.
         """
         from django.db import connection, transaction
 
@@ -442,7 +444,8 @@ class Bench:
         ]
         total = cumulative.get(("dispatcher.py", "run_once"), elapsed)
         lines = [
-            f"One dispatch loop in one process, handlers inline, {n:,} noop rows in "
+            f"The claim-and-settle path (Dispatcher.run_once) in one process, handlers inline, "
+            f"{n:,} noop rows in "
             f"{elapsed:.2f} s ({n / elapsed:,.0f} rows/s with the profiler on):",
             "",
             "| where | cumulative s | share |",
@@ -459,6 +462,12 @@ class Bench:
             line.rstrip() for line in out.getvalue().splitlines() if re.search(r"\d+\.\d{3}", line)
         )
         return "\n".join(lines) + "\n\nTop functions by own time:\n\n```\n" + top + "\n```"
+
+
+def _in_flight() -> int:
+    from picloud.config import DispatcherConfig
+
+    return DispatcherConfig.current().max_in_flight
 
 
 def machine() -> str:
@@ -486,7 +495,8 @@ def render(bench: Bench, results: dict, profile: str, command: str) -> str:
         f"- Machine: {machine()}",
         f"- PostgreSQL {pg_version}; {bench.args.processes} worker processes for every contender "
         f"(qcluster workers / raw loops / procrastinate workers), "
-        f"{bench.args.concurrency} loop(s) or slot(s) each.",
+        f"PiCloud on its defaults ({_in_flight()} executions in flight per process), "
+        f"procrastinate `--concurrency {bench.args.concurrency}` per worker.",
         "",
         "| contender | throughput (rows/s) | rows | vs raw floor | latency p50 (ms) | latency p99 (ms) |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -567,7 +577,12 @@ def main() -> None:
     parser.add_argument("--latency-rows", type=int, default=500)
     parser.add_argument("--profile-rows", type=int, default=20_000)
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=1, help="loops (or slots) per process")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=100,
+        help="procrastinate's concurrency per worker (PiCloud's in flight per process is 100)",
+    )
     parser.add_argument("--skip-peers", action="store_true", help="only the floor and PiCloud")
     parser.add_argument("--no-write", action="store_true", help="print, do not touch docs/")
     args = parser.parse_args()
