@@ -3,7 +3,7 @@
 import pytest
 
 from deadletters.models import AbandonedExecution, DeadLetter
-from outbox.models import OutboxEntry
+from outbox.models import OutboxEntry, ScriptCircuit
 from picloud.domain.authz import Role
 from tests.factories import AppFactory, MembershipFactory, ScriptFactory, kv_trigger
 from triggers.models import Trigger
@@ -12,7 +12,7 @@ from triggers.models import Trigger
 @pytest.fixture
 def world():
     """Two apps, each with a trigger, a dead letter, an outbox row, an
-    abandoned execution; Alice administers app A only."""
+    abandoned execution, a script's circuit; Alice administers app A only."""
     alice = MembershipFactory(role=Role.AppAdmin.value)
     app_a = alice.app
     app_b = AppFactory(slug="app-b-secret")
@@ -42,6 +42,9 @@ def world():
             status_code=200,
             result_summary=f"summary-of-{key}",
         )
+        circuit = ScriptCircuit.objects.create(
+            script=script, app=app, failures=5, opened=1, last_error=f"error-of-{key}"
+        )
         objects[key] = {
             "app": app,
             "script": script,
@@ -49,5 +52,6 @@ def world():
             "dead_letter": letter,
             "outbox": row,
             "abandoned": abandoned,
+            "circuit": circuit,
         }
     return {"alice": alice.principal.user, "bob": bob.principal.user, **objects}

@@ -19,6 +19,7 @@ ID_FILTERS = {
     "triggers_trigger": ["app"],
     "deadletters_deadletter": ["app", "trigger"],
     "outbox_outboxentry": ["app"],
+    "outbox_scriptcircuit": ["app"],
     "deadletters_abandonedexecution": ["app"],
     "picloud_script": ["app"],
     "picloud_appmembership": ["app"],
