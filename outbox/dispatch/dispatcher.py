@@ -192,8 +192,14 @@ class Dispatcher:
         claim (or flush_acks). Raises the first settling error after keeping
         every outcome it could not record in the backlog."""
         self.tally = {"dispatched": 0, "succeeded": 0}
+        if self.circuits is not None:
+            # The circuits first: a failed probe must reopen its circuit
+            # before its reschedule ends its lease, or another claim could
+            # take a second probe in between.
+            self.observed.extend(_observation(row, outcome) for row, outcome, _ in ran)
+            self._tell_circuits()
         for row, outcome, lease_ends_at in ran:
-            self._settle_or_keep(row, outcome, lease_ends_at)
+            self._settle_or_keep(row, outcome, lease_ends_at, observe=False)
         self._end_tally()
 
     def _end_tally(self) -> None:
@@ -276,10 +282,12 @@ class Dispatcher:
         # stops claiming calls flush_acks().
         return report
 
-    def _settle_or_keep(self, row: OutboxRow, outcome: Outcome, lease_ends_at: float) -> None:
+    def _settle_or_keep(
+        self, row: OutboxRow, outcome: Outcome, lease_ends_at: float, *, observe: bool = True
+    ) -> None:
         self.tally["dispatched"] += 1
-        if self.circuits is not None:
-            self.observed.append((row.script_id, row.app_id, _health(outcome), _error_of(outcome)))
+        if observe and self.circuits is not None:
+            self.observed.append(_observation(row, outcome))
         if self.backlog:
             # A settling statement failed in this batch: keep the outcome for
             # the next attempt instead of running into the same failure.
@@ -503,8 +511,9 @@ def _health(outcome: Outcome) -> bool | None:
     return False
 
 
-def _error_of(outcome: Outcome) -> str | None:
-    return None if outcome.ok else outcome.error
+def _observation(row: OutboxRow, outcome: Outcome):
+    """What the circuit breaker learns from one outcome."""
+    return row.script_id, row.app_id, _health(outcome), None if outcome.ok else outcome.error
 
 
 def _lost_invocation(row: OutboxRow) -> bool:

@@ -33,7 +33,7 @@ from outbox.dispatch.metrics import Counters, CounterStore
 from outbox.storage.repository import OutboxRow
 from picloud.config import DispatcherConfig, SandboxCeiling
 from picloud.db.dbthreads import DbThreads
-from picloud.runtime.async_execution import AsyncRunner
+from picloud.runtime.async_execution import STILL_RUNNING, AsyncRunner
 from picloud.runtime.execution import Failure, Lookups, Outcome, Prepared, prepare
 from picloud.runtime.handler_threads import EXPIRE_EVERY
 
@@ -318,6 +318,8 @@ class Engine:
         def on_outcome(outcome: Outcome | None) -> None:
             self.in_flight -= 1
             self.finished += 1
+            if outcome is STILL_RUNNING:
+                return  # its lease keeps it from other processes until the handler is surely gone
             if outcome is None:
                 # Nothing finished: the row goes back with its attempt uncounted.
                 self.not_started.append(row.id)

@@ -28,7 +28,7 @@ CREATE INDEX script_circuits_app_open_idx ON script_circuits (app_id)
     WHERE open_until IS NOT NULL;
 
 -- Record what one settling batch saw, per script (in arrays of one entry a
--- script): whether any execution succeeded, how many retryable failures came
+-- script, ordered by script id so concurrent callers lock in one order): whether any execution succeeded, how many retryable failures came
 -- after the last success (all of them when none succeeded), and the last
 -- error. A success closes the circuit; failures then count up and open it at
 -- p_threshold; a failure while the circuit probes opens it again for twice
@@ -44,7 +44,10 @@ DECLARE
 BEGIN
     FOR i IN 1 .. coalesce(cardinality(p_scripts), 0) LOOP
         IF p_failures[i] > 0 THEN
-            INSERT INTO script_circuits (script_id, app_id) VALUES (p_scripts[i], p_apps[i])
+            -- From scripts: a script deleted while its row ran is skipped,
+            -- not a foreign-key error that loses the whole batch.
+            INSERT INTO script_circuits (script_id, app_id)
+            SELECT s.id, s.app_id FROM scripts s WHERE s.id = p_scripts[i]
             ON CONFLICT (script_id) DO NOTHING;
         END IF;
         SELECT * INTO c FROM script_circuits WHERE script_id = p_scripts[i] FOR UPDATE;

@@ -18,6 +18,9 @@ class PgCircuitRepo:
     def record(self, outcomes: Sequence[ScriptOutcomes], config: CircuitConfig) -> None:
         if not outcomes:
             return
+        # One order for every process: each locks the circuits it records in
+        # this order, so two recording the same scripts cannot deadlock.
+        outcomes = sorted(outcomes, key=lambda o: o.script_id)
         fetch_all(
             Q["record_circuits"],
             {

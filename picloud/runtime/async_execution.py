@@ -30,15 +30,24 @@ from picloud.runtime.execution import (
     webhook_outcome,
     webhook_request,
 )
-from picloud.runtime.handler_threads import EXPIRE_EVERY, HandlerThreads, NotStarted
+from picloud.runtime.handler_threads import (
+    EXPIRE_EVERY,
+    HandlerThreads,
+    NotStarted,
+    StillRunning,
+)
 from picloud.runtime.sandbox import SandboxTimeout
 from picloud.runtime.webhooks import WebhookResponse
 
 # post(url, body, headers, *, timeout, max_response_bytes) -> WebhookResponse
 Post = Callable[..., Awaitable[WebhookResponse]]
-# Called on the loop with a row's outcome, or None when it did not run to an
-# end (no thread started it in time, or it was cancelled at shutdown).
-OnOutcome = Callable[[Outcome | None], None]
+# Called on the loop with a row's outcome; None when it did not run (no
+# thread started it in time, or it was cancelled at shutdown): the row goes
+# back; STILL_RUNNING when the engine stops while a plain handler runs on in
+# its thread: the row keeps its lease (it runs again once that ends, not
+# alongside).
+STILL_RUNNING = object()
+OnOutcome = Callable[[object], None]
 
 
 class AsyncRunner:
@@ -95,6 +104,8 @@ class AsyncRunner:
                 on_outcome(timed_out(ceiling))
             elif isinstance(error, NotStarted):
                 on_outcome(None)
+            elif isinstance(error, StillRunning):
+                on_outcome(STILL_RUNNING)
             elif error is not None:  # not the handler's: call() catches those
                 on_outcome(
                     Failure(f"dispatcher error: {type(error).__name__}: {error}", retryable=True)

@@ -46,6 +46,10 @@ class NotStarted(Exception):
     """No thread was free to start the handler before its start-by time."""
 
 
+class StillRunning(Exception):
+    """Stopping while the handler runs: its outcome will never be known here."""
+
+
 class _Job:
     __slots__ = ("done", "fn", "lock", "start_by", "started_at", "state", "timeout", "worker")
 
@@ -182,14 +186,17 @@ class HandlerThreads:
                 self._hand_back(job, None, NotStarted())
 
     def withdraw_all(self) -> None:
-        """Stopping: hand back every job, as not started (a running one's
-        thread runs on, its result dropped; its row goes back)."""
+        """Stopping: every job not started is handed back (NotStarted); a
+        running one is reported StillRunning: its thread runs on (nothing can
+        stop it), so its row must not be handed to another process, which
+        would run it a second time alongside."""
         for job in list(self._live):
             with job.lock:
                 if job.state == _SETTLED:
                     continue
+                running = job.state == _RUNNING
                 job.state = _SETTLED
-            self._hand_back(job, None, NotStarted())
+            self._hand_back(job, None, StillRunning() if running else NotStarted())
 
     def _hand_back(self, job: _Job, result: Any, error: BaseException | None) -> None:
         if job in self._live:

@@ -66,7 +66,7 @@ def retry_after_seconds(value: str, now: datetime) -> float | None:
         return float(min(int(value[:12]), 10**9))
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # a year past datetime's
         return None
     if when.tzinfo is None:  # "-0000" or no zone: RFC 9110 dates are in GMT
         when = when.replace(tzinfo=UTC)

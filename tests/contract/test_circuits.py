@@ -6,6 +6,7 @@ cool-down passes one row probes; a success closes it, a failed probe opens
 it for twice as long, up to the max.
 """
 
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -155,3 +156,10 @@ def test_a_probing_circuit_lets_one_row_run_at_a_time(repos, world):
     circuits.record(failed(world, 0, succeeded=True), CONFIG)
     outbox.delete([probe.id])
     assert len(outbox.claim_due(10, LEASE)) == 2, "closed: the rest run"
+
+
+def test_a_deleted_script_does_not_lose_the_rest_of_the_batch(repos, world):
+    circuits, _, _ = repos
+    gone = ScriptOutcomes(uuid.uuid4(), world.app_id, False, 3, "503")
+    circuits.record([gone, *failed(world, 3)], CONFIG)
+    assert state(circuits, world) == OPEN

@@ -10,6 +10,7 @@ import pytest
 from deadletters.memory_repository import MemoryDeadLetterRepo
 from outbox.dispatch.dispatcher import Dispatcher, iter_batches
 from outbox.dispatch.metrics import Counters
+from outbox.storage.circuits import ScriptOutcomes
 from outbox.storage.memory_circuits import MemoryCircuitRepo
 from outbox.storage.memory_repository import MemoryOutboxRepo
 from outbox.storage.repository import NewOutboxRow
@@ -425,3 +426,27 @@ def test_failures_that_say_nothing_of_the_endpoint_leave_the_circuit_alone(world
         _enqueue(world)
         world.dispatcher.run_once(limit=10)
     assert circuits.get(SCRIPT) is None
+
+
+def test_a_failed_probe_reopens_the_circuit_before_its_row_leaves_its_lease(world):
+    circuits = MemoryCircuitRepo(world.clock)
+    world.dispatcher.circuits, world.outbox.circuits = circuits, circuits
+    world.dispatcher.circuit_config = CircuitConfig(failure_threshold=1, cooldown_ms=1000)
+    world.dispatcher.config = TriggerConfig(retry=RetryPolicy(10, 100, 100, 0.0))
+    circuits.record([ScriptOutcomes(SCRIPT, APP, False, 1, "503")], world.dispatcher.circuit_config)
+    world.clock.advance(2)  # the cool-down is over: the next row probes
+    _enqueue(world)
+    claim = world.dispatcher.claim(10)
+    (probe,) = claim.rows
+    seen_at_reschedule = []
+    reschedule = world.outbox.reschedule
+
+    def spy(*args):
+        seen_at_reschedule.append(circuits.get(SCRIPT).state(world.clock.now))
+        return reschedule(*args)
+
+    world.outbox.reschedule = spy
+    world.dispatcher.settle([(probe, Failure("503", retryable=True), claim.lease_ends_at)])
+    # Once the reschedule ends the probe's lease, a claim must find the
+    # circuit open again, not probing (it would take a second probe).
+    assert seen_at_reschedule == ["open"]

@@ -16,6 +16,7 @@ from outbox.dispatch.metrics import Counters
 from outbox.storage.memory_repository import MemoryOutboxRepo
 from outbox.storage.repository import NewOutboxRow
 from picloud.config import DispatcherConfig, RetryPolicy, SandboxCeiling, TriggerConfig
+from picloud.runtime.async_execution import STILL_RUNNING
 from picloud.runtime.execution import Failure, Prepared, Success
 from triggers.memory_repository import MemoryTriggerRepo
 
@@ -70,7 +71,8 @@ class Runner:
             if not row.payload.get("fast"):
                 await self.gate.wait()
         except asyncio.CancelledError:
-            on_outcome(None)
+            # A plain handler's thread runs on when the engine stops.
+            on_outcome(STILL_RUNNING if row.payload.get("thread") else None)
             raise
         finally:
             self.inside -= 1
@@ -221,3 +223,21 @@ def test_rows_that_finish_within_the_grace_are_settled_not_handed_back(world):
 
     asyncio.run(main())
     assert all(world.outbox.get(r.id) is None for r in rows), "finished in the grace: acknowledged"
+
+
+def test_a_handler_still_running_in_its_thread_at_the_end_keeps_its_lease(world):
+    (row,) = enqueue(world, 1, thread=True)
+    engine = world.engine(shutdown_grace_ms=100)
+
+    async def main():
+        task = asyncio.create_task(engine.main())
+        await until(lambda: world.runner.inside == 1)
+        world.stopping.set()
+        engine.wake()
+        await task
+
+    asyncio.run(main())
+    kept = world.outbox.get(row.id)
+    assert kept.attempts == 1 and world.outbox.leased_until[row.id] > datetime.now(UTC), (
+        "not handed back: another process would run it beside the thread still running it"
+    )

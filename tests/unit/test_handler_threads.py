@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from picloud.runtime.handler_threads import HandlerThreads, NotStarted
+from picloud.runtime.handler_threads import HandlerThreads, NotStarted, StillRunning
 from picloud.runtime.sandbox import SandboxTimeout
 from tests.helpers import wait_for
 
@@ -167,3 +167,31 @@ def test_cancelling_the_waiter_withdraws_a_job_not_yet_started():
     finally:
         pool.close()
     assert ran == []
+
+
+def test_stopping_hands_back_waiting_jobs_and_reports_running_ones_as_still_running():
+    pool = HandlerThreads(1)
+    gate, taken = threading.Event(), threading.Event()
+    told = {}
+
+    def occupy():
+        taken.set()
+        return gate.wait(5)
+
+    async def main():
+        pool.submit(occupy, timeout=5, start_by=later(), done=lambda r, e: told.update(run=e))
+        await until(taken.is_set)
+        pool.submit(
+            lambda: None, timeout=5, start_by=later(), done=lambda r, e: told.update(wait=e)
+        )
+        pool.withdraw_all()
+
+    try:
+        asyncio.run(main())
+    finally:
+        gate.set()
+        pool.close()
+    assert isinstance(told["run"], StillRunning), (
+        "it runs on: its row must not go to another process"
+    )
+    assert isinstance(told["wait"], NotStarted)
