@@ -58,10 +58,19 @@ class ShowsLoad:
         return "—" if load is None else load[1]
 
 
+def platform_app_cap() -> int:
+    """The cap of apps without one of their own: the platform setting, else
+    PICLOUD_APP_MAX_CONCURRENCY."""
+    row = PlatformSettings.objects.filter(pk=1).first()
+    if row is not None and row.app_max_concurrency is not None:
+        return row.app_max_concurrency
+    return ConcurrencyConfig.current().app_max_concurrency
+
+
 @admin.register(App)
 class AppAdmin(ShowsLoad, AppScopedAdmin):
-    """Members see their apps; app admins rename them and set their cap;
-    superusers add and delete."""
+    """Members see their apps; app admins rename them and set their cap (up
+    to the platform's); superusers add and delete, and set any cap."""
 
     app_capability = Capability.AppRead
     app_path = "id"
@@ -86,6 +95,27 @@ class AppAdmin(ShowsLoad, AppScopedAdmin):
         if obj is None:
             return ["created_at"]
         return ["slug", "in_flight", "backlog", "created_at"]
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        if request.user.is_superuser:
+            return form
+        ceiling = platform_app_cap()
+
+        class AtMostThePlatformCap(form):
+            # The platform cap keeps one app (its endpoint hanging, say) from
+            # holding more than its share of every tenant's slots: an app's
+            # admins may lower their app's cap, not lift it past that.
+            def clean_max_concurrency(self):
+                value = self.cleaned_data.get("max_concurrency")
+                if value is not None and value > ceiling:
+                    raise ValidationError(
+                        f"{value} is more than the platform's cap of {ceiling} executions "
+                        f"per app: allowed is 1 to {ceiling} (a superuser may set more)."
+                    )
+                return value
+
+        return AtMostThePlatformCap
 
 
 class MembershipForm(forms.ModelForm):

@@ -9,6 +9,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from outbox.models import OutboxEntry
+from picloud.config import ConcurrencyConfig
 from picloud.domain.authz import Role
 from picloud.models import App, PlatformSettings, Script
 from tests.factories import AppFactory, MembershipFactory, ScriptFactory, UserFactory
@@ -52,6 +53,23 @@ def test_an_app_admin_sets_the_apps_cap(client, shop):
     bad = client.post(url, _app_form(app, max_concurrency="0"))
     assert bad.status_code == 200 and "max_concurrency" in bad.context["adminform"].form.errors
     assert App.objects.get(pk=app.pk).max_concurrency == 7
+
+
+def test_an_app_admin_may_not_lift_the_cap_past_the_platforms_a_superuser_may(
+    client, shop, override_config
+):
+    override_config(ConcurrencyConfig(app_max_concurrency=40))
+    app, _, members = shop
+    url = reverse("admin:picloud_app_change", args=[app.pk])
+    client.force_login(members[Role.AppAdmin])
+    refused = client.post(url, _app_form(app, max_concurrency="41"))
+    errors = refused.context["adminform"].form.errors["max_concurrency"]
+    assert "allowed is 1 to 40" in errors[0]
+    assert App.objects.get(pk=app.pk).max_concurrency is None
+    assert client.post(url, _app_form(app, max_concurrency="40")).status_code == 302
+    client.force_login(UserFactory(is_superuser=True))
+    assert client.post(url, _app_form(app, max_concurrency="500")).status_code == 302
+    assert App.objects.get(pk=app.pk).max_concurrency == 500
 
 
 @pytest.mark.parametrize("role", [Role.Viewer, Role.Developer])
