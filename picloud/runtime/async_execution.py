@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import time
 from collections.abc import Awaitable, Callable
 
 from picloud.config import SandboxCeiling
@@ -50,10 +51,21 @@ STILL_RUNNING = object()
 OnOutcome = Callable[[object], None]
 
 
+PLAIN_START_WAIT = 1.0  # seconds a plain handler's row waits for a thread at most
+
+
 class AsyncRunner:
-    def __init__(self, ceiling: SandboxCeiling, *, threads: HandlerThreads, post: Post) -> None:
+    def __init__(
+        self,
+        ceiling: SandboxCeiling,
+        *,
+        threads: HandlerThreads,
+        post: Post,
+        plain_start_wait: float = PLAIN_START_WAIT,
+    ) -> None:
         self.ceiling, self.threads, self.post = ceiling, threads, post
         self.timeout = ceiling.timeout_ms / 1000
+        self.plain_start_wait = plain_start_wait
 
     def start(
         self, prepared: Prepared, *, start_by: float, on_outcome: OnOutcome
@@ -113,6 +125,11 @@ class AsyncRunner:
             else:
                 on_outcome(outcome)
 
+        # A row claimed for a plain handler waits for a thread at most a
+        # moment: past it, it goes back to the outbox for a process with a
+        # free thread (its attempt uncounted), rather than sit leased here,
+        # holding its app's cap, on a check that ages.
+        start_by = min(start_by, time.monotonic() + self.plain_start_wait)
         self.threads.submit(call, timeout=timeout, start_by=start_by, done=done)
 
     async def _async_handler(self, fn, prepared: Prepared) -> Outcome:
