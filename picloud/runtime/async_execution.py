@@ -83,10 +83,10 @@ class AsyncRunner:
             if not inspect.iscoroutinefunction(fn):
                 self._submit(fn, prepared, start_by, on_outcome)
                 return None
-            coroutine = self._async_handler(fn, prepared)
-        else:
-            coroutine = self._webhook(prepared)
-        return asyncio.create_task(_report(coroutine, on_outcome))
+            runs_on: list[bool] = []  # set when cancelled while its blocking call runs
+            coroutine = self._async_handler(fn, prepared, runs_on)
+            return asyncio.create_task(_report(coroutine, on_outcome, runs_on))
+        return asyncio.create_task(_report(self._webhook(prepared), on_outcome, []))
 
     async def run(self, prepared: Prepared, *, start_by: float) -> Outcome | None:
         """start() for one caller that awaits the outcome."""
@@ -132,13 +132,18 @@ class AsyncRunner:
         start_by = min(start_by, time.monotonic() + self.plain_start_wait)
         self.threads.submit(call, timeout=timeout, start_by=start_by, done=done)
 
-    async def _async_handler(self, fn, prepared: Prepared) -> Outcome:
+    async def _async_handler(self, fn, prepared: Prepared, runs_on: list[bool]) -> Outcome:
         limit = asyncio.timeout(self.timeout)
         ctx = context_for(prepared, self.timeout)
 
         def run_blocking(call):
             # Bounded like plain handlers: on the handler threads, within the time left.
-            return self.threads.run(call, timeout=ctx.remaining(), start_by=ctx.deadline)
+            return self.threads.run(
+                call,
+                timeout=ctx.remaining(),
+                start_by=ctx.deadline,
+                on_cancel_running=lambda: runs_on.append(True),
+            )
 
         ctx.run_blocking = run_blocking
         try:
@@ -170,11 +175,14 @@ class AsyncRunner:
         return webhook_outcome(response)
 
 
-async def _report(coroutine, on_outcome: OnOutcome) -> None:
+async def _report(coroutine, on_outcome: OnOutcome, runs_on: list[bool]) -> None:
     try:
         outcome = await coroutine
     except asyncio.CancelledError:
-        on_outcome(None)  # stopped at shutdown: nothing finished
+        # Stopped at shutdown: nothing finished, and the row goes back;
+        # unless a blocking call of the handler's still runs in a thread: then
+        # it keeps its lease, so no other process runs it alongside.
+        on_outcome(STILL_RUNNING if runs_on else None)
         raise
     except Exception as exc:
         outcome = Failure(f"dispatcher error: {type(exc).__name__}: {exc}", retryable=True)

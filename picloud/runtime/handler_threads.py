@@ -143,8 +143,17 @@ class HandlerThreads:
         self._live.discard(job)
         return True
 
-    async def run(self, fn: Callable[[], Any], *, timeout: float, start_by: float) -> Any:
-        """submit() for one caller that awaits the result."""
+    async def run(
+        self,
+        fn: Callable[[], Any],
+        *,
+        timeout: float,
+        start_by: float,
+        on_cancel_running: Callable[[], None] = lambda: None,
+    ) -> Any:
+        """submit() for one caller that awaits the result. Cancelling the
+        caller withdraws a job not yet started; one already running runs on
+        (nothing can stop it), and `on_cancel_running` is called."""
         future = asyncio.get_running_loop().create_future()
 
         def done(result: Any, error: BaseException | None) -> None:
@@ -159,7 +168,8 @@ class HandlerThreads:
                         await asyncio.shield(future)
                 self.expire()
         except asyncio.CancelledError:
-            self.withdraw(job)  # a started one runs on; its result is dropped
+            if not self.withdraw(job):
+                on_cancel_running()  # it runs on; its result is dropped
             raise
         return future.result()
 
