@@ -97,7 +97,15 @@ CREATE OR REPLACE FUNCTION outbox_claim(
     id UUID, app_id UUID, source_kind TEXT, trigger_id UUID, script_id UUID,
     run_as_principal UUID, payload JSONB, depth INTEGER, attempts INTEGER,
     due_at TIMESTAMPTZ, reply_to UUID, last_error TEXT, errors JSONB, created_at TIMESTAMPTZ
-) LANGUAGE plpgsql AS $$
+) LANGUAGE plpgsql
+-- Plain index scans only. Every acknowledged row leaves a dead entry in the
+-- leased indexes (its lease still in the future) until VACUUM; a plain index
+-- scan marks such entries dead as it passes (later scans skip them), where a
+-- bitmap or index-only scan visits every one of them on every claim: 5 ms
+-- per count after 100,000 rows went through, against 0.3 ms.
+SET enable_bitmapscan = off
+SET enable_indexonlyscan = off
+AS $$
 #variable_conflict use_column
 DECLARE
     lease_end TIMESTAMPTZ := NOW() + make_interval(secs => p_lease);
