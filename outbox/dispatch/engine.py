@@ -145,8 +145,10 @@ class Engine:
         self.not_started: list[uuid.UUID] = []
         self.ran_since = 0.0  # when the oldest outcome in `ran` came in
         # Claimed, checked rows waiting for a free slot (at most `prefetch`).
-        self.queued: collections.deque[tuple[OutboxRow, Prepared, float]] = collections.deque()
-        self.queued_at: collections.deque[float] = collections.deque()  # when each was queued
+        # (row, its check, when its lease ends, when it was queued)
+        self.queued: collections.deque[tuple[OutboxRow, Prepared, float, float]] = (
+            collections.deque()
+        )
         self.ahead_paused_until = 0.0
         self.prefetch_max = max(1, self.config.max_in_flight * PREFETCH_PERCENT // 100)
         self.prefetch = 0  # rows to claim ahead now (follows the finishing rate)
@@ -193,7 +195,7 @@ class Engine:
             if now - rate_at >= RATE_EVERY:
                 self._follow_rate(now - rate_at)
                 rate_at = now
-            if self.queued_at and now - self.queued_at[0] > QUEUE_WAIT_MAX:
+            if self.queued and now - self.queued[0][3] > QUEUE_WAIT_MAX:
                 self._hand_back_queued(now)
             if now >= expire_at:
                 # Plain handlers' time limits, on this beat however busy the loop.
@@ -259,17 +261,20 @@ class Engine:
             if self.runner.threads.live:
                 # Plain handlers' time limits are checked on this beat.
                 timeout = min(timeout, EXPIRE_EVERY)
-            if self.queued_at:  # look again when the oldest waited too long
-                timeout = min(timeout, self.queued_at[0] + QUEUE_WAIT_MAX - time.monotonic())
+            if self.queued:  # look again when the oldest waited too long
+                timeout = min(timeout, self.queued[0][3] + QUEUE_WAIT_MAX - time.monotonic())
             await self._wait(max(0.0, timeout))
 
     def _hand_back_queued(self, now: float) -> None:
         """Rows claimed ahead wait too long: back to the outbox with them (a
         process with free slots takes them), and claim nothing ahead for a while."""
-        self.not_started.extend(row.id for row, _, _ in self.queued)
-        self.queued.clear()
-        self.queued_at.clear()
+        self._return_queued()
         self.ahead_paused_until = now + QUEUE_PAUSE
+
+    def _return_queued(self) -> None:
+        """Claimed rows that never started go back (their attempts uncounted)."""
+        self.not_started.extend(queued[0].id for queued in self.queued)
+        self.queued.clear()
 
     def _follow_rate(self, elapsed: float) -> None:
         """Update the finishing rate, and with it how many rows to claim ahead."""
@@ -294,15 +299,13 @@ class Engine:
             if isinstance(prepared, Failure):
                 self.ran.append((row, prepared, lease_ends_at))
             else:
-                self.queued.append((row, prepared, lease_ends_at))
-                self.queued_at.append(time.monotonic())
+                self.queued.append((row, prepared, lease_ends_at, time.monotonic()))
         self._fill()
 
     def _fill(self) -> None:
         """Start claimed rows while slots are free."""
         while self.queued and self.in_flight < self.config.max_in_flight:
-            row, prepared, lease_ends_at = self.queued.popleft()
-            self.queued_at.popleft()
+            row, prepared, lease_ends_at, _queued_at = self.queued.popleft()
             self.in_flight += 1
             task = self.runner.start(
                 prepared,
@@ -408,10 +411,7 @@ class Engine:
         """Stopping: claim nothing more, let running rows finish within the
         grace, settling as they do; stop the rest and hand them back."""
         deadline = time.monotonic() + self.config.shutdown_grace_ms / 1000
-        # Claimed rows that never started go back at once.
-        self.not_started.extend(row.id for row, _, _ in self.queued)
-        self.queued.clear()
-        self.queued_at.clear()
+        self._return_queued()  # at once: they never started
         while self.in_flight and (left := deadline - time.monotonic()) > 0:
             await self._settle_now()
             self.runner.threads.expire()

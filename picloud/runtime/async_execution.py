@@ -12,7 +12,6 @@ with the synchronous path, so the two cannot disagree.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import time
 from collections.abc import Awaitable, Callable
@@ -32,7 +31,6 @@ from picloud.runtime.execution import (
     webhook_request,
 )
 from picloud.runtime.handler_threads import (
-    EXPIRE_EVERY,
     HandlerThreads,
     NotStarted,
     StillRunning,
@@ -92,12 +90,7 @@ class AsyncRunner:
         """start() for one caller that awaits the outcome."""
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self.start(prepared, start_by=start_by, on_outcome=future.set_result)
-        while not future.done():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(EXPIRE_EVERY):
-                    await asyncio.shield(future)
-            self.threads.expire()
-        return future.result()
+        return await self.threads.wait(future)
 
     def _submit(self, fn, prepared: Prepared, start_by: float, on_outcome: OnOutcome) -> None:
         ceiling, timeout, payload = self.ceiling, self.timeout, prepared.row.payload

@@ -162,15 +162,20 @@ class HandlerThreads:
 
         job = self.submit(fn, timeout=timeout, start_by=start_by, done=done)
         try:
-            while not future.done():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(EXPIRE_EVERY):
-                        await asyncio.shield(future)
-                self.expire()
+            return await self.wait(future)
         except asyncio.CancelledError:
             if not self.withdraw(job):
                 on_cancel_running()  # it runs on; its result is dropped
             raise
+
+    async def wait(self, future: asyncio.Future) -> Any:
+        """Await `future`, enforcing the jobs' time limits meanwhile (for a
+        caller that is not the engine, whose loop calls expire() itself)."""
+        while not future.done():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(EXPIRE_EVERY):
+                    await asyncio.shield(future)
+            self.expire()
         return future.result()
 
     @property
