@@ -25,7 +25,9 @@ import psycopg
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from benchmarks.run import admin_settings, conninfo, machine, write_report  # noqa: E402
+from benchmarks.run import machine, scratch_database, write_report  # noqa: E402
+from outbox.storage.repository import CLAIM_QUANTUM  # noqa: E402
+from picloud.config import ConcurrencyConfig  # noqa: E402
 from picloud.db.pgconn import database_url  # noqa: E402
 
 BENCH_DB = "bench_claim"
@@ -47,22 +49,19 @@ SET attempts = o.attempts + 1, due_at = NOW() + make_interval(secs => %(lease)s)
 WHERE o.id = ANY (ARRAY(SELECT id FROM due))
 RETURNING o.id, o.app_id
 """
+# As PgOutboxRepo.claim_due calls it: the default app cap and the quantum.
 FAIR_CLAIM = (
     "SELECT id, app_id FROM outbox_claim(%(limit)s, %(lease)s, %(ack)s::uuid[], "
-    "%(after)s::uuid, 150, 10)"
+    f"%(after)s::uuid, {ConcurrencyConfig().app_max_concurrency}, {CLAIM_QUANTUM})"
 )
 
 
 def prepare(apps: int, rows_per_app: int) -> str:
-    admin = admin_settings()
-    with psycopg.connect(conninfo(admin, admin["NAME"]), autocommit=True) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-        c.execute(f"CREATE DATABASE {BENCH_DB}")
+    admin, info = scratch_database(BENCH_DB)
     env = {**os.environ, "DATABASE_URL": database_url(admin, BENCH_DB)}
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "-v0"], cwd=PROJECT, env=env, check=True
     )
-    info = conninfo(admin, BENCH_DB)
     started = time.perf_counter()
     with psycopg.connect(info, autocommit=True) as c:
         c.execute("SET synchronous_commit = off")

@@ -35,7 +35,13 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
 from benchmarks.probe import Receiver  # noqa: E402
-from benchmarks.run import admin_settings, conninfo, machine, percentile, write_report  # noqa: E402
+from benchmarks.run import (  # noqa: E402
+    machine,
+    percentile,
+    scratch_database,
+    start_django,
+    write_report,
+)
 from benchmarks.sink import Sink  # noqa: E402
 from picloud.db.pgconn import database_url  # noqa: E402
 
@@ -49,12 +55,9 @@ class Setup:
         self.args = args
         self.receiver = Receiver()
         self.sinks = {"slow": Sink(2.0), "fast": Sink(0.1), "hang": Sink(3600.0)}
-        admin = admin_settings()
-        with psycopg.connect(conninfo(admin, admin["NAME"]), autocommit=True) as c:
-            c.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-            c.execute(f"CREATE DATABASE {BENCH_DB}")
+        admin, self.conninfo = scratch_database(BENCH_DB)
+        with psycopg.connect(self.conninfo) as c:
             self.pg_version = c.execute("SHOW server_version").fetchone()[0]
-        self.conninfo = conninfo(admin, BENCH_DB)
         self.env = {
             **os.environ,
             "DATABASE_URL": database_url(admin, BENCH_DB),
@@ -67,14 +70,7 @@ class Setup:
             "PICLOUD_WEBHOOK_ALLOW_HTTP": "true",
             "PICLOUD_SANDBOX_TIMEOUT_MS": str(HANG_TIMEOUT_MS),
         }
-        os.environ.update(self.env)
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "picloud.settings")
-        import django
-
-        django.setup()
-        from django.core.management import call_command
-
-        call_command("migrate", verbosity=0)
+        start_django(self.env)
         self.seed()
 
     def seed(self) -> None:

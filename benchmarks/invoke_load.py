@@ -41,7 +41,13 @@ import psycopg
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from benchmarks.run import admin_settings, conninfo, machine, percentile, write_report  # noqa: E402
+from benchmarks.run import (  # noqa: E402
+    machine,
+    percentile,
+    scratch_database,
+    start_django,
+    write_report,
+)
 from picloud.db.pgconn import database_url  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
 
@@ -70,11 +76,7 @@ BEGIN, END = "<!-- invoke-benchmark:begin -->", "<!-- invoke-benchmark:end -->"
 class Setup:
     def __init__(self, args) -> None:
         self.args = args
-        admin = admin_settings()
-        with psycopg.connect(conninfo(admin, admin["NAME"]), autocommit=True) as c:
-            c.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-            c.execute(f"CREATE DATABASE {BENCH_DB}")
-        self.conninfo = conninfo(admin, BENCH_DB)
+        admin, self.conninfo = scratch_database(BENCH_DB)
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(NOT_DEFAULTS)},
             "DATABASE_URL": database_url(admin, BENCH_DB),
@@ -82,18 +84,11 @@ class Setup:
             "DJANGO_DEBUG": "false",
             "PICLOUD_DATABASE_ANNOUNCED": "1",
         }
-        os.environ.clear()
-        os.environ.update(self.env)
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "picloud.settings")
-        import django
-
-        django.setup()
+        start_django(self.env, only=True)
         from django.conf import settings
-        from django.core.management import call_command
 
         from picloud.config import DispatcherConfig
 
-        call_command("migrate", verbosity=0)
         self.workers = settings.Q_CLUSTER["workers"]
         self.in_flight = DispatcherConfig.current().max_in_flight
         self.token = self.seed()

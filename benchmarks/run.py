@@ -55,6 +55,31 @@ def admin_settings() -> dict:
     return ensure_running()
 
 
+def scratch_database(name: str) -> tuple[dict, str]:
+    """Drop and create database `name` on the benchmarks' server: (the
+    server's admin settings, the new database's conninfo)."""
+    admin = admin_settings()
+    with psycopg.connect(conninfo(admin, admin["NAME"]), autocommit=True) as c:
+        c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        c.execute(f"CREATE DATABASE {name}")
+    return admin, conninfo(admin, name)
+
+
+def start_django(env: dict, *, only: bool = False) -> None:
+    """Set Django up in this process with `env` added to the environment (or,
+    `only`, as the whole environment) and migrate its database."""
+    if only:
+        os.environ.clear()
+    os.environ.update(env)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "picloud.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
 def conninfo(settings: dict, dbname: str) -> str:
     params = {"dbname": dbname, "user": settings.get("USER") or None}
     for key, name in (("HOST", "host"), ("PORT", "port"), ("PASSWORD", "password")):
@@ -119,11 +144,7 @@ class Bench:
     def __init__(self, args) -> None:
         self.args = args
         self.receiver = Receiver()
-        admin = admin_settings()
-        with psycopg.connect(conninfo(admin, admin["NAME"]), autocommit=True) as c:
-            c.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-            c.execute(f"CREATE DATABASE {BENCH_DB}")
-        self.conninfo = conninfo(admin, BENCH_DB)
+        admin, self.conninfo = scratch_database(BENCH_DB)
         try:
             import procrastinate  # noqa: F401
 
@@ -144,14 +165,7 @@ class Bench:
             "PICLOUD_DATABASE_ANNOUNCED": "1",
             "PICLOUD_QCLUSTER_WORKERS": str(args.processes),
         }
-        os.environ.update(self.env)
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "picloud.settings")
-        import django
-
-        django.setup()
-        from django.core.management import call_command
-
-        call_command("migrate", verbosity=0)
+        start_django(self.env)
         self.seed()
 
     def seed(self) -> None:

@@ -42,7 +42,7 @@ import psycopg
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from benchmarks.run import admin_settings, conninfo, machine, write_report  # noqa: E402
+from benchmarks.run import machine, scratch_database, start_django, write_report  # noqa: E402
 from benchmarks.sink import Sink  # noqa: E402
 from picloud.db.pgconn import database_url  # noqa: E402
 
@@ -58,11 +58,7 @@ NOT_DEFAULTS = ("PICLOUD_QCLUSTER_WORKERS", "PICLOUD_DISPATCHER_", "PICLOUD_SAND
 class Setup:
     def __init__(self, args, sink: Sink) -> None:
         self.args = args
-        admin = admin_settings()
-        with psycopg.connect(conninfo(admin, admin["NAME"]), autocommit=True) as c:
-            c.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-            c.execute(f"CREATE DATABASE {BENCH_DB}")
-        self.conninfo = conninfo(admin, BENCH_DB)
+        admin, self.conninfo = scratch_database(BENCH_DB)
         self.pg_port = int(admin.get("PORT") or 5432)
         try:
             import procrastinate  # noqa: F401
@@ -84,18 +80,11 @@ class Setup:
             "PICLOUD_WEBHOOK_ALLOW_PRIVATE": "true",
             "PICLOUD_WEBHOOK_ALLOW_HTTP": "true",
         }
-        os.environ.clear()
-        os.environ.update(self.env)
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "picloud.settings")
-        import django
-
-        django.setup()
+        start_django(self.env, only=True)
         from django.conf import settings
-        from django.core.management import call_command
 
         from picloud.config import DispatcherConfig
 
-        call_command("migrate", verbosity=0)
         self.workers = settings.Q_CLUSTER["workers"]
         self.in_flight = DispatcherConfig.current().max_in_flight
         self.seed(sink.url)
