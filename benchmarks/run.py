@@ -174,10 +174,16 @@ class Bench:
         from picloud.models import App, AppMembership, Script, principal_for
 
         user = get_user_model().objects.create_user("bench", password=None, is_staff=True)
-        self.app = App.objects.create(slug="bench", name="Bench")
         self.principal = principal_for(user)
-        AppMembership.objects.create(app=self.app, principal=self.principal, role="admin")
-        self.script = Script.objects.create(app=self.app, name="noop", handler="bench.noop")
+        # The throughput rounds spread their rows over `--apps` tenants, each
+        # capped at PICLOUD_APP_MAX_CONCURRENCY in flight as in production.
+        self.apps, self.scripts = [], []
+        for i in range(self.args.apps):
+            app = App.objects.create(slug=f"bench-{i}", name=f"Bench {i}")
+            AppMembership.objects.create(app=app, principal=self.principal, role="admin")
+            self.apps.append(app)
+            self.scripts.append(Script.objects.create(app=app, name="noop", handler="bench.noop"))
+        self.app, self.script = self.apps[0], self.scripts[0]
 
     # -- helpers -------------------------------------------------------------
 
@@ -191,8 +197,15 @@ class Bench:
         with psycopg.connect(self.conninfo) as c:
             c.execute(
                 f"INSERT INTO {table} (app_id, source_kind, script_id, run_as_principal, payload) "
-                "SELECT %s, 'kv', %s, %s, jsonb_build_object('n', g) FROM generate_series(1, %s) g",
-                [self.app.id, self.script.id, self.principal.id, n],
+                "SELECT (%(apps)s::uuid[])[1 + g %% %(k)s], 'kv', (%(scripts)s::uuid[])[1 + g %% %(k)s], "
+                "%(principal)s, jsonb_build_object('n', g) FROM generate_series(1, %(n)s) g",
+                {
+                    "apps": [a.id for a in self.apps],
+                    "scripts": [s.id for s in self.scripts],
+                    "k": len(self.apps),
+                    "principal": self.principal.id,
+                    "n": n,
+                },
             )
             c.commit()
             return time.time()
@@ -591,6 +604,9 @@ def main() -> None:
     parser.add_argument("--latency-rows", type=int, default=500)
     parser.add_argument("--profile-rows", type=int, default=20_000)
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument(
+        "--apps", type=int, default=1, help="tenants the throughput rounds' rows are spread over"
+    )
     parser.add_argument(
         "--concurrency",
         type=int,

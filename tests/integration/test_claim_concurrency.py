@@ -1,6 +1,7 @@
 """claim_due from real connections at once never hands out a row twice, and
 never puts more rows of an app (or a script) in flight than its cap."""
 
+import contextlib
 import threading
 from collections import Counter
 
@@ -9,6 +10,7 @@ from django.db import connection, connections
 
 from outbox.storage.pg_repository import PgOutboxRepo
 from tests.factories import AppFactory, ScriptFactory, UserFactory
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -153,3 +155,104 @@ def test_concurrent_claimers_never_exceed_a_cap():
     over = {app_id: n for app_id, n in seen_apps.items() if n > caps[app_id]}
     assert not over, f"apps over their cap: {over} (caps {caps})"
     assert seen_script[0] <= SCRIPT_CAP, f"{seen_script[0]} rows of a script capped at {SCRIPT_CAP}"
+
+
+# -- waiting for an app another claimer holds ------------------------------
+
+
+def _seed(app, n, principal):
+    script = ScriptFactory(app=app)
+    with connection.cursor() as cur:
+        cur.execute(
+            "INSERT INTO outbox (app_id, source_kind, script_id, run_as_principal) "
+            "SELECT %s, 'kv', %s, %s FROM generate_series(1, %s)",
+            [app.id, script.id, principal.id, n],
+        )
+
+
+@contextlib.contextmanager
+def _open_transaction():
+    """A cursor in a transaction of a connection of its own, committed at the end."""
+    conn = connections.create_connection("default")
+    try:
+        conn.ensure_connection()
+        conn.set_autocommit(False)
+        with conn.cursor() as cur:
+            yield cur
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _claim_in_thread(limit, after_app=None):
+    """Claim from a connection of a thread of its own; returns (thread, result)."""
+    result: dict = {}
+
+    def run():
+        try:
+            result["rows"] = PgOutboxRepo().claim_due(limit=limit, lease=LEASE, after_app=after_app)
+        except BaseException as exc:
+            result["error"] = exc
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, result
+
+
+def _waits_for_advisory_lock(cur) -> bool:
+    cur.execute(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE wait_event_type = 'Lock' AND wait_event = 'advisory' AND pid <> pg_backend_pid()"
+    )
+    return cur.fetchone()[0] > 0
+
+
+def test_a_claimer_holding_no_app_waits_for_one_another_claimer_holds():
+    """Two processes, one busy app: the second claim waits the first one's
+    few milliseconds and then takes rows, instead of coming back empty (and
+    backing off while the app's rows wait)."""
+    principal = UserFactory().principal
+    app = AppFactory(max_concurrency=1_000)
+    _seed(app, 20, principal)
+    watcher = connections.create_connection("default")
+    try:
+        with _open_transaction() as cur:
+            cur.execute("SELECT count(*) FROM outbox_claim(5, %s, '{}', NULL, 100, 25)", [LEASE])
+            assert cur.fetchone()[0] == 5
+            thread, result = _claim_in_thread(limit=5)
+            with watcher.cursor() as wcur:
+                wait_for(
+                    lambda: _waits_for_advisory_lock(wcur) or not thread.is_alive(),
+                    timeout=10,
+                    what="the second claim to wait for the app's lock",
+                )
+            assert thread.is_alive(), f"the second claim did not wait: {result}"
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+        assert "error" not in result, result
+        assert len(result["rows"]) == 5
+    finally:
+        watcher.close()
+
+
+def test_a_claimer_holding_an_app_passes_a_held_app_by():
+    """A claim that holds an app's lock never waits for another's (two such
+    claims could wait for each other): it takes what it can elsewhere."""
+    principal = UserFactory().principal
+    first, second = sorted([AppFactory(max_concurrency=1_000) for _ in range(2)], key=lambda a: a.id)
+    _seed(first, 10, principal)
+    _seed(second, 10, principal)
+    with _open_transaction() as cur:
+        # Holds the first app (starting there: no app before it).
+        cur.execute("SELECT app_id FROM outbox_claim(3, %s, '{}', NULL, 100, 25)", [LEASE])
+        assert {r[0] for r in cur.fetchall()} == {first.id}
+        # Starts after the first app: takes the second's rows, then comes to
+        # the first holding the second's lock.
+        thread, result = _claim_in_thread(limit=50, after_app=first.id)
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "the claim waited while holding an app"
+    assert "error" not in result, result
+    assert {r.app_id for r in result["rows"]} == {second.id}
+    assert len(result["rows"]) == 10
