@@ -241,7 +241,9 @@ def test_a_claimer_holding_an_app_passes_a_held_app_by():
     """A claim that holds an app's lock never waits for another's (two such
     claims could wait for each other): it takes what it can elsewhere."""
     principal = UserFactory().principal
-    first, second = sorted([AppFactory(max_concurrency=1_000) for _ in range(2)], key=lambda a: a.id)
+    first, second = sorted(
+        [AppFactory(max_concurrency=1_000) for _ in range(2)], key=lambda a: a.id
+    )
     _seed(first, 10, principal)
     _seed(second, 10, principal)
     with _open_transaction() as cur:
