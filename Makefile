@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.requirements-installed
 
-.PHONY: run test browser screenshots lint format check-migrations bench bench-invoke bench-fairness db-stop clean
+.PHONY: run test browser screenshots lint format check-migrations bench bench-invoke bench-fairness bench-cron db-stop clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,10 +57,15 @@ bench: $(STAMP)
 	$(PY) benchmarks/invoke_load.py
 	$(PY) benchmarks/fairness.py
 	$(PY) benchmarks/claim_fair.py
+	$(PY) benchmarks/cron_lateness.py
 
 # Fairness across apps (B's latency while A is loaded; C's throughput while A hangs).
 bench-fairness: $(STAMP)
 	$(PY) benchmarks/fairness.py $(BENCH_ARGS)
+
+# Cron tick lateness, idle and beside a busy outbox.
+bench-cron: $(STAMP)
+	$(PY) benchmarks/cron_lateness.py $(BENCH_ARGS)
 
 # Synchronous invocation over HTTP under load; writes its section of docs/benchmarks.md.
 bench-invoke: $(STAMP)

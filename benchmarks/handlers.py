@@ -8,3 +8,9 @@ def noop(event, ctx):
     # outbox emptying, so they do the nothing that the raw floor does.
     if event.get("probe"):
         probe.hit(event["n"])
+
+
+@handler("bench.cron_probe")
+def cron_probe(event, ctx):
+    # A tick reports its start against its scheduled time.
+    probe.hit(f"tick|{event['trigger_id']}|{event['scheduled_at']}")

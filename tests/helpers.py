@@ -109,10 +109,17 @@ def drain_outbox(max_rows: int = 1_000):
     raise AssertionError(f"the outbox did not drain within {max_rows} rows")
 
 
-def trigger_inlines(*, kv_forms: int = 1, dead_letter_forms: int = 1) -> dict[str, str]:
-    """The management-form fields of the trigger admin's two detail inlines."""
+def trigger_inlines(
+    *, kv_forms: int = 1, cron_forms: int = 0, dead_letter_forms: int = 1
+) -> dict[str, str]:
+    """The management-form fields of the trigger admin's detail inlines (a
+    browser posts the cron inline's defaults, which tests leave out: none by default)."""
     fields = {}
-    for prefix, total in (("kv_details", kv_forms), ("dead_letter_details", dead_letter_forms)):
+    for prefix, total in (
+        ("kv_details", kv_forms),
+        ("cron_details", cron_forms),
+        ("dead_letter_details", dead_letter_forms),
+    ):
         fields |= {
             f"{prefix}-TOTAL_FORMS": str(total),
             f"{prefix}-INITIAL_FORMS": "0",

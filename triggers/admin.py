@@ -13,24 +13,29 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Count
+from django.db.models import Count, OuterRef, Subquery
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
+from deadletters.models import DeadLetter
 from outbox.models import OutboxEntry
 from picloud.admin_access import AppFilter, AppScopedAdmin, allowed_app_ids, scope
 from picloud.domain.authz import Capability
-from triggers import rules
+from triggers import cron, rules
 from triggers.kinds import TriggerKind
 from triggers.matching import EMPTY_PATTERN, NO_OPS, NUL_IN_PATTERN, PATTERN_TOO_LONG
 from triggers.models import (
+    CronTick,
+    CronTriggerDetails,
     DeadLetterTriggerDetails,
     KvTriggerDetails,
     Trigger,
     check_source,
 )
 from triggers.pg_repository import PgTriggerRepo
-from triggers.repository import DeadLetterSpec, KvSpec, NewTrigger, TriggerRepo
+from triggers.repository import CronSpec, DeadLetterSpec, KvSpec, NewTrigger, TriggerRepo
+from triggers.schedule import Schedule, ScheduleError
 
 EDITABLE_KINDS = rules.CREATABLE_KINDS
 # The trigger's form fields the repository takes under another name.
@@ -157,6 +162,63 @@ class DeadLetterDetailsInline(KvDetailsInline):
         return formset
 
 
+class CronDetailsFormSet(DetailsFormSet):
+    details = "cron"
+
+
+class CronDetailsForm(forms.ModelForm):
+    class Meta:
+        model = CronTriggerDetails
+        fields = [
+            "schedule",
+            "timezone",
+            "paused",
+            "catchup",
+            "catchup_window_s",
+            "overlap",
+            "payload",
+        ]
+        widgets = {
+            "schedule": forms.TextInput(attrs={"size": 30}),
+            "payload": forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        }
+
+
+class CronDetailsInline(KvDetailsInline):
+    model = CronTriggerDetails
+    form = CronDetailsForm
+    formset = CronDetailsFormSet
+    readonly_fields = ["next_fires", "missed_ticks"]
+    verbose_name = verbose_name_plural = "Cron trigger details (kind: Cron)"
+
+    def get_extra(self, request, obj=None, **kwargs):
+        return 0 if obj is not None and hasattr(obj, "cron_details") else 1
+
+    @admin.display(description="next five fires")
+    def next_fires(self, details: CronTriggerDetails) -> str:
+        if details.pk is None:
+            return "shown once saved"
+        if details.paused:
+            return "paused"
+        try:
+            schedule = Schedule.parse(details.schedule, details.timezone)
+        except ScheduleError as e:
+            return str(e)
+        zone = schedule.zone
+        return format_html_join(
+            "",
+            "<div>{} ({}) — {} UTC</div>",
+            (
+                (
+                    f"{t.astimezone(zone):%Y-%m-%d %H:%M:%S}",
+                    details.timezone,
+                    f"{t:%Y-%m-%d %H:%M:%S}",
+                )
+                for t in schedule.next_fires(timezone.now(), 5)
+            ),
+        )
+
+
 class TriggerForm(forms.ModelForm):
     kind = forms.ChoiceField(choices=[(k.value, k.label) for k in EDITABLE_KINDS])
 
@@ -183,7 +245,7 @@ class TriggerAdmin(AppScopedAdmin):
     app_capability = Capability.AppManageTriggers
     repository: TriggerRepo = PgTriggerRepo()  # every write of this page goes through it
     form = TriggerForm
-    inlines = [KvDetailsInline, DeadLetterDetailsInline]
+    inlines = [KvDetailsInline, CronDetailsInline, DeadLetterDetailsInline]
     list_display = [
         "name",
         "app",
@@ -193,10 +255,17 @@ class TriggerAdmin(AppScopedAdmin):
         "enabled",
         "registered_by_principal",
         "pending",
+        "last_fire",
     ]
     list_filter = [AppFilter, "kind", "enabled"]
     search_fields = ["name", "script__name", "kv_details__collection"]
-    list_select_related = ["app", "script", "registered_by_principal__user", "kv_details"]
+    list_select_related = [
+        "app",
+        "script",
+        "registered_by_principal__user",
+        "kv_details",
+        "cron_details",
+    ]
     readonly_fields = ["registered_by_principal", "created_at", "updated_at"]
     fieldsets = [
         (None, {"fields": ["app", "name", "kind", "script", "enabled"]}),
@@ -209,13 +278,18 @@ class TriggerAdmin(AppScopedAdmin):
         ),
         ("Registration", {"fields": ["registered_by_principal", "created_at", "updated_at"]}),
     ]
-    actions = ["enable", "disable"]
+    actions = ["enable", "disable", "pause", "resume", "run_now"]
 
     def get_queryset(self, request):
+        last = CronTick.objects.filter(trigger=OuterRef("pk")).order_by("-scheduled_at")
         return (
             super()
             .get_queryset(request)
-            .annotate(pending_rows=Count("outbox_entries", distinct=True))
+            .annotate(
+                pending_rows=Count("outbox_entries", distinct=True),
+                last_tick_at=Subquery(last.values("scheduled_at")[:1]),
+                last_tick_row=Subquery(last.values("outbox_id")[:1]),
+            )
         )
 
     @admin.display(description="collection / source")
@@ -224,7 +298,27 @@ class TriggerAdmin(AppScopedAdmin):
             return f"{obj.kv_details.collection} ({', '.join(obj.kv_details.ops)})"
         if obj.kind == TriggerKind.DEAD_LETTER and hasattr(obj, "dead_letter_details"):
             return str(obj.dead_letter_details)
+        if obj.kind == TriggerKind.CRON and hasattr(obj, "cron_details"):
+            paused = ", paused" if obj.cron_details.paused else ""
+            return f"{obj.cron_details}{paused}"
         return "—"
+
+    @admin.display(description="last fire")
+    def last_fire(self, obj: Trigger) -> str:
+        """A cron trigger's latest tick written and what became of it."""
+        at = getattr(obj, "last_tick_at", None)
+        if at is None:
+            return "—"
+        row = obj.last_tick_row
+        if at > timezone.now():
+            state = "due"
+        elif OutboxEntry.objects.filter(pk=row).exists():
+            state = "running or retrying"
+        elif DeadLetter.objects.filter(outbox_id=row).exists():
+            state = "failed (dead letter)"
+        else:
+            state = "done"
+        return f"{at:%Y-%m-%d %H:%M:%S} UTC: {state}"
 
     @admin.display(description="pending rows", ordering="pending_rows")
     def pending(self, obj: Trigger) -> int:
@@ -286,6 +380,43 @@ class TriggerAdmin(AppScopedAdmin):
         n = self._set_enabled(queryset, False)
         self.message_user(request, f"Disabled {n} trigger(s).", messages.SUCCESS)
 
+    @admin.action(description="Pause selected cron triggers", permissions=["change"])
+    def pause(self, request, queryset):
+        n = self._set_paused(queryset, True)
+        self.message_user(request, f"Paused {n} cron trigger(s).", messages.SUCCESS)
+
+    @admin.action(description="Resume selected cron triggers", permissions=["change"])
+    def resume(self, request, queryset):
+        n = self._set_paused(queryset, False)
+        self.message_user(
+            request,
+            f"Resumed {n} cron trigger(s): they tick from now on (the paused time is not caught up).",
+            messages.SUCCESS,
+        )
+
+    @admin.action(description="Run selected cron triggers now", permissions=["change"])
+    def run_now(self, request, queryset):
+        ran = [t for t in queryset.filter(kind=TriggerKind.CRON) if cron.run_now(t.pk)]
+        skipped = queryset.count() - len(ran)
+        note = f"; {skipped} not run (not cron, or disabled)" if skipped else ""
+        self.message_user(
+            request,
+            f"Queued an extra tick for {len(ran)} cron trigger(s), due now{note}.",
+            messages.SUCCESS if ran else messages.WARNING,
+        )
+
+    @transaction.atomic
+    def _set_paused(self, queryset, paused: bool) -> int:
+        details = CronTriggerDetails.objects.filter(
+            trigger__in=queryset, paused=not paused
+        ).select_for_update()
+        for d in details:
+            spec = d.as_spec()
+            self.repository.update(
+                d.trigger_id, cron=CronSpec(**{**spec.__dict__, "paused": paused})
+            )
+        return len(details)
+
     @transaction.atomic
     def _set_enabled(self, queryset, enabled: bool) -> int:
         ids = list(queryset.filter(enabled=not enabled).values_list("pk", flat=True))
@@ -317,7 +448,14 @@ class TriggerAdmin(AppScopedAdmin):
         # so); nobody deletes those on their own pages, so their admins say
         # no to deleting, which must not block deleting the trigger.
         goes_along = {
-            m._meta.verbose_name for m in (KvTriggerDetails, DeadLetterTriggerDetails, OutboxEntry)
+            m._meta.verbose_name
+            for m in (
+                KvTriggerDetails,
+                CronTriggerDetails,
+                CronTick,
+                DeadLetterTriggerDetails,
+                OutboxEntry,
+            )
         }
         # Only dead-letter filters can block (test_admin_same_app checks):
         # Django would list their details rows, which say nothing; name the
@@ -325,16 +463,18 @@ class TriggerAdmin(AppScopedAdmin):
         return deleted, counts, perms_needed - goes_along, blocking_filters(objs) or protected
 
 
-def details_changes(formsets) -> dict[str, KvSpec | DeadLetterSpec]:
+def details_changes(formsets) -> dict[str, KvSpec | CronSpec | DeadLetterSpec]:
     """The details the inlines add or change, as the repository takes them.
 
     save(commit=False) writes nothing; it also records what changed for
     the admin's history."""
-    changes: dict[str, KvSpec | DeadLetterSpec] = {}
+    changes: dict[str, KvSpec | CronSpec | DeadLetterSpec] = {}
     for formset in formsets:
         for details in formset.save(commit=False):
             if isinstance(details, KvTriggerDetails):
                 changes["kv"] = KvSpec(details.collection, tuple(details.ops))
+            elif isinstance(details, CronTriggerDetails):
+                changes["cron"] = details.as_spec()
             elif isinstance(details, DeadLetterTriggerDetails):
                 changes["dead_letter"] = DeadLetterSpec(
                     details.source_kind, details.source_trigger_id

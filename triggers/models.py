@@ -15,11 +15,14 @@ from typing import Any
 from django.contrib.postgres.fields import ArrayField
 from django.core.exceptions import NON_FIELD_ERRORS
 from django.db import models
+from django.utils.timezone import now
 
 from picloud.models import App, Principal, Script
 from triggers import rules
 from triggers.kinds import DEAD_LETTER_FILTER_KINDS, KvOp, TriggerKind
 from triggers.matching import MAX_COLLECTION_LENGTH, validate_collection_pattern, validate_ops
+from triggers.repository import CronSpec
+from triggers.ticks import Catchup, Overlap
 
 # The rules name fields as the repository does; these are the models' names.
 # A details row is the whole of "kv" or "dead_letter".
@@ -27,6 +30,7 @@ MODEL_FIELDS = {
     "script_id": "script",
     "source_trigger_id": "source_trigger",
     "kv": NON_FIELD_ERRORS,
+    "cron": NON_FIELD_ERRORS,
     "dead_letter": NON_FIELD_ERRORS,
 }
 
@@ -216,6 +220,89 @@ class DeadLetterTriggerDetails(RuledFields):
         with errors.check():
             check_source(self.trigger, self.source_trigger)
         errors.raise_any()
+
+
+class CronTriggerDetails(RuledFields):
+    """A cron trigger's schedule and policies (docs/triggers.md, "Cron triggers")."""
+
+    trigger = models.OneToOneField(
+        Trigger, on_delete=models.CASCADE, primary_key=True, related_name="cron_details"
+    )
+    schedule = models.TextField(
+        max_length=200,
+        help_text="5 cron fields (minute hour day-of-month month day-of-week), 6 with "
+        "seconds first, or @hourly, @daily, @weekly, @monthly, @yearly",
+    )
+    timezone = models.CharField(
+        max_length=64, default="UTC", help_text="IANA name, e.g. Europe/Paris"
+    )
+    catchup = models.CharField(
+        max_length=10,
+        choices=[(c.value, c.value) for c in Catchup],
+        default=Catchup.LATEST.value,
+        help_text="ticks missed while no cluster ran: none (skip), the most recent (latest), "
+        "or all (at most 100), within the window",
+    )
+    catchup_window_s = models.IntegerField(
+        default=21_600, help_text="seconds; missed ticks older than this never fire"
+    )
+    overlap = models.CharField(
+        max_length=10,
+        choices=[(o.value, o.value) for o in Overlap],
+        default=Overlap.SKIP.value,
+        help_text="when the previous tick still runs or retries: drop this one (skip), "
+        "run it after (buffer_one), or run both (allow)",
+    )
+    paused = models.BooleanField(default=False)
+    payload = models.JSONField(default=dict, blank=True, help_text="merged into every tick's event")
+    watermark = models.DateTimeField(default=now, editable=False)
+    next_tick_at = models.DateTimeField(null=True, blank=True, editable=False)
+    missed_ticks = models.BigIntegerField(default=0, editable=False)
+
+    class Meta:
+        db_table = "cron_trigger_details"
+        verbose_name_plural = "cron trigger details"
+
+    def __str__(self) -> str:
+        return f"{self.schedule} ({self.timezone})"
+
+    def clean(self) -> None:
+        super().clean()
+        errors = rules.Errors(MODEL_FIELDS)
+        if self.trigger_id is not None:
+            with errors.check():
+                check_details_of(self.trigger, "cron")
+        with errors.check():
+            rules.check_cron(self.as_spec())
+        errors.raise_any()
+
+    def as_spec(self) -> CronSpec:
+        return CronSpec(
+            schedule=self.schedule,
+            timezone=self.timezone,
+            catchup=self.catchup,
+            catchup_window_s=self.catchup_window_s,
+            overlap=self.overlap,
+            paused=self.paused,
+            payload=self.payload,
+        )
+
+
+class CronTick(models.Model):
+    """A tick written as an outbox row (the table's key makes it once only)."""
+
+    pk = models.CompositePrimaryKey("trigger_id", "scheduled_at")
+    trigger = models.ForeignKey(Trigger, on_delete=models.CASCADE, related_name="+")
+    scheduled_at = models.DateTimeField()
+    outbox_id = models.UUIDField(default=uuid.uuid4)
+    run_now = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        db_table = "cron_ticks"
+
+    def __str__(self) -> str:
+        return f"{self.trigger_id} at {self.scheduled_at:%Y-%m-%d %H:%M:%S}"
 
 
 def check_details_of(owner: Trigger, details: str) -> None:

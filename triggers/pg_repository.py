@@ -7,10 +7,11 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 
-from picloud.db.sqlexec import execute, fetch_all, fetch_one
+from picloud.db.sqlexec import execute, fetch_all, fetch_one, from_json, to_json
 from picloud.db.sqlfiles import load_queries
 from triggers.kinds import TriggerKind
 from triggers.repository import (
+    CronSpec,
     DeadLetterSource,
     DeadLetterSpec,
     Facts,
@@ -37,6 +38,20 @@ def _record(row: dict[str, Any]) -> TriggerRecord:
         if row["has_dead_letter_details"]
         else None
     )
+    cron = (
+        CronSpec(
+            schedule=row["cron_schedule"],
+            timezone=row["cron_timezone"],
+            catchup=row["cron_catchup"],
+            catchup_window_s=row["cron_catchup_window_s"],
+            overlap=row["cron_overlap"],
+            paused=row["cron_paused"],
+            payload=from_json(row["cron_payload"]),
+        )
+        # The matching hot paths select kv or dead-letter rows only, without these.
+        if row.get("cron_schedule") is not None
+        else None
+    )
     return TriggerRecord(
         id=row["id"],
         app_id=row["app_id"],
@@ -52,6 +67,7 @@ def _record(row: dict[str, Any]) -> TriggerRecord:
         retry_max_delay_ms=row["retry_max_delay_ms"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        cron=cron,
     )
 
 
@@ -119,6 +135,15 @@ class PgTriggerRepo:
                     "trigger_id": trigger_id,
                     "collection": new.kv.collection,
                     "ops": list(new.kv.ops),
+                },
+            )
+        if new.kind == TriggerKind.CRON and new.cron is not None:
+            execute(
+                Q["upsert_cron_details"],
+                {
+                    "trigger_id": trigger_id,
+                    **{f: getattr(new.cron, f) for f in CronSpec.__dataclass_fields__},
+                    "payload": to_json(new.cron.payload),
                 },
             )
         if new.kind == TriggerKind.DEAD_LETTER and new.dead_letter is not None:

@@ -39,6 +39,19 @@ class DeadLetterSpec:
 
 
 @dataclass(frozen=True)
+class CronSpec:
+    """A cron trigger's details (docs/triggers.md, "Cron triggers")."""
+
+    schedule: str
+    timezone: str = "UTC"
+    catchup: str = "latest"  # skip | latest | all
+    catchup_window_s: int = 21_600  # 6 hours
+    overlap: str = "skip"  # skip | buffer_one | allow
+    paused: bool = False
+    payload: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class NewTrigger:
     app_id: uuid.UUID
     kind: str
@@ -48,6 +61,7 @@ class NewTrigger:
     enabled: bool = True
     kv: KvSpec | None = None
     dead_letter: DeadLetterSpec | None = None
+    cron: CronSpec | None = None
     max_attempts: int | None = None
     retry_base_delay_ms: int | None = None
     retry_max_delay_ms: int | None = None
@@ -69,6 +83,7 @@ class TriggerRecord:
     retry_max_delay_ms: int | None
     created_at: datetime = field(compare=False)
     updated_at: datetime = field(compare=False)
+    cron: CronSpec | None = None
 
 
 class DeadLetterSource(Protocol):
@@ -99,6 +114,7 @@ UPDATABLE = frozenset(
         "script_id",
         "kv",
         "dead_letter",
+        "cron",
         "max_attempts",
         "retry_base_delay_ms",
         "retry_max_delay_ms",
@@ -194,9 +210,12 @@ def validate_trigger(
             rules.check_delay(name, getattr(new, name))
         rules.check_delay_order(new.retry_base_delay_ms, new.retry_max_delay_ms)
     kv, dl = new.kv, new.dead_letter
-    if touches("kv", "dead_letter"):
+    if touches("kv", "dead_letter", "cron"):
         rules.check_details(new.kind, "kv", kv is not None)
         rules.check_details(new.kind, "dead_letter", dl is not None)
+        rules.check_details(new.kind, "cron", new.cron is not None)
+    if new.cron is not None and touches("cron"):
+        rules.check_cron(new.cron)
     if kv is not None and touches("kv"):
         rules.check_collection(kv.collection)
         rules.check_ops(kv.ops)

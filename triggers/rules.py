@@ -16,6 +16,7 @@ gets past these (a race, a hand-written UPDATE).
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -25,15 +26,18 @@ from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 
 from triggers.kinds import DEAD_LETTER_FILTER_KINDS, TriggerKind
 from triggers.matching import validate_collection_pattern, validate_ops
+from triggers.schedule import Schedule, ScheduleError
+from triggers.ticks import MAX_CATCHUP_WINDOW, Catchup, Overlap
 
 NAME_MAX_LENGTH = 200  # characters (triggers.name is VARCHAR(200))
 MAX_ATTEMPTS = 100  # attempts per row at most
 MAX_DELAY_MS = 86_400_000  # ms (one day): the longest retry delay
 # Kinds with an event source today; the others exist in the schema only, and
 # a trigger of theirs would never fire.
-CREATABLE_KINDS = (TriggerKind.KV, TriggerKind.DEAD_LETTER)
+CREATABLE_KINDS = (TriggerKind.KV, TriggerKind.CRON, TriggerKind.DEAD_LETTER)
 # The details each kind has, by the repository's name for them.
-DETAILS = {TriggerKind.KV: "kv", TriggerKind.DEAD_LETTER: "dead_letter"}
+DETAILS = {TriggerKind.KV: "kv", TriggerKind.CRON: "cron", TriggerKind.DEAD_LETTER: "dead_letter"}
+CRON_PAYLOAD_MAX_BYTES = 65_536  # a cron trigger's static payload, as JSON
 
 # Messages admin's form fields give for their own checks too (they run
 # before the model's): Django fills in %(limit_value)d and %(show_value)d.
@@ -42,6 +46,8 @@ NAME_TOO_LONG = (
     "A trigger's name has at most %(limit_value)d characters; this one has %(show_value)d."
 )
 KV_DETAILS_NEEDED = "A KV write trigger needs its details: a collection pattern and ops."
+CRON_DETAILS_NEEDED = "A cron trigger needs its details: at least a schedule."
+DETAILS_NEEDED = {TriggerKind.KV: KV_DETAILS_NEEDED, TriggerKind.CRON: CRON_DETAILS_NEEDED}
 
 
 @dataclass(frozen=True)
@@ -156,12 +162,12 @@ def check_delay_order(base: object, cap: object) -> None:
 
 
 def check_details(kind: str, details: str, present: bool) -> None:
-    """`details` ("kv" or "dead_letter"): whether a trigger of `kind` may have
-    them (`present`), or must. A dead-letter trigger without its filters
-    matches any dead letter, so only KV triggers need theirs."""
+    """`details` ("kv", "cron" or "dead_letter"): whether a trigger of `kind`
+    may have them (`present`), or must. A dead-letter trigger without its
+    filters matches any dead letter, so only KV and cron triggers need theirs."""
     own = DETAILS.get(kind) == details
-    if own and not present and kind == TriggerKind.KV:
-        raise ValidationError({details: KV_DETAILS_NEEDED})
+    if own and not present and kind in DETAILS_NEEDED:
+        raise ValidationError({details: DETAILS_NEEDED[kind]})
     if present and not own:
         owner = next(k for k, d in DETAILS.items() if d == details)
         raise ValidationError(
@@ -206,6 +212,60 @@ def check_source(source_id: uuid.UUID | None, source: Ref | None, app_id, app_sl
                 "their failures make no dead letters; choose a trigger of another kind, or "
                 "leave it empty for any."
             }
+        )
+
+
+def check_cron(spec) -> None:
+    """A cron trigger's details (a triggers.repository.CronSpec), each field
+    keyed by its name: the schedule and timezone as triggers.schedule reads
+    them, the policies from their vocabularies, the window in range, the
+    payload a JSON object of bounded size."""
+    errors = Errors()
+    with errors.check():
+        try:
+            Schedule.parse(spec.schedule, spec.timezone)
+        except ScheduleError as e:
+            raise ValidationError({e.field: e.message}) from None
+    for field, vocabulary in (("catchup", Catchup), ("overlap", Overlap)):
+        value = getattr(spec, field)
+        if value not in {v.value for v in vocabulary}:
+            errors.add(
+                ValidationError(
+                    {
+                        field: f"Unknown {field} policy {value!r}; allowed: "
+                        f"{', '.join(v.value for v in vocabulary)}."
+                    }
+                )
+            )
+    window = int(MAX_CATCHUP_WINDOW.total_seconds())
+    if not _int_between(spec.catchup_window_s, 0, window):
+        errors.add(
+            ValidationError(
+                {
+                    "catchup_window_s": f"Allowed: 0 to {window} seconds (7 days); "
+                    f"got {spec.catchup_window_s!r}."
+                }
+            )
+        )
+    if not isinstance(spec.paused, bool):
+        errors.add(ValidationError({"paused": "Must be true or false."}))
+    with errors.check():
+        _check_payload(spec.payload)
+    errors.raise_any()
+
+
+def _check_payload(payload: object) -> None:
+    if not isinstance(payload, dict):
+        raise ValidationError(
+            {"payload": f"Must be a JSON object ({{...}}); got {type(payload).__name__}."}
+        )
+    try:
+        size = len(json.dumps(payload, allow_nan=False).encode())
+    except (TypeError, ValueError) as e:
+        raise ValidationError({"payload": f"Must be plain JSON: {e}."}) from None
+    if size > CRON_PAYLOAD_MAX_BYTES:
+        raise ValidationError(
+            {"payload": f"At most {CRON_PAYLOAD_MAX_BYTES} bytes as JSON; this is {size}."}
         )
 
 

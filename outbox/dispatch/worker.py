@@ -1,5 +1,5 @@
 """Host the engine in a process: its event-loop thread, database thread,
-handler threads and the LISTEN thread that wakes it.
+handler threads, the LISTEN thread that wakes it, and the cron ticker.
 
 A ``DispatcherHost`` runs in one process (each qcluster worker, see
 outbox/hosting.py). Stopping it stops claiming, lets running executions
@@ -18,6 +18,7 @@ from collections.abc import Callable
 from django.db import connection, transaction
 
 from deadletters.pg_repository import PgAbandonedRepo, PgDeadLetterRepo
+from outbox.dispatch.cron_thread import CronThread
 from outbox.dispatch.dispatcher import Dispatcher
 from outbox.dispatch.engine import Engine
 from outbox.dispatch.metrics import Counters, CounterStore
@@ -93,6 +94,7 @@ class DispatcherHost:
             stop=self.stopping,
         )
         self.webhooks = webhooks
+        self.cron = CronThread(self.db, self.stopping)
         self.thread = threading.Thread(
             target=asyncio.run, args=(self._serve(),), name="picloud-engine", daemon=True
         )
@@ -113,6 +115,7 @@ class DispatcherHost:
         self.thread.start()
         self.engine.ready.wait(10)
         self.listener.start()
+        self.cron.start()
         logger.info(
             "dispatcher started: up to %d executions in flight, %d handler threads",
             self.config.max_in_flight,
@@ -134,6 +137,7 @@ class DispatcherHost:
             )
         self.threads.close()
         self.listener.join(2.0)
+        self.cron.join(2.0)
         self.db.close()
         logger.info("dispatcher stopped")
 

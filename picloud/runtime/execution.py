@@ -19,7 +19,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
@@ -27,6 +27,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.utils import timezone
 
+from outbox.storage.kinds import SourceKind
 from outbox.storage.repository import OutboxRow
 from picloud.config import SandboxCeiling, WebhookConfig
 from picloud.db.sqlexec import fetch_one, model_from_row
@@ -342,6 +343,11 @@ def prepare(row: OutboxRow, *, ceiling: SandboxCeiling, lookups: Lookups) -> Pre
             retryable=False,
             status=413,
         )
+    if row.source_kind == SourceKind.CRON and isinstance(row.payload, dict):
+        # A tick's event says when it actually fired: this run's start (a
+        # retry carries its own). The row in the outbox stays as written.
+        fired_at = timezone.now().isoformat(timespec="microseconds").replace("+00:00", "Z")
+        row = replace(row, payload={**row.payload, "fired_at": fired_at})
     return Prepared(row, script, principal)  # type: ignore[arg-type]
 
 

@@ -42,3 +42,15 @@ def dead_letter_handler(event, ctx):
     if (event["payload"].get("new") or {}).get("handler_should_fail"):
         raise RuntimeError("dead-letter handler fails on purpose")
     return {"handled": event["dead_letter_id"]}
+
+
+@handler("acc.cron_tick")
+def cron_tick(event, ctx):
+    """One record per execution of a tick: its key names the tick and the
+    attempt; a second execution of the same attempt bumps the version."""
+    ctx.kv.put(
+        "ticks",
+        f"{event['trigger_id']}|{event['scheduled_at']}|{ctx.attempt}",
+        {"pid": os.getpid(), "fired_at": event["fired_at"]},
+    )
+    return {"ok": True}

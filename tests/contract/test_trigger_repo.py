@@ -106,10 +106,12 @@ def test_kind_and_details_must_agree(trigger_repo, world):
 
 
 def test_only_kinds_with_an_event_source_can_be_created(trigger_repo, world):
-    """A cron trigger would never fire: nothing makes cron events yet."""
-    with pytest.raises(ValidationError, match="'cron' has no event source yet; allowed: kv"):
+    """A pub/sub trigger would never fire: nothing makes pub/sub events yet."""
+    with pytest.raises(
+        ValidationError, match="'pubsub' has no event source yet; allowed: kv, cron, dead_letter"
+    ):
         trigger_repo.create(
-            NewTrigger(world.app_id, "cron", world.script_id, "x", world.principal_id)
+            NewTrigger(world.app_id, "pubsub", world.script_id, "x", world.principal_id)
         )
     assert trigger_repo.list_for_app(world.app_id) == []
 

@@ -213,7 +213,7 @@ def test_editing_a_trigger_refuses_the_other_kinds_details(client, member, calls
     for data in ({**post, "kv_details-0-trigger": record.id}, post):
         response = client.post(url, data)
         assert response.status_code == 200 and calls == []
-        [kv_inline, _] = response.context["inline_admin_formsets"]
+        [kv_inline, *_] = response.context["inline_admin_formsets"]
         formset = kv_inline.formset
         said = [
             *formset.non_form_errors(),

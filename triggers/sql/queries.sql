@@ -23,6 +23,18 @@ VALUES (%(trigger_id)s, %(app_id)s, %(source_kind)s, %(source_trigger_id)s)
 ON CONFLICT (trigger_id) DO UPDATE
     SET source_kind = EXCLUDED.source_kind, source_trigger_id = EXCLUDED.source_trigger_id;
 
+-- upsert_cron_details --
+-- A change of schedule, timezone, payload or pause drops the ticks written
+-- ahead for it (the table's trigger, triggers/sql/0003_cron.sql).
+INSERT INTO cron_trigger_details (trigger_id, schedule, timezone, catchup, catchup_window_s,
+                                  overlap, paused, payload)
+VALUES (%(trigger_id)s, %(schedule)s, %(timezone)s, %(catchup)s, %(catchup_window_s)s,
+        %(overlap)s, %(paused)s, %(payload)s::jsonb)
+ON CONFLICT (trigger_id) DO UPDATE
+    SET schedule = EXCLUDED.schedule, timezone = EXCLUDED.timezone,
+        catchup = EXCLUDED.catchup, catchup_window_s = EXCLUDED.catchup_window_s,
+        overlap = EXCLUDED.overlap, paused = EXCLUDED.paused, payload = EXCLUDED.payload;
+
 -- trigger_facts --
 -- What the rules (triggers/rules.py) read of other rows before a write, in
 -- one row: the app's slug; whether another trigger of the app (not
@@ -103,3 +115,71 @@ JOIN dead_letter_trigger_details d ON d.trigger_id = c.id
 WHERE (d.source_kind IS NULL OR d.source_kind = %(source_kind)s)
   AND (d.source_trigger_id IS NULL OR d.source_trigger_id = %(trigger_id)s)
 ORDER BY c.name COLLATE "C", c.id;
+
+-- cron_due_triggers --
+-- Cron triggers whose next tick falls before %(until)s (or not computed
+-- yet), locked so an edit (which moves the watermark) waits for the ticker
+-- or is seen by it.
+SELECT t.id, t.app_id, t.script_id, t.registered_by_principal, t.name,
+       a.slug AS app_slug, c.schedule, c.timezone, c.catchup, c.catchup_window_s,
+       c.payload, c.watermark
+FROM cron_trigger_details c
+JOIN triggers t ON t.id = c.trigger_id
+JOIN apps a ON a.id = t.app_id
+WHERE NOT c.paused AND t.enabled
+  AND (c.next_tick_at IS NULL OR c.next_tick_at <= %(until)s)
+ORDER BY c.next_tick_at NULLS FIRST
+LIMIT %(limit)s
+FOR UPDATE OF c SKIP LOCKED;
+
+-- write_cron_ticks --
+-- One outbox row per tick not written before: the key of cron_ticks
+-- (trigger, scheduled time) lets each tick through once, whoever writes it.
+-- The event: the trigger's static payload, then the tick's own keys over it.
+WITH ticks AS (
+    INSERT INTO cron_ticks (trigger_id, scheduled_at, run_now)
+    SELECT %(trigger_id)s, at, %(run_now)s FROM unnest(%(at)s::timestamptz[]) AS at
+    ON CONFLICT (trigger_id, scheduled_at) DO NOTHING
+    RETURNING scheduled_at, outbox_id
+)
+INSERT INTO outbox (id, app_id, source_kind, trigger_id, script_id, run_as_principal,
+                    payload, due_at)
+SELECT k.outbox_id, %(app_id)s, 'cron', %(trigger_id)s, %(script_id)s, %(principal)s,
+       %(payload)s::jsonb || jsonb_build_object(
+           'source', 'cron', 'app_id', %(app_id)s::text, 'app', %(app_slug)s::text,
+           'trigger', %(name)s::text, 'trigger_id', %(trigger_id)s::text,
+           'schedule', %(schedule)s::text, 'timezone', %(timezone)s::text,
+           'scheduled_at', to_char(k.scheduled_at AT TIME ZONE 'UTC',
+                                   'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+           'run_now', %(run_now)s::boolean),
+       CASE WHEN %(run_now)s THEN NOW() ELSE k.scheduled_at END
+FROM ticks k;
+
+-- advance_cron_trigger --
+UPDATE cron_trigger_details
+SET watermark = %(watermark)s, next_tick_at = %(next_tick_at)s,
+    missed_ticks = missed_ticks + %(missed)s
+WHERE trigger_id = %(trigger_id)s;
+
+-- cron_trigger_for_run_now --
+-- A paused trigger may be run now (its schedule stays paused); a disabled one may not.
+SELECT t.id, t.app_id, t.script_id, t.registered_by_principal, t.name,
+       a.slug AS app_slug, c.schedule, c.timezone, c.payload
+FROM cron_trigger_details c
+JOIN triggers t ON t.id = c.trigger_id
+JOIN apps a ON a.id = t.app_id
+WHERE t.id = %(id)s AND t.enabled;
+
+-- prune_cron_ticks --
+-- Ticks written more than %(before)s ago, a batch at a time, keeping each
+-- trigger's latest (admin shows it as the last fire). Their keys are no
+-- longer needed: a watermark never moves back past them (an edit moves it
+-- to now).
+DELETE FROM cron_ticks k
+WHERE (k.trigger_id, k.scheduled_at) IN (
+    SELECT o.trigger_id, o.scheduled_at FROM cron_ticks o
+    WHERE o.created_at < %(before)s
+      AND o.scheduled_at < (SELECT max(l.scheduled_at) FROM cron_ticks l
+                            WHERE l.trigger_id = o.trigger_id)
+    LIMIT %(limit)s
+);

@@ -1,0 +1,55 @@
+"""Run the cron ticker in a dispatcher host: every TICK_EVERY seconds, on the
+host's database thread (no connection of its own).
+
+Every worker process of every cluster runs one; the ticker itself lets one
+at a time do the work (triggers/cron.py). Ticks are written LOOKAHEAD ahead
+of their time, so a run that comes late by a few seconds still writes each
+tick before it is due, and the engine runs it at its second.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from picloud.db.dbthreads import DbThreads
+from triggers.cron import TICK_EVERY, CronTicker
+
+logger = logging.getLogger("picloud.cron")
+
+
+class CronThread:
+    def __init__(
+        self,
+        db: DbThreads,
+        stopping: threading.Event,
+        *,
+        ticker: CronTicker | None = None,
+        every: float = TICK_EVERY,
+    ) -> None:
+        self.db, self.stopping, self.every = db, stopping, every
+        self.ticker = ticker or CronTicker()
+        self.thread = threading.Thread(target=self._loop, name="picloud-cron", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def join(self, timeout: float) -> None:
+        self.thread.join(timeout)
+
+    def _loop(self) -> None:
+        # At once on start: ticks owed since the last run are caught up first.
+        while not self.stopping.is_set():
+            try:
+                report = self.db.run(self.ticker.run_once)
+                if report.written or report.missed:
+                    logger.info(
+                        "cron: %d ticks written, %d missed by catch-up policies",
+                        report.written,
+                        report.missed,
+                    )
+            except Exception:
+                # The database thread reconnects on its next job; ticks are
+                # written ahead, so the next run still finds them in time.
+                logger.exception("cron ticker failed; retrying in %.0fs", self.every)
+            self.stopping.wait(self.every)
