@@ -1,5 +1,6 @@
-"""Admin for the outbox: a read-only view of the backlog, "run now", and the
-scripts' circuit breakers with "close now"."""
+"""Admin for the outbox: a read-only view of the backlog, "run now", the
+scripts' circuit breakers with "close now", and pending one-off scheduled
+runs with "cancel"."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from django.contrib import admin, messages
 from django.db.models import Count, Min, Q
 from django.utils import timezone
 
-from outbox.models import OutboxEntry, ScriptCircuit
+from outbox import scheduled
+from outbox.models import OutboxEntry, ScheduledRun, ScriptCircuit
 from outbox.storage.circuits import CircuitState
 from outbox.storage.pg_circuits import PgCircuitRepo
 from outbox.storage.pg_repository import PgOutboxRepo
@@ -174,4 +176,43 @@ class ScriptCircuitAdmin(WrittenBySystem, AppScopedAdmin):
             request,
             f"{closed} circuit(s) closed: their scripts' rows are claimed again.",
             messages.SUCCESS,
+        )
+
+
+@admin.register(ScheduledRun)
+class ScheduledRunAdmin(WrittenBySystem, AppScopedAdmin):
+    """One-off scheduled runs that have not started, for whoever may invoke
+    the app's scripts (who may schedule them too); cancelling goes through
+    outbox.scheduled.cancel, the Python API's path."""
+
+    app_capability = Capability.ScriptInvoke
+    list_display = ["due_at", "app", "script", "run_as_principal", "short_payload", "created_at"]
+    list_filter = [AppFilter]
+    list_select_related = ["app", "script", "run_as_principal__user"]
+    ordering = ["due_at"]
+    actions = ["cancel"]
+    readonly_fields = ["id", "app", "script", "run_as_principal", "payload", "due_at", "created_at"]
+    fields = readonly_fields
+
+    def has_change_permission(self, request, obj=None):
+        # For the action only: the change page shows the run read-only.
+        return obj is None and super().has_change_permission(request)
+
+    @admin.display(description="payload")
+    def short_payload(self, obj):
+        return truncate(str(obj.payload), 80)
+
+    @admin.action(description="Cancel selected scheduled runs", permissions=["change"])
+    def cancel(self, request, queryset):
+        principal = self.principal(request)
+        cancelled = gone = 0
+        for run_id in queryset.values_list("id", flat=True):
+            try:
+                scheduled.cancel(run_id, principal=principal)
+                cancelled += 1
+            except scheduled.ScheduledRunNotFound:
+                gone += 1  # started meanwhile, or cancelled by someone else
+        note = f" {gone} had started or were gone already." if gone else ""
+        self.message_user(
+            request, f"Cancelled {cancelled} scheduled run(s).{note}", messages.SUCCESS
         )

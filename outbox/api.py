@@ -1,4 +1,6 @@
-"""HTTP: ``POST /api/apps/<app>/scripts/<script>/invoke`` (docs/api.md).
+"""HTTP: ``POST /api/apps/<app>/scripts/<script>/invoke``, and one-off
+scheduled runs: ``POST .../scripts/<script>/schedule``,
+``DELETE /api/apps/<app>/scheduled/<id>`` (docs/api.md).
 
 The view turns a request into a checked invocation and the reply into a
 response; every refusal is JSON with a stable ``error`` code. Checks run in
@@ -16,12 +18,16 @@ the invocation's queries run on the invoker's database threads.
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
+from django.core.exceptions import ValidationError
 from django.db import DatabaseError, InterfaceError
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from outbox import scheduled
 from outbox.sync.invoke import default_invoker
 from picloud.config import SandboxCeiling, parse_int
 from picloud.db.storable import Unstorable, check_json, is_storable_text, parse_json
@@ -193,3 +199,96 @@ def invoke_view(request: HttpRequest, app_slug: str, script_name: str) -> JsonRe
     response = JsonResponse(result.reply.body, status=result.reply.status, safe=False)
     response["X-PiCloud-Outbox-Id"] = str(result.outbox_id)
     return response
+
+
+@csrf_exempt
+def schedule_view(request: HttpRequest, app_slug: str, script_name: str) -> JsonResponse:
+    """Schedule one run of the script: body ``{"run_at": "<ISO 8601 with
+    offset>", "payload": <JSON>}``; 201 with the run's id."""
+    if request.method != "POST":
+        response = ApiError(405, "method_not_allowed", "use POST").response()
+        response["Allow"] = "POST"
+        return response
+    invoker = default_invoker()
+    try:
+        raw_token = bearer_token(request)
+        principal, script = invoker.run_db(authorize, raw_token, app_slug, script_name)
+        # The payload cap, plus room for run_at and the wrapping object.
+        body = read_payload(request, SandboxCeiling.current().max_payload_bytes + 1024)
+        run_at, payload = _schedule_request(body)
+        run_id = invoker.run_db(_schedule, principal, script, run_at, payload)
+    except ApiError as error:
+        return error.response()
+    except (DatabaseError, InterfaceError):
+        logger.exception("scheduling %r/%r failed on the database", app_slug, script_name)
+        return ApiError(503, "unavailable", "the database is unavailable; try again").response()
+    return JsonResponse({"id": str(run_id), "run_at": run_at.isoformat()}, status=201)
+
+
+@csrf_exempt
+def scheduled_run_view(request: HttpRequest, app_slug: str, run_id: uuid.UUID) -> HttpResponse:
+    """Cancel a scheduled run that has not started: 204, or 404."""
+    if request.method != "DELETE":
+        response = ApiError(405, "method_not_allowed", "use DELETE").response()
+        response["Allow"] = "DELETE"
+        return response
+    invoker = default_invoker()
+    try:
+        raw_token = bearer_token(request)
+        invoker.run_db(_cancel, raw_token, app_slug, run_id)
+    except ApiError as error:
+        return error.response()
+    except (DatabaseError, InterfaceError):
+        logger.exception("cancelling %s failed on the database", run_id)
+        return ApiError(503, "unavailable", "the database is unavailable; try again").response()
+    return HttpResponse(status=204)
+
+
+def _schedule_request(body) -> tuple[datetime, object]:
+    if not isinstance(body, dict) or set(body) - {"run_at", "payload"}:
+        raise ApiError(
+            400,
+            "invalid_request",
+            'send a JSON object with "run_at" (ISO 8601 with an offset) and, optionally, "payload"',
+        )
+    raw = body.get("run_at")
+    try:
+        run_at = datetime.fromisoformat(raw) if isinstance(raw, str) else None
+    except ValueError:
+        run_at = None
+    if run_at is None or run_at.tzinfo is None:
+        raise ApiError(
+            400,
+            "invalid_run_at",
+            f"run_at={str(raw)[:60]!r} is not valid: allowed is an ISO 8601 time with an "
+            "offset, e.g. 2026-12-01T09:00:00Z",
+        )
+    return run_at, body.get("payload", {})
+
+
+def _schedule(principal: Principal, script: Script, run_at: datetime, payload) -> uuid.UUID:
+    """On a database thread: authorize already checked the token and role."""
+    try:
+        return scheduled.schedule(script.app, script, run_at, payload, principal=principal)
+    except scheduled.PayloadTooLarge as exc:
+        raise ApiError(413, "payload_too_large", f"payload: {exc.messages[0]}") from None
+    except ValidationError as exc:
+        field, messages = next(iter(exc.message_dict.items()))
+        raise ApiError(400, f"invalid_{field}", f"{field}: {messages[0]}") from None
+
+
+def _cancel(raw_token: str, app_slug: str, run_id: uuid.UUID) -> None:
+    found = tokens.lookup(raw_token, app_slug=app_slug, script_name=None)
+    if found is None:
+        raise ApiError(401, "unauthenticated", "the API token is unknown, expired or revoked")
+    grant, row = found
+    if Scope.ScriptInvoke.value not in grant.scopes:
+        raise ApiError(403, "forbidden", f"the API token lacks the {Scope.ScriptInvoke} scope")
+    app_id = row["app_id"]
+    not_found = ApiError(404, "not_found", f"no pending scheduled run {run_id} in app {app_slug!r}")
+    if app_id is None or not grant.reaches(app_id):
+        raise not_found
+    try:
+        scheduled.cancel(run_id, principal=grant.principal, app_id=app_id)
+    except scheduled.ScheduledRunNotFound:
+        raise not_found from None

@@ -71,3 +71,32 @@ class ScriptCircuit(models.Model):
 
     def __str__(self) -> str:
         return f"circuit of {self.script_id}"
+
+
+class PendingScheduledRuns(models.Manager):
+    """One-off scheduled runs not started (outbox/scheduled.py)."""
+
+    def get_queryset(self):
+        return (
+            super()
+            .get_queryset()
+            .filter(
+                source_kind=SourceKind.INVOKE,
+                reply_to__isnull=True,
+                attempts=0,
+                leased_until__isnull=True,
+            )
+        )
+
+
+class ScheduledRun(OutboxEntry):
+    """The outbox rows that are one-off scheduled runs waiting for their time."""
+
+    objects = PendingScheduledRuns()
+
+    class Meta:
+        proxy = True
+        verbose_name = "scheduled run"
+
+    def __str__(self) -> str:
+        return f"{self.script} at {self.due_at:%Y-%m-%d %H:%M:%S}"

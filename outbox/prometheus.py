@@ -20,7 +20,14 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
-from outbox.dispatch.metrics import CLAIM_SECONDS, COUNTERS, Histogram
+from outbox.dispatch.metrics import (
+    CLAIM_SECONDS,
+    COUNTERS,
+    CRON_LATENESS_SECONDS,
+    CRON_MISSED,
+    CRON_OVERLAP_DROPPED,
+    Histogram,
+)
 from outbox.storage.circuits import OPEN, PROBING
 from outbox.storage.pg_circuits import PgCircuitRepo
 from outbox.storage.pg_gauges import APP_COUNT_CAP, TOP_APPS, PgOutboxGauges
@@ -66,6 +73,26 @@ class PicloudCollector:
             "How long each claim statement took, in seconds.",
             CLAIM_SECONDS,
             totals,
+        )
+        yield histogram_family(
+            "picloud_cron_tick_lateness_seconds",
+            "How late each cron tick's first run started after its scheduled time, in seconds.",
+            CRON_LATENESS_SECONDS,
+            totals,
+        )
+        missed = CounterMetricFamily(
+            "picloud_cron_missed_ticks",
+            "Cron ticks given up after downtime, by the trigger's catch-up policy.",
+            labels=["policy"],
+        )
+        for policy, name in CRON_MISSED.items():
+            missed.add_metric([policy], totals.get(name, 0))
+        yield missed
+        yield CounterMetricFamily(
+            "picloud_cron_overlap_dropped_ticks",
+            "Cron ticks not run because the trigger's previous tick was still running "
+            "or retrying (overlap skip, or buffer_one with one already waiting).",
+            value=totals.get(CRON_OVERLAP_DROPPED, 0),
         )
         due, oldest = PgOutboxRepo().stats()
         yield GaugeMetricFamily("picloud_outbox_backlog", "Outbox rows due now.", value=due)

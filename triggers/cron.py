@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.utils import timezone
 
+from outbox.storage.kinds import SourceKind
+from outbox.storage.repository import OutboxRow
 from picloud.db.sqlexec import execute, fetch_all, fetch_one, from_json, to_json
 from picloud.db.sqlfiles import load_queries
 from triggers.schedule import Schedule, ScheduleError
-from triggers.ticks import LOOKAHEAD, Catchup, plan_ticks
+from triggers.ticks import LOOKAHEAD, Catchup, Overlap, plan_ticks
 
 logger = logging.getLogger("picloud.cron")
 
@@ -45,6 +48,7 @@ class TickReport:
     triggers: int = 0  # triggers looked at
     written: int = 0  # ticks written as outbox rows
     missed: int = 0  # ticks given up by catch-up policies
+    missed_by: Counter = field(default_factory=Counter)  # the same, by policy
     pruned: int = 0  # old tick keys deleted
     busy: bool = False  # another ticker held the lock: this one did nothing
 
@@ -98,6 +102,7 @@ class CronTicker:
         if plan.fire:
             report.written += write_ticks(row, schedule, plan.fire)
         report.missed += plan.missed
+        report.missed_by[row["catchup"]] += plan.missed
         following = schedule.next_fires(plan.watermark, 1)
         self._advance(row["id"], plan.watermark, following[0] if following else None, plan.missed)
 
@@ -135,6 +140,49 @@ def write_ticks(row: dict, schedule: Schedule, at: list[datetime], *, run_now=Fa
             "run_now": run_now,
         },
     )
+
+
+@dataclass(frozen=True)
+class Overlaps:
+    """What the overlap policies say of some claimed ticks."""
+
+    drop: frozenset[uuid.UUID] = frozenset()  # not to run at all
+    wait: frozenset[uuid.UUID] = frozenset()  # to run once the earlier tick is done
+
+
+def overlaps(rows: Sequence[OutboxRow]) -> Overlaps:
+    """Apply each trigger's overlap policy to claimed cron ticks (the
+    dispatcher asks before running them; docs/triggers.md, "Overlap"):
+    while an earlier tick of the trigger is still in the outbox, `skip`
+    drops the tick; `buffer_one` lets it wait for that one, and drops it when
+    another already waits; `allow` runs it."""
+    ticks = [
+        r
+        for r in rows
+        if r.source_kind == SourceKind.CRON
+        and r.trigger_id is not None
+        and isinstance(r.payload, dict)
+        and isinstance(r.payload.get("scheduled_at"), str)
+    ]
+    if not ticks:
+        return Overlaps()
+    found = fetch_all(
+        Q["cron_overlaps"],
+        {
+            "ids": [r.id for r in ticks],
+            "triggers": [r.trigger_id for r in ticks],
+            "ats": [r.payload["scheduled_at"] for r in ticks],
+        },
+    )
+    drop, wait = set(), set()
+    for f in found:
+        if f["earlier"] == 0:
+            continue
+        if f["overlap"] == Overlap.BUFFER_ONE and f["earlier"] == 1:
+            wait.add(f["id"])
+        else:
+            drop.add(f["id"])
+    return Overlaps(frozenset(drop), frozenset(wait))
 
 
 def run_now(trigger_id: uuid.UUID) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from outbox.dispatch.metrics import CRON_MISSED, Counters
 from picloud.db.dbthreads import DbThreads
 from triggers.cron import TICK_EVERY, CronTicker
 
@@ -23,11 +24,13 @@ class CronThread:
         self,
         db: DbThreads,
         stopping: threading.Event,
+        counters: Counters,
         *,
         ticker: CronTicker | None = None,
         every: float = TICK_EVERY,
     ) -> None:
         self.db, self.stopping, self.every = db, stopping, every
+        self.counters = counters  # flushed with the engine's
         self.ticker = ticker or CronTicker()
         self.thread = threading.Thread(target=self._loop, name="picloud-cron", daemon=True)
 
@@ -42,6 +45,9 @@ class CronThread:
         while not self.stopping.is_set():
             try:
                 report = self.db.run(self.ticker.run_once)
+                self.counters.add(
+                    {CRON_MISSED[policy]: n for policy, n in report.missed_by.items() if n}
+                )
                 if report.written or report.missed:
                     logger.info(
                         "cron: %d ticks written, %d missed by catch-up policies",

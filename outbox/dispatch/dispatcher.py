@@ -33,17 +33,26 @@ from deadletters.repository import (
     NewDeadLetter,
 )
 from outbox.dispatch.backoff import policy_for, retry_delay
-from outbox.dispatch.metrics import CLAIM_SECONDS, Counters
+from outbox.dispatch.metrics import (
+    CLAIM_SECONDS,
+    CRON_LATENESS_SECONDS,
+    CRON_OVERLAP_DROPPED,
+    Counters,
+)
 from outbox.storage.circuits import CircuitRepo, summarize
 from outbox.storage.kinds import SourceKind
 from outbox.storage.repository import OutboxRepo, OutboxRow
 from picloud.config import CircuitConfig, SandboxCeiling, TriggerConfig
 from picloud.runtime.execution import Failure, Outcome, RowExecutor
 from picloud.runtime.sandbox import SandboxFull
+from triggers.cron import Overlaps
 from triggers.fanout import FanOut
 from triggers.repository import TriggerRecord, TriggerRepo
 
 logger = logging.getLogger("picloud.dispatcher")
+# Seconds a cron tick waits before looking again whether the trigger's
+# previous tick is done (overlap policy buffer_one).
+OVERLAP_WAIT = 1.0
 
 # Successes are acknowledged with the next claim, which a loop makes at
 # least once a second (outbox/dispatch/worker.py MAX_IDLE); with a lease shorter than
@@ -111,6 +120,8 @@ class Dispatcher:
         # Each script's circuit breaker; None: none (every circuit closed).
         circuits: CircuitRepo | None = None,
         circuit_config: CircuitConfig | None = None,
+        # Cron triggers' overlap policies (triggers.cron.overlaps); None: every tick runs.
+        overlaps: Callable[[Sequence[OutboxRow]], Overlaps] | None = None,
     ) -> None:
         self.outbox, self.triggers, self.dead_letters = outbox, triggers, dead_letters
         self.config = config or TriggerConfig.current()
@@ -143,6 +154,7 @@ class Dispatcher:
         self._dirty: set[uuid.UUID] = set()
         self._dirty_read_at = float("-inf")
         self.claim_cursor: uuid.UUID | None = None  # the app of the last row claimed
+        self.overlaps = overlaps
 
     def claim(self, limit: int) -> Claim:
         """Claim up to `limit` due rows to run (the engine's half of run_once).
@@ -159,6 +171,7 @@ class Dispatcher:
             limit, self.lease, ack=self.pending_acks, after_app=self.claim_cursor
         )
         self.counters.observe(CLAIM_SECONDS, self.monotonic() - started)
+        observe_ticks(self.counters, rows)
         self.pending_acks = []  # only once the statement that deleted them committed
         if rows:  # the next claim starts at the app after it (fair turns)
             self.claim_cursor = rows[-1].app_id
@@ -178,6 +191,8 @@ class Dispatcher:
                 self._settle_or_keep(row, lost, self.lease_ends_at)
             else:
                 runnable.append(row)
+        if self.overlaps is not None and runnable:
+            runnable = self._apply_overlaps(runnable)
         if self.settle_error is not None and runnable:
             # Settling a lost invocation failed: the database is in trouble,
             # so run nothing; the rest go back unstarted (or after their lease).
@@ -185,6 +200,19 @@ class Dispatcher:
                 self.hand_back([r.id for r in runnable])
         self._end_tally()
         return Claim(rows=runnable, claimed=len(rows), lease_ends_at=self.lease_ends_at)
+
+    def _apply_overlaps(self, rows: list[OutboxRow]) -> list[OutboxRow]:
+        """Cron ticks whose trigger's previous tick is still in the outbox:
+        dropped ones are acknowledged unrun (with the next claim), waiting
+        ones go back due in OVERLAP_WAIT, their attempt uncounted."""
+        said = self.overlaps(rows)  # type: ignore[misc]
+        if not (said.drop or said.wait):
+            return rows
+        self.pending_acks.extend(said.drop)
+        if said.wait:
+            self.outbox.release(list(said.wait), delay=OVERLAP_WAIT)
+        self.counters.inc(CRON_OVERLAP_DROPPED, len(said.drop))
+        return [r for r in rows if r.id not in said.drop and r.id not in said.wait]
 
     def settle(self, ran: Sequence[tuple[OutboxRow, Outcome, float]]) -> None:
         """Settle the outcomes of rows that ran: (row, outcome, when the
@@ -514,6 +542,25 @@ def _health(outcome: Outcome) -> bool | None:
 def _observation(row: OutboxRow, outcome: Outcome):
     """What the circuit breaker learns from one outcome."""
     return row.script_id, row.app_id, _health(outcome), None if outcome.ok else outcome.error
+
+
+def observe_ticks(counters: Counters, rows: Sequence[OutboxRow]) -> None:
+    """Count how late each cron tick's first run starts (run-now ticks are
+    due when clicked and not counted)."""
+    now = None
+    for row in rows:
+        if row.source_kind != SourceKind.CRON or row.attempts != 1:
+            continue
+        payload = row.payload if isinstance(row.payload, dict) else {}
+        scheduled = payload.get("scheduled_at")
+        if payload.get("run_now") or not isinstance(scheduled, str):
+            continue
+        try:
+            at = datetime.fromisoformat(scheduled)
+        except ValueError:
+            continue
+        now = now or timezone.now()
+        counters.observe(CRON_LATENESS_SECONDS, (now - at).total_seconds())
 
 
 def _lost_invocation(row: OutboxRow) -> bool:

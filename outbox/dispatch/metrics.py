@@ -59,7 +59,22 @@ class Histogram:
 CLAIM_SECONDS = Histogram(
     "claim_seconds", (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 )
-KNOWN = (*COUNTERS, *CLAIM_SECONDS.names)
+# How late each cron tick's first run started after its scheduled time
+# (triggers/cron.py writes ticks ahead; docs/triggers.md, "Precision").
+CRON_LATENESS_SECONDS = Histogram(
+    "cron_tick_lateness_seconds", (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0)
+)
+# Ticks given up by each catch-up policy (triggers/ticks.py).
+CRON_MISSED = {policy: f"cron_missed_{policy}" for policy in ("skip", "latest", "all")}
+# Ticks not run because the trigger's previous tick still ran (overlap policies).
+CRON_OVERLAP_DROPPED = "cron_overlap_dropped"
+KNOWN = (
+    *COUNTERS,
+    *CLAIM_SECONDS.names,
+    *CRON_LATENESS_SECONDS.names,
+    *CRON_MISSED.values(),
+    CRON_OVERLAP_DROPPED,
+)
 
 
 class CounterStore(Protocol):

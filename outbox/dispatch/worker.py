@@ -33,6 +33,7 @@ from picloud.db.pglisten import Listener
 from picloud.runtime.async_execution import AsyncRunner
 from picloud.runtime.handler_threads import HandlerThreads
 from picloud.runtime.webhook_client import WebhookClient
+from triggers import cron
 from triggers.pg_repository import PgTriggerRepo
 
 logger = logging.getLogger("picloud.dispatcher")
@@ -94,7 +95,7 @@ class DispatcherHost:
             stop=self.stopping,
         )
         self.webhooks = webhooks
-        self.cron = CronThread(self.db, self.stopping)
+        self.cron = CronThread(self.db, self.stopping, self.counters)
         self.thread = threading.Thread(
             target=asyncio.run, args=(self._serve(),), name="picloud-engine", daemon=True
         )
@@ -156,6 +157,7 @@ def postgres_host(config: DispatcherConfig | None = None) -> DispatcherHost:
             atomic=transaction.atomic,
             counters=counters,
             circuits=PgCircuitRepo(),
+            overlaps=cron.overlaps,
             lease_margin=config.lease_margin_ms / 1000,
             **kwargs,
         )

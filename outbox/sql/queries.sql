@@ -39,10 +39,12 @@ SET due_at = %(due_at)s,
 WHERE id = %(id)s;
 
 -- release --
--- Hand claimed rows back unexecuted (shutdown, or a batch running late): due
+-- Hand claimed rows back unexecuted (shutdown, a batch running late, a cron
+-- tick waiting for the one before it): due now or %(delay)s seconds from
 -- now, no longer in flight, and the claim's attempt is not counted.
 UPDATE outbox
-SET due_at = NOW(), leased_until = NULL, attempts = GREATEST(attempts - 1, 0)
+SET due_at = NOW() + make_interval(secs => %(delay)s), leased_until = NULL,
+    attempts = GREATEST(attempts - 1, 0)
 WHERE id = ANY (%(ids)s::uuid[]);
 
 -- run_now --
@@ -143,3 +145,20 @@ SELECT script_id FROM script_circuits WHERE failures > 0 OR open_until IS NOT NU
 SELECT count(*) FILTER (WHERE open_until > NOW()) AS open,
        count(*) FILTER (WHERE open_until <= NOW()) AS probing
 FROM script_circuits WHERE open_until IS NOT NULL;
+
+-- scheduled_run --
+-- A one-off scheduled run that has not started (outbox/scheduled.py): an
+-- invocation without a reply inbox that no claim has taken (a claimed row
+-- has an attempt; a row given back has its attempt uncounted), locked.
+SELECT o.id, o.app_id, o.script_id, o.due_at, o.payload, o.run_as_principal
+FROM outbox o
+WHERE o.id = %(id)s AND o.source_kind = 'invoke' AND o.reply_to IS NULL
+  AND o.attempts = 0 AND o.leased_until IS NULL
+FOR UPDATE;
+
+-- scheduled_runs_of_app --
+SELECT o.id, o.app_id, o.script_id, o.due_at, o.payload, o.run_as_principal
+FROM outbox o
+WHERE o.app_id = %(app_id)s AND o.source_kind = 'invoke' AND o.reply_to IS NULL
+  AND o.attempts = 0 AND o.leased_until IS NULL
+ORDER BY o.due_at, o.id;

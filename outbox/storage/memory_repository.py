@@ -162,9 +162,9 @@ class MemoryOutboxRepo:
             self.leased_until.pop(row_id, None)
         return True
 
-    def release(self, row_ids: Sequence[uuid.UUID]) -> int:
+    def release(self, row_ids: Sequence[uuid.UUID], *, delay: float = 0.0) -> int:
         with self._lock:
-            now, released = self.clock(), 0
+            now, released = self.clock() + timedelta(seconds=delay), 0
             for row_id in set(row_ids):
                 if (row := self.rows.get(row_id)) is not None:
                     attempts = max(row.attempts - 1, 0)

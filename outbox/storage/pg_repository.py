@@ -101,10 +101,10 @@ class PgOutboxRepo:
         }
         return execute(Q["reschedule"], params) > 0
 
-    def release(self, row_ids: Sequence[uuid.UUID]) -> int:
+    def release(self, row_ids: Sequence[uuid.UUID], *, delay: float = 0.0) -> int:
         if not row_ids:
             return 0
-        return execute(Q["release"], {"ids": list(row_ids)})
+        return execute(Q["release"], {"ids": list(row_ids), "delay": delay})
 
     def run_now(self, row_ids: Sequence[uuid.UUID]) -> int:
         if not row_ids:

@@ -124,9 +124,10 @@ class OutboxRepo(Protocol):
         it (truncated to MAX_ERROR_CHARS) to errors, keeping the last
         MAX_ERRORS_KEPT. False if the row is gone."""
 
-    def release(self, row_ids: Sequence[uuid.UUID]) -> int:
-        """Give claimed rows back unexecuted: due now, no longer in flight,
-        and the claim's attempt uncounted (attempts - 1, never below 0). Returns how many existed."""
+    def release(self, row_ids: Sequence[uuid.UUID], *, delay: float = 0.0) -> int:
+        """Give claimed rows back unexecuted: due now (or `delay` seconds
+        from now), no longer in flight, and the claim's attempt uncounted
+        (attempts - 1, never below 0). Returns how many existed."""
 
     def run_now(self, row_ids: Sequence[uuid.UUID]) -> int:
         """Make waiting rows due now (an operator's "run now"). Rows being

@@ -204,3 +204,47 @@ def test_an_app_admin_sees_a_dead_letter_arrive_and_replays_it(stack, browser, p
     response = mallory.goto(f"{stack}/admin/triggers/trigger/{trigger.pk}/change/")
     assert response.status == 404
     assert "orders-to-flaky" not in mallory.content()
+
+
+def test_an_app_admin_schedules_a_cron_trigger_pauses_it_and_runs_it_now(
+    stack, browser, people, shots
+):
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    log_in(page, stack, people["alice"])
+
+    page.goto(f"{stack}/admin/triggers/trigger/add/")
+    page.select_option("#id_app", label="shop")
+    page.fill("#id_name", "nightly-report")
+    page.select_option("#id_kind", "cron")
+    page.select_option("#id_script", label="shop/notify")
+    page.fill("#id_cron_details-0-schedule", "30 2 * * *")
+    page.fill("#id_cron_details-0-timezone", "Europe/Paris")
+    page.fill("#id_cron_details-0-payload", '{"report": "daily"}')
+    page.click("input[name='_continue']")
+    assert "was added successfully" in page.text_content(".messagelist")
+    trigger = Trigger.objects.get(name="nightly-report")
+
+    # The change page previews the next five fires, in Paris time and in UTC.
+    preview = page.text_content(".field-next_fires")
+    assert preview.count("02:30:00 (Europe/Paris)") == 5 and preview.count("UTC") == 5
+    page.screenshot(path=shots / "cron-trigger.png", full_page=True)
+
+    # Pause it from the list, then run it now: one extra tick, run at once.
+    def act(action):
+        page.goto(f"{stack}/admin/triggers/trigger/")
+        page.check(f"input[name='_selected_action'][value='{trigger.pk}']")
+        page.select_option("select[name='action']", action)
+        page.click("button[name='index']")
+
+    act("pause")
+    assert "Paused 1 cron trigger" in page.text_content(".messagelist")
+    assert "paused" in page.text_content("#result_list tr:has(a:text('nightly-report'))")
+    act("run_now")
+    assert "Queued an extra tick for 1 cron trigger" in page.text_content(".messagelist")
+
+    def last_fire_done():
+        page.goto(f"{stack}/admin/triggers/trigger/")
+        return ": done" in page.text_content(".field-last_fire")
+
+    wait_for(last_fire_done, timeout=30, what="the run-now tick to run", interval=0.5)
+    page.screenshot(path=shots / "cron-triggers.png", full_page=True)

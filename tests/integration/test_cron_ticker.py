@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.db import connection, connections
 
+from outbox.dispatch.dispatcher import observe_ticks
+from outbox.dispatch.metrics import CRON_LATENESS_SECONDS, Counters
 from outbox.models import OutboxEntry
 from outbox.storage.pg_repository import PgOutboxRepo
 from picloud.domain.authz import Role
@@ -261,3 +263,62 @@ def test_old_tick_keys_are_pruned_but_each_triggers_latest_is_kept(member):
     # A trigger whose only ticks are old keeps its latest.
     CronTick.objects.filter(trigger_id=t.id).update(created_at=old)
     assert CronTicker().run_once().pruned == 0
+
+
+@pytest.mark.django_db
+def test_a_ticks_first_run_counts_its_lateness_and_a_run_now_does_not(member):
+    t = cron_trigger(member.app, member.principal)
+    now = whole_second(datetime.now(UTC))
+    set_watermark(t, now - timedelta(seconds=3))
+    CronTicker(clock=lambda: now).run_once()  # ticks of the last 3 s are due now
+    cron.run_now(t.id)
+    counters = Counters()
+    rows = PgOutboxRepo().claim_due(limit=100, lease=60)
+    observe_ticks(counters, rows)
+    taken = counters.take()
+    assert len(rows) >= 4
+    assert taken[CRON_LATENESS_SECONDS.count] == len(rows) - 1
+    assert taken[CRON_LATENESS_SECONDS.bucket(10.0)] == len(rows) - 1
+    # Due 2 s, 1 s and 0 s before `now`, which is a moment ago: 3 s and more in all.
+    assert taken[CRON_LATENESS_SECONDS.sum_us] >= 3_000_000
+
+
+@pytest.mark.django_db
+class TestOverlap:
+    """Three ticks of one trigger due at once, claimed together: what each
+    overlap policy runs, holds back and drops."""
+
+    def claimed(self, member, overlap):
+        t = cron_trigger(member.app, member.principal, overlap=overlap)
+        now = whole_second(datetime.now(UTC))
+        set_watermark(t, now - timedelta(seconds=4))
+        CronTicker(clock=lambda: now, lookahead=timedelta(0)).run_once()
+        OutboxEntry.objects.filter(trigger_id=t.id).update(
+            due_at=datetime.now(UTC) - timedelta(minutes=1)
+        )
+        rows = sorted(
+            PgOutboxRepo().claim_due(limit=10, lease=60), key=lambda r: r.payload["scheduled_at"]
+        )
+        assert len(rows) == 4
+        return rows, cron.overlaps(rows)
+
+    def test_skip_runs_the_earliest_and_drops_the_rest(self, member):
+        rows, said = self.claimed(member, "skip")
+        assert said.drop == {r.id for r in rows[1:]} and not said.wait
+
+    def test_buffer_one_holds_one_back_and_drops_the_rest(self, member):
+        rows, said = self.claimed(member, "buffer_one")
+        assert said.wait == {rows[1].id}
+        assert said.drop == {r.id for r in rows[2:]}
+
+    def test_allow_runs_them_all(self, member):
+        _, said = self.claimed(member, "allow")
+        assert not said.drop and not said.wait
+
+    def test_the_held_tick_runs_once_the_earlier_one_is_done(self, member):
+        rows, said = self.claimed(member, "buffer_one")
+        PgOutboxRepo().delete([rows[0].id, *said.drop])  # the first succeeded
+        assert cron.overlaps([rows[1]]).wait == set()
+
+    def test_other_kinds_are_never_held(self, member):
+        assert cron.overlaps([]) == cron.Overlaps()

@@ -5,7 +5,7 @@ from django.db import connection
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from outbox.dispatch.metrics import CLAIM_SECONDS, Counters
+from outbox.dispatch.metrics import CLAIM_SECONDS, CRON_LATENESS_SECONDS, CRON_MISSED, Counters
 from outbox.models import ScriptCircuit
 from outbox.storage.circuits import ScriptOutcomes
 from outbox.storage.pg_circuits import PgCircuitRepo
@@ -199,3 +199,22 @@ def test_circuits_open_and_probing_are_counted(client):
     )
     scraped = _scrape(client)
     assert (scraped["picloud_circuits_open"], scraped["picloud_circuits_probing"]) == (1, 1)
+
+
+def test_cron_lateness_and_missed_ticks_by_policy(client):
+    before = _scrape(client)
+    counters = Counters()
+    counters.observe(CRON_LATENESS_SECONDS, 0.3)
+    counters.add({CRON_MISSED["all"]: 3, CRON_MISSED["skip"]: 1})
+    counters.flush(PgCounterStore())
+    after = _scrape(client)
+
+    def grew(name):
+        return after[name] - before.get(name, 0)
+
+    assert grew("picloud_cron_tick_lateness_seconds_count") == 1
+    assert grew('picloud_cron_tick_lateness_seconds_bucket{le="0.5"}') == 1
+    assert grew('picloud_cron_tick_lateness_seconds_bucket{le="0.25"}') == 0
+    assert grew('picloud_cron_missed_ticks_total{policy="all"}') == 3
+    assert grew('picloud_cron_missed_ticks_total{policy="skip"}') == 1
+    assert grew('picloud_cron_missed_ticks_total{policy="latest"}') == 0

@@ -450,3 +450,28 @@ def test_a_failed_probe_reopens_the_circuit_before_its_row_leaves_its_lease(worl
     # Once the reschedule ends the probe's lease, a claim must find the
     # circuit open again, not probing (it would take a second probe).
     assert seen_at_reschedule == ["open"]
+
+
+class TestCronOverlaps:
+    """What the dispatcher does with the overlap policies' answer (the
+    policies themselves: tests/integration/test_cron_ticker.py)."""
+
+    def test_dropped_ticks_are_acknowledged_unrun_and_waiting_ones_come_back_later(self, world):
+        from triggers.cron import Overlaps
+
+        run, drop, wait = (_enqueue(world, source_kind="cron") for _ in range(3))
+        world.dispatcher.overlaps = lambda rows: Overlaps(
+            drop=frozenset({drop.id}), wait=frozenset({wait.id})
+        )
+        claim = world.dispatcher.claim(10)
+        assert [r.id for r in claim.rows] == [run.id]
+        assert world.counters.take()["cron_overlap_dropped"] == 1
+        world.dispatcher.flush_acks()
+        assert world.outbox.get(drop.id) is None
+        waiting = world.outbox.get(wait.id)
+        assert waiting.attempts == 0, "its claim is not counted"
+        assert waiting.due_at == world.clock.now + timedelta(seconds=1)
+
+    def test_no_policy_runs_every_tick(self, world):
+        rows = [_enqueue(world, source_kind="cron") for _ in range(3)]
+        assert len(world.dispatcher.claim(10).rows) == len(rows)

@@ -54,7 +54,7 @@ RELEASED_MIGRATION_SQL = {
     "outbox/sql/0003_reply_inboxes.sql": "48163695f3bec1832b259d4ee6b4d33dfa7a4e483e95a5559c0e7894b8c5e23a",
     "outbox/sql/0004_fair_claim.sql": "6bad99fc6915af82d10cb1f336a0382a51f8c33de9512e61d87e3217f0316d1d",
     "outbox/sql/0005_circuit_breaker.sql": "b2d5d4040adbb3adce26dd2ef2aa5a9d69eeece2624afcc058cc2ed630153eff",
-    "outbox/sql/0006_claim_waits.sql": "fd25938ed2e8f573a3830f7e5195de00f9afefea3ccc916bb51d91ccc262adb2",
+    "outbox/sql/0006_claim_waits.sql": "3fe0ff2454ef2011ad0eea004a698fe0021a4a109f75eb9a4f820fba05c9393b",
     "picloud/sql/0001_core.sql": "dbd30827f9eff6be097e26c580efd6c66d40a1c45860d65a669b12670d6837f3",
     "picloud/sql/0002_kv_and_runtimes.sql": "b0f38c7b32c56779f5fc6ca45b180508191783f6699f49914f255d4b3f66d282",
     "picloud/sql/0003_api_tokens.sql": "d1dbec3c1227f5709f1ef39dde8861fe5cd7fe62fa6c4ef0ca0c011002657829",

@@ -183,3 +183,18 @@ WHERE (k.trigger_id, k.scheduled_at) IN (
                             WHERE l.trigger_id = o.trigger_id)
     LIMIT %(limit)s
 );
+
+-- cron_overlaps --
+-- For claimed ticks (ids, triggers, scheduled times as the events spell
+-- them, which sort as text): the trigger's overlap policy, when it is not
+-- 'allow', and how many earlier ticks of the trigger are still in the outbox
+-- (running, retrying, or waiting their turn). Reads the trigger's few
+-- pending rows by outbox_trigger_idx, never its history.
+SELECT r.id, c.overlap,
+       (SELECT count(*) FROM outbox o
+        WHERE o.trigger_id = r.trigger_id AND o.source_kind = 'cron' AND o.id <> r.id
+          AND o.payload->>'scheduled_at' < r.scheduled_at) AS earlier
+FROM unnest(%(ids)s::uuid[], %(triggers)s::uuid[], %(ats)s::text[])
+     AS r(id, trigger_id, scheduled_at)
+JOIN cron_trigger_details c ON c.trigger_id = r.trigger_id
+WHERE c.overlap <> 'allow';
