@@ -17,6 +17,7 @@ the invocation's queries run on the invoker's database threads.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from dataclasses import dataclass
@@ -177,70 +178,65 @@ def api_not_found(request: HttpRequest) -> JsonResponse:
     return ApiError(404, "not_found", "no such API endpoint; see docs/api.md").response()
 
 
-@csrf_exempt
+def api_endpoint(method: str, what: str):
+    """An API view that takes only `method` (405 otherwise), answers its
+    ApiErrors as JSON, and a database that fails as 503."""
+
+    def wrap(view):
+        @csrf_exempt
+        @functools.wraps(view)
+        def endpoint(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+            if request.method != method:
+                response = ApiError(405, "method_not_allowed", f"use {method}").response()
+                response["Allow"] = method
+                return response
+            try:
+                return view(request, *args, **kwargs)
+            except ApiError as error:
+                return error.response()
+            except (DatabaseError, InterfaceError):
+                logger.exception("%s %s failed on the database", what, args or kwargs)
+                return ApiError(
+                    503, "unavailable", "the database is unavailable; try again"
+                ).response()
+
+        return endpoint
+
+    return wrap
+
+
+@api_endpoint("POST", "invocation")
 def invoke_view(request: HttpRequest, app_slug: str, script_name: str) -> JsonResponse:
-    if request.method != "POST":
-        response = ApiError(405, "method_not_allowed", "use POST").response()
-        response["Allow"] = "POST"
-        return response
     invoker = default_invoker()
-    try:
-        raw_token = bearer_token(request)
-        principal, script = invoker.run_db(authorize, raw_token, app_slug, script_name)
-        # Authorized first: nobody gets to make us read a large body for free.
-        payload = read_payload(request, SandboxCeiling.current().max_payload_bytes)
-        wait_ms = read_wait_ms(request, invoker.max_wait_ms)
-        result = invoker.invoke(principal, script, payload, wait_ms=wait_ms, authorized=True)
-    except ApiError as error:
-        return error.response()
-    except (DatabaseError, InterfaceError):
-        logger.exception("invocation of %r/%r failed on the database", app_slug, script_name)
-        return ApiError(503, "unavailable", "the database is unavailable; try again").response()
+    raw_token = bearer_token(request)
+    principal, script = invoker.run_db(authorize, raw_token, app_slug, script_name)
+    # Authorized first: nobody gets to make us read a large body for free.
+    payload = read_payload(request, SandboxCeiling.current().max_payload_bytes)
+    wait_ms = read_wait_ms(request, invoker.max_wait_ms)
+    result = invoker.invoke(principal, script, payload, wait_ms=wait_ms, authorized=True)
     response = JsonResponse(result.reply.body, status=result.reply.status, safe=False)
     response["X-PiCloud-Outbox-Id"] = str(result.outbox_id)
     return response
 
 
-@csrf_exempt
+@api_endpoint("POST", "scheduling")
 def schedule_view(request: HttpRequest, app_slug: str, script_name: str) -> JsonResponse:
     """Schedule one run of the script: body ``{"run_at": "<ISO 8601 with
     offset>", "payload": <JSON>}``; 201 with the run's id."""
-    if request.method != "POST":
-        response = ApiError(405, "method_not_allowed", "use POST").response()
-        response["Allow"] = "POST"
-        return response
     invoker = default_invoker()
-    try:
-        raw_token = bearer_token(request)
-        principal, script = invoker.run_db(authorize, raw_token, app_slug, script_name)
-        # The payload cap, plus room for run_at and the wrapping object.
-        body = read_payload(request, SandboxCeiling.current().max_payload_bytes + 1024)
-        run_at, payload = _schedule_request(body)
-        run_id = invoker.run_db(_schedule, principal, script, run_at, payload)
-    except ApiError as error:
-        return error.response()
-    except (DatabaseError, InterfaceError):
-        logger.exception("scheduling %r/%r failed on the database", app_slug, script_name)
-        return ApiError(503, "unavailable", "the database is unavailable; try again").response()
+    raw_token = bearer_token(request)
+    principal, script = invoker.run_db(authorize, raw_token, app_slug, script_name)
+    # The payload cap, plus room for run_at and the wrapping object.
+    body = read_payload(request, SandboxCeiling.current().max_payload_bytes + 1024)
+    run_at, payload = _schedule_request(body)
+    run_id = invoker.run_db(_schedule, principal, script, run_at, payload)
     return JsonResponse({"id": str(run_id), "run_at": run_at.isoformat()}, status=201)
 
 
-@csrf_exempt
+@api_endpoint("DELETE", "cancelling a scheduled run")
 def scheduled_run_view(request: HttpRequest, app_slug: str, run_id: uuid.UUID) -> HttpResponse:
     """Cancel a scheduled run that has not started: 204, or 404."""
-    if request.method != "DELETE":
-        response = ApiError(405, "method_not_allowed", "use DELETE").response()
-        response["Allow"] = "DELETE"
-        return response
-    invoker = default_invoker()
-    try:
-        raw_token = bearer_token(request)
-        invoker.run_db(_cancel, raw_token, app_slug, run_id)
-    except ApiError as error:
-        return error.response()
-    except (DatabaseError, InterfaceError):
-        logger.exception("cancelling %s failed on the database", run_id)
-        return ApiError(503, "unavailable", "the database is unavailable; try again").response()
+    default_invoker().run_db(_cancel, bearer_token(request), app_slug, run_id)
     return HttpResponse(status=204)
 
 
