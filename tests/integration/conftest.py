@@ -1,6 +1,9 @@
 """Fixtures shared by the admin tests."""
 
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 
 from deadletters.models import AbandonedExecution, DeadLetter
 from outbox.models import OutboxEntry, ScriptCircuit
@@ -12,7 +15,8 @@ from triggers.models import Trigger
 @pytest.fixture
 def world():
     """Two apps, each with a trigger, a dead letter, an outbox row, an
-    abandoned execution, a script's circuit; Alice administers app A only."""
+    abandoned execution, a script's circuit, a scheduled run; Alice
+    administers app A only."""
     alice = MembershipFactory(role=Role.AppAdmin.value)
     app_a = alice.app
     app_b = AppFactory(slug="app-b-secret")
@@ -42,6 +46,13 @@ def world():
             status_code=200,
             result_summary=f"summary-of-{key}",
         )
+        scheduled = OutboxEntry.objects.create(
+            app=app,
+            source_kind="invoke",
+            script=script,
+            run_as_principal=member.principal,
+            due_at=timezone.now() + timedelta(hours=1),
+        )
         circuit = ScriptCircuit.objects.create(
             script=script, app=app, failures=5, opened=1, last_error=f"error-of-{key}"
         )
@@ -53,5 +64,6 @@ def world():
             "outbox": row,
             "abandoned": abandoned,
             "circuit": circuit,
+            "scheduled": scheduled,
         }
     return {"alice": alice.principal.user, "bob": bob.principal.user, **objects}

@@ -20,6 +20,7 @@ ID_FILTERS = {
     "deadletters_deadletter": ["app", "trigger"],
     "outbox_outboxentry": ["app"],
     "outbox_scriptcircuit": ["app"],
+    "outbox_scheduledrun": ["app"],
     "deadletters_abandonedexecution": ["app"],
     "picloud_script": ["app"],
     "picloud_appmembership": ["app"],
