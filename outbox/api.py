@@ -21,7 +21,7 @@ import functools
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, InterfaceError
@@ -250,7 +250,10 @@ def _schedule_request(body) -> tuple[datetime, object]:
     raw = body.get("run_at")
     try:
         run_at = datetime.fromisoformat(raw) if isinstance(raw, str) else None
-    except ValueError:
+        # An offset PostgreSQL and the rest cannot use (seconds in it) is refused too.
+        if run_at is not None and run_at.utcoffset() % timedelta(minutes=1):
+            run_at = None
+    except (ValueError, TypeError):
         run_at = None
     if run_at is None or run_at.tzinfo is None:
         raise ApiError(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -75,7 +75,8 @@ def schedule(
         raise ValidationError({"script": f"no script {script.pk} in app {app.slug!r}"})
     if not stored["enabled"]:
         raise ValidationError({"script": f"script {script.name!r} is disabled"})
-    check_run_at(run_at, now or timezone.now())
+    now = now or timezone.now()
+    due_at = check_run_at(run_at, now)
     payload = {} if payload is None else payload
     check_payload(payload)
     row = PgOutboxRepo().insert(
@@ -85,7 +86,7 @@ def schedule(
             script_id=script.pk,
             run_as_principal=principal.pk,
             payload=payload,
-            due_at=run_at,
+            due_at=due_at,
         )
     )
     return row.id
@@ -115,15 +116,25 @@ def pending(app: App, *, principal: Principal) -> list[ScheduledRun]:
     return [_run(r) for r in rows]
 
 
-def check_run_at(run_at: object, now: datetime) -> None:
+def check_run_at(run_at: object, now: datetime) -> datetime:
+    """When the run is due: `run_at` in UTC, or `now` for a time already past
+    (never a time PostgreSQL cannot store: a year-1 time with an offset is
+    before year 1 in UTC)."""
     if not isinstance(run_at, datetime) or run_at.tzinfo is None:
         raise ValidationError(
             {"run_at": "a time with its timezone is needed, e.g. 2026-12-01T09:00:00Z"}
         )
-    if run_at > now + MAX_AHEAD:
+    try:
+        utc = run_at.astimezone(UTC)
+    except (OverflowError, ValueError):
+        utc = None
+    if utc is None or utc.year < 2:
+        return now
+    if utc > now + MAX_AHEAD:
         raise ValidationError(
             {"run_at": f"at most {MAX_AHEAD.days} days ahead; got {run_at.isoformat()}"}
         )
+    return max(utc, now)
 
 
 def check_payload(payload: Any) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from outbox.storage.kinds import SourceKind
@@ -34,7 +34,9 @@ logger = logging.getLogger("picloud.cron")
 Q = load_queries("triggers")
 TICK_EVERY = 5.0  # seconds between runs of the ticker in each dispatcher host
 BATCH = 500  # triggers per transaction at most (a run continues with the next batch)
-LOCK_KEY = (1869968482, 2)  # advisory lock: one ticker at a time per database
+# Advisory lock: one ticker at a time per database (a key space of its own:
+# the claim's per-app locks use 1869968482).
+LOCK_KEY = (1869968483, 1)
 # A trigger whose stored schedule no longer parses is looked at again after this.
 BROKEN_RETRY = timedelta(hours=1)
 # Tick keys are kept this long (beyond the longest catch-up window), then
@@ -74,7 +76,14 @@ class CronTicker:
                     Q["cron_due_triggers"], {"until": now + self.lookahead, "limit": BATCH}
                 )
                 for row in rows:
-                    self._tick(row, now, report)
+                    try:
+                        with transaction.atomic():  # one trigger's failure stays its own
+                            self._tick(row, now, report)
+                    except DatabaseError:
+                        raise  # the connection's, not the trigger's: the pass ends
+                    except Exception:
+                        logger.exception("cron trigger %s: could not tick it", row["id"])
+                        self._advance(row["id"], row["watermark"], now + BROKEN_RETRY, 0)
             report.triggers += len(rows)
             if len(rows) < BATCH:
                 report.pruned = execute(
@@ -100,7 +109,9 @@ class CronTicker:
             lookahead=self.lookahead,
         )
         if plan.fire:
-            report.written += write_ticks(row, schedule, plan.fire)
+            report.written += write_ticks(
+                row, schedule, plan.fire, catch_up=plan.fire[: plan.caught_up]
+            )
         report.missed += plan.missed
         report.missed_by[row["catchup"]] += plan.missed
         following = schedule.next_fires(plan.watermark, 1)
@@ -121,9 +132,18 @@ class CronTicker:
         )
 
 
-def write_ticks(row: dict, schedule: Schedule, at: list[datetime], *, run_now=False) -> int:
+def write_ticks(
+    row: dict,
+    schedule: Schedule,
+    at: list[datetime],
+    *,
+    run_now: bool = False,
+    catch_up: list[datetime] = (),  # type: ignore[assignment]
+) -> int:
     """Write the ticks `at` of the trigger `row` (a cron_due_triggers row) as
-    outbox rows, skipping any written before; returns how many were new."""
+    outbox rows, skipping any written before; returns how many were new.
+    `catch_up`: those of them that make up for missed ticks (their events
+    say so, and overlap policies leave them alone)."""
     return execute(
         Q["write_cron_ticks"],
         {
@@ -138,6 +158,7 @@ def write_ticks(row: dict, schedule: Schedule, at: list[datetime], *, run_now=Fa
             "payload": to_json(from_json(row["payload"])),
             "at": at,
             "run_now": run_now,
+            "catch_up": list(catch_up),
         },
     )
 
@@ -155,7 +176,8 @@ def overlaps(rows: Sequence[OutboxRow]) -> Overlaps:
     dispatcher asks before running them; docs/triggers.md, "Overlap"):
     while an earlier tick of the trigger is still in the outbox, `skip`
     drops the tick; `buffer_one` lets it wait for that one, and drops it when
-    another already waits; `allow` runs it."""
+    another already waits; `allow` runs it. Run-now and caught-up ticks
+    always run (and count as earlier ticks for the ones after them)."""
     ticks = [
         r
         for r in rows
@@ -163,6 +185,9 @@ def overlaps(rows: Sequence[OutboxRow]) -> Overlaps:
         and r.trigger_id is not None
         and isinstance(r.payload, dict)
         and isinstance(r.payload.get("scheduled_at"), str)
+        # Asked for on purpose: a run-now click, a missed tick caught up.
+        and not r.payload.get("run_now")
+        and not r.payload.get("catch_up")
     ]
     if not ticks:
         return Overlaps()

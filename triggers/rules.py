@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 
+from picloud.db.storable import check_json
 from triggers.kinds import DEAD_LETTER_FILTER_KINDS, TriggerKind
 from triggers.matching import validate_collection_pattern, validate_ops
 from triggers.schedule import Schedule, ScheduleError
@@ -260,6 +261,7 @@ def _check_payload(payload: object) -> None:
             {"payload": f"Must be a JSON object ({{...}}); got {type(payload).__name__}."}
         )
     try:
+        check_json(payload)  # what PostgreSQL stores as given: no NUL, no lone surrogate
         size = len(json.dumps(payload, allow_nan=False).encode())
     except (TypeError, ValueError) as e:
         raise ValidationError({"payload": f"Must be plain JSON: {e}."}) from None

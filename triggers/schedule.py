@@ -195,7 +195,22 @@ def wall_to_instant(wall: datetime, zone: ZoneInfo) -> datetime:
     return datetime.fromtimestamp(high, UTC)
 
 
+_NAMES = {
+    "month": {"JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"},
+    "day of week": {"SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"},
+}
+
+
 def _check_field(name: str, value: str, *, names: bool) -> None:
+    # Letters only as whole names of months or weekdays (croniter would also
+    # take forms such as L5, "the last Friday", which other crons do not know).
+    for word in re.findall(r"[A-Za-z]+", value):
+        if names and word.upper() not in _NAMES.get(name, set()):
+            raise ScheduleError(
+                "schedule",
+                f"the {name} field {value!r}: {word!r} is not a {name} name "
+                f"({', '.join(sorted(_NAMES.get(name, ())))})",
+            )
     if not _FIELD.match(value):
         raise ScheduleError(
             "schedule",

@@ -12,7 +12,8 @@ fire:
   all     every one, up to MAX_CATCHUP_TICKS (the most recent ones);
 
 and only within its catch-up window (older ones are missed whatever the
-policy; they are counted up to MAX_COUNTED). A tick at most LATE_GRACE
+policy; they are counted up to MAX_COUNTED, and a long stretch within the
+window by the schedule's pace). A tick at most LATE_GRACE
 behind is not "missed": the host was merely slow, and it fires late under
 every policy.
 
@@ -22,6 +23,7 @@ Pure: the clock is the caller's, so the golden tests can move it.
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -30,7 +32,10 @@ from triggers.schedule import Schedule
 LOOKAHEAD = timedelta(seconds=30)  # ticks are written this far ahead of their time
 LATE_GRACE = timedelta(seconds=60)  # a tick this late still fires under every policy
 MAX_CATCHUP_TICKS = 100  # `all` fires at most this many missed ticks
-MAX_COUNTED = 100_000  # missed ticks before the window are counted up to this many
+MAX_COUNTED = 10_000  # missed ticks before the window are counted up to this many
+# Ticks walked in the window at most before a jump (the rest are counted by
+# the schedule's pace): a pass's work per trigger stays bounded.
+MAX_WALK = 10_000
 DEFAULT_CATCHUP_WINDOW = timedelta(hours=6)
 MAX_CATCHUP_WINDOW = timedelta(days=7)
 
@@ -54,6 +59,7 @@ class Plan:
     fire: list[datetime]  # scheduled instants to write as outbox rows, in order
     missed: int  # ticks given up by the catch-up policy (or its window)
     watermark: datetime  # the trigger's new watermark (unchanged when nothing was seen)
+    caught_up: int = 0  # how many of `fire`, from the start, are missed ticks caught up
 
 
 def plan_ticks(
@@ -70,7 +76,10 @@ def plan_ticks(
     on_time_from = now - LATE_GRACE
     window_from = now - max(window, LATE_GRACE)
     fire: list[datetime] = []
-    behind: list[datetime] = []  # missed by more than the grace, within the window
+    # Missed by more than the grace, within the window: only the most recent
+    # MAX_CATCHUP_TICKS can fire, so only those are kept.
+    behind: deque[datetime] = deque(maxlen=MAX_CATCHUP_TICKS)
+    behind_count = 0
     missed = 0
     latest = start = watermark
     if watermark < window_from:
@@ -84,17 +93,33 @@ def plan_ticks(
                 break
         if missed:
             latest = start  # everything before the window is settled
-    for tick in schedule.fires(start, now + lookahead):
-        latest = tick
-        if tick < on_time_from:
+    while True:
+        jumped, walked, previous = False, 0, None
+        for tick in schedule.fires(start, now + lookahead):
+            latest, walked = tick, walked + 1
+            if tick >= on_time_from:
+                fire.append(tick)
+                continue
             behind.append(tick)
-        else:
-            fire.append(tick)
+            behind_count += 1
+            if walked >= MAX_WALK and previous is not None:
+                # A long stretch behind (a 1-second schedule, hours down):
+                # jump to just before the ticks that can still fire, and
+                # count the stretch skipped at the schedule's recent pace.
+                pace = tick - previous
+                resume = on_time_from - pace * (MAX_CATCHUP_TICKS + 1)
+                if pace and resume > tick:
+                    behind_count += int((resume - tick) / pace)
+                    start, jumped = resume, True
+                    break
+            previous = tick
+        if not jumped:
+            break
     if catchup is Catchup.ALL:
-        keep = behind[-MAX_CATCHUP_TICKS:]
+        keep = list(behind)
     elif catchup is Catchup.LATEST:
-        keep = behind[-1:]
+        keep = list(behind)[-1:]
     else:
         keep = []
-    missed += len(behind) - len(keep)
-    return Plan(fire=keep + fire, missed=missed, watermark=latest)
+    missed += behind_count - len(keep)
+    return Plan(fire=keep + fire, missed=missed, watermark=latest, caught_up=len(keep))

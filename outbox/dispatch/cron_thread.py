@@ -1,5 +1,6 @@
-"""Run the cron ticker in a dispatcher host: every TICK_EVERY seconds, on the
-host's database thread (no connection of its own).
+"""Run the cron ticker in a dispatcher host: every TICK_EVERY seconds, in a
+thread with a connection of its own (catching up after downtime can take a
+while, and must not hold up the engine's claims and settles).
 
 Every worker process of every cluster runs one; the ticker itself lets one
 at a time do the work (triggers/cron.py). Ticks are written LOOKAHEAD ahead
@@ -12,8 +13,9 @@ from __future__ import annotations
 import logging
 import threading
 
+from django.db import connections
+
 from outbox.dispatch.metrics import CRON_MISSED, Counters
-from picloud.db.dbthreads import DbThreads
 from triggers.cron import TICK_EVERY, CronTicker
 
 logger = logging.getLogger("picloud.cron")
@@ -22,14 +24,13 @@ logger = logging.getLogger("picloud.cron")
 class CronThread:
     def __init__(
         self,
-        db: DbThreads,
         stopping: threading.Event,
         counters: Counters,
         *,
         ticker: CronTicker | None = None,
         every: float = TICK_EVERY,
     ) -> None:
-        self.db, self.stopping, self.every = db, stopping, every
+        self.stopping, self.every = stopping, every
         self.counters = counters  # flushed with the engine's
         self.ticker = ticker or CronTicker()
         self.thread = threading.Thread(target=self._loop, name="picloud-cron", daemon=True)
@@ -44,7 +45,7 @@ class CronThread:
         # At once on start: ticks owed since the last run are caught up first.
         while not self.stopping.is_set():
             try:
-                report = self.db.run(self.ticker.run_once)
+                report = self.ticker.run_once()
                 self.counters.add(
                     {CRON_MISSED[policy]: n for policy, n in report.missed_by.items() if n}
                 )
@@ -55,7 +56,9 @@ class CronThread:
                         report.missed,
                     )
             except Exception:
-                # The database thread reconnects on its next job; ticks are
-                # written ahead, so the next run still finds them in time.
+                # A fresh connection next time; ticks are written ahead, so
+                # the next run still finds them in time.
                 logger.exception("cron ticker failed; retrying in %.0fs", self.every)
+                connections.close_all()
             self.stopping.wait(self.every)
+        connections.close_all()  # this thread's own

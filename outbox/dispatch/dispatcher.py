@@ -171,7 +171,6 @@ class Dispatcher:
             limit, self.lease, ack=self.pending_acks, after_app=self.claim_cursor
         )
         self.counters.observe(CLAIM_SECONDS, self.monotonic() - started)
-        observe_ticks(self.counters, rows)
         self.pending_acks = []  # only once the statement that deleted them committed
         if rows:  # the next claim starts at the app after it (fair turns)
             self.claim_cursor = rows[-1].app_id
@@ -193,6 +192,7 @@ class Dispatcher:
                 runnable.append(row)
         if self.overlaps is not None and runnable:
             runnable = self._apply_overlaps(runnable)
+        observe_ticks(self.counters, runnable)  # the ticks that run now
         if self.settle_error is not None and runnable:
             # Settling a lost invocation failed: the database is in trouble,
             # so run nothing; the rest go back unstarted (or after their lease).
@@ -203,12 +203,15 @@ class Dispatcher:
 
     def _apply_overlaps(self, rows: list[OutboxRow]) -> list[OutboxRow]:
         """Cron ticks whose trigger's previous tick is still in the outbox:
-        dropped ones are acknowledged unrun (with the next claim), waiting
-        ones go back due in OVERLAP_WAIT, their attempt uncounted."""
+        dropped ones are deleted unrun, waiting ones go back due in
+        OVERLAP_WAIT, their attempt uncounted."""
         said = self.overlaps(rows)  # type: ignore[misc]
         if not (said.drop or said.wait):
             return rows
-        self.pending_acks.extend(said.drop)
+        if said.drop:
+            # Gone at once: left leased until the next claim, another
+            # process would count them as running and drop the next tick too.
+            self.outbox.delete(list(said.drop))
         if said.wait:
             self.outbox.release(list(said.wait), delay=OVERLAP_WAIT)
         self.counters.inc(CRON_OVERLAP_DROPPED, len(said.drop))

@@ -95,7 +95,7 @@ class DispatcherHost:
             stop=self.stopping,
         )
         self.webhooks = webhooks
-        self.cron = CronThread(self.db, self.stopping, self.counters)
+        self.cron = CronThread(self.stopping, self.counters)
         self.thread = threading.Thread(
             target=asyncio.run, args=(self._serve(),), name="picloud-engine", daemon=True
         )

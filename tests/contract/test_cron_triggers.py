@@ -93,6 +93,7 @@ def test_only_cron_triggers_have_cron_details(trigger_repo, world):
         ({"catchup_window_s": 604_801}, "catchup_window_s", "0 to 604800"),
         ({"payload": [1]}, "payload", "JSON object"),
         ({"payload": {"x": float("nan")}}, "payload", "plain JSON"),
+        ({"payload": {"x": "a\x00b"}}, "payload", "plain JSON"),
         ({"payload": {"x": "y" * 70_000}}, "payload", "At most 65536 bytes"),
     ],
 )

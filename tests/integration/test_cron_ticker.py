@@ -90,6 +90,7 @@ class TestWritingTicks:
             "timezone": "UTC",
             "scheduled_at": (now + timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S.000000Z"),
             "run_now": False,
+            "catch_up": False,
         }
         details = CronTriggerDetails.objects.get(trigger_id=t.id)
         assert details.watermark == expected[-1]
@@ -319,6 +320,21 @@ class TestOverlap:
         rows, said = self.claimed(member, "buffer_one")
         PgOutboxRepo().delete([rows[0].id, *said.drop])  # the first succeeded
         assert cron.overlaps([rows[1]]).wait == set()
+
+    def test_run_now_and_caught_up_ticks_always_run(self, member):
+        rows, _ = self.claimed(member, "skip")
+        for row in rows[1:]:
+            row.payload["run_now" if row is rows[1] else "catch_up"] = True
+        assert cron.overlaps(rows) == cron.Overlaps()
+
+    def test_caught_up_ticks_are_marked_in_their_event(self, member):
+        t = cron_trigger(member.app, member.principal, schedule="* * * * *", catchup="all")
+        now = datetime(2026, 6, 1, 12, 0, 30, tzinfo=UTC)
+        set_watermark(t, datetime(2026, 6, 1, 11, 50, tzinfo=UTC))
+        CronTicker(clock=lambda: now).run_once()
+        rows = OutboxEntry.objects.filter(trigger_id=t.id).order_by("due_at")
+        flags = [r.payload["catch_up"] for r in rows]
+        assert flags == [True] * 9 + [False, False]  # 11:51-11:59 caught up; 12:00, 12:01
 
     def test_other_kinds_are_never_held(self, member):
         assert cron.overlaps([]) == cron.Overlaps()

@@ -174,6 +174,24 @@ class TestHttpApi:
         assert response.json()["message"]
         assert not OutboxEntry.objects.exists()
 
+    def test_a_time_before_year_one_in_utc_is_due_now_not_a_broken_row(self, client, script, token):
+        response = api(
+            client,
+            "post",
+            "/api/apps/shop/scripts/report/schedule",
+            token,
+            {"run_at": "0001-01-01T00:00:00+00:01"},
+        )
+        assert response.status_code == 201, response.content
+        row = OutboxEntry.objects.get(pk=response.json()["id"])
+        assert row.due_at <= datetime.now(UTC)
+        assert PgOutboxRepo().next_due_at() == row.due_at  # readers still work
+
+    def test_an_offset_with_seconds_is_refused(self, client, script, token):
+        body = {"run_at": "2026-12-01T09:00:00+05:30:15.5"}
+        response = api(client, "post", "/api/apps/shop/scripts/report/schedule", token, body)
+        assert (response.status_code, response.json()["error"]) == (400, "invalid_run_at")
+
     def test_tokens_scopes_and_apps_are_checked(self, client, developer, script, token):
         body = {"run_at": IN_AN_HOUR.isoformat()}
         path = "/api/apps/shop/scripts/report/schedule"

@@ -138,6 +138,7 @@ def test_naive_datetimes_are_refused():
         ("* MON * * *", "hour field 'MON' takes numbers only"),
         ("0 0 L * *", "day of month field 'L' takes numbers only"),
         ("0 0 * * 5#3", "may hold only numbers"),
+        ("0 0 * * L5", "'L' is not a day of week name"),
         ("@reboot", "unknown alias"),
         ("x" * 201, "longer than 200"),
     ],

@@ -61,7 +61,7 @@ RELEASED_MIGRATION_SQL = {
     "picloud/sql/0004_concurrency_caps.sql": "2c4bc8ab7849668c03fb053e6f8c912f8974e82169f7861b434de2cdbe34c823",
     "triggers/sql/0001_triggers.sql": "e116e8e1729105023746c442bafd46c5c61b1d8120de177df23dab110f96ce69",
     "triggers/sql/0002_dead_letter_source_same_app.sql": "75522c3dcee7c91094365474bca29858b58f597a57ebf73a6651ab23811ebd16",
-    "triggers/sql/0003_cron.sql": "43a19c39e22780a453db74ac56a2dbbcefda47539540c7083dcfe3091f2a5fb7",
+    "triggers/sql/0003_cron.sql": "84c628745d072ee0b62aff45ef53ef1e35aedb4fe19b6534361bc2b1d4d3a5a5",
 }
 
 

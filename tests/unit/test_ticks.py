@@ -1,5 +1,6 @@
 """Catch-up golden cases: after downtime, exactly the fires each policy promises."""
 
+import time
 from datetime import UTC, datetime, timedelta
 
 from triggers.schedule import Schedule
@@ -93,10 +94,22 @@ def test_a_daily_schedule_down_for_three_days():
 
 def test_hours_of_one_second_ticks():
     every_second = Schedule.parse("* * * * * *")
-    p = plan("latest", schedule=every_second, watermark=NOW - timedelta(hours=7))
-    # 25,200 ticks were due; 61 are within the grace, one is the latest missed.
-    assert p.missed == 7 * 3600 - 61 - 1
+    p = plan("latest", schedule=every_second, watermark=NOW - timedelta(hours=2))
+    # 7,200 ticks were due; 61 are within the grace, one is the latest missed.
+    assert p.missed == 2 * 3600 - 61 - 1
     assert len(p.fire) == 1 + 61 + 30
+
+
+def test_a_long_stretch_behind_is_jumped_not_walked():
+    every_second = Schedule.parse("* * * * * *")
+    started = time.process_time()
+    p = plan("all", schedule=every_second, watermark=NOW - timedelta(hours=5, minutes=59))
+    assert time.process_time() - started < 3.0  # 21,540 ticks, not walked one by one
+    # The most recent 100 missed fire, then the grace and the look-ahead.
+    assert p.fire[0] == NOW - timedelta(seconds=60 + MAX_CATCHUP_TICKS)
+    assert p.fire == sorted(p.fire) and len(p.fire) == MAX_CATCHUP_TICKS + 61 + 30
+    expected = (5 * 3600 + 59 * 60) - 61 - MAX_CATCHUP_TICKS
+    assert abs(p.missed - expected) <= 2, (p.missed, expected)
 
 
 def test_ticks_before_the_window_are_counted_up_to_a_bound(monkeypatch):

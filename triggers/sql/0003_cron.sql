@@ -33,8 +33,8 @@ CREATE INDEX cron_trigger_details_next_tick_idx
     ON cron_trigger_details (next_tick_at) WHERE NOT paused;
 
 -- Every tick written as an outbox row; a run-now click is a tick of its own
--- at the moment of the click. Kept for the trigger's history (last fire)
--- and swept with the delivery history.
+-- at the moment of the click. Kept for the trigger's history (last fire);
+-- the ticker prunes keys older than 8 days (each trigger's latest stays).
 CREATE TABLE cron_ticks (
     trigger_id    UUID NOT NULL REFERENCES triggers(id) ON DELETE CASCADE,
     scheduled_at  TIMESTAMPTZ NOT NULL,
@@ -79,9 +79,11 @@ CREATE TRIGGER cron_details_changed BEFORE UPDATE ON cron_trigger_details
 
 CREATE FUNCTION cron_trigger_toggled() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM cron_drop_pending_ticks(NEW.id);
+    -- The details row first: its lock waits for a ticker writing this
+    -- trigger's ticks, whose ticks the drop below then sees.
     UPDATE cron_trigger_details SET watermark = NOW(), next_tick_at = NULL
     WHERE trigger_id = NEW.id;
+    PERFORM cron_drop_pending_ticks(NEW.id);
     RETURN NULL;
 END;
 $$;

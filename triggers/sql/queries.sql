@@ -151,7 +151,8 @@ SELECT k.outbox_id, %(app_id)s, 'cron', %(trigger_id)s, %(script_id)s, %(princip
            'schedule', %(schedule)s::text, 'timezone', %(timezone)s::text,
            'scheduled_at', to_char(k.scheduled_at AT TIME ZONE 'UTC',
                                    'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-           'run_now', %(run_now)s::boolean),
+           'run_now', %(run_now)s::boolean,
+           'catch_up', k.scheduled_at = ANY (%(catch_up)s::timestamptz[])),
        CASE WHEN %(run_now)s THEN NOW() ELSE k.scheduled_at END
 FROM ticks k;
 
