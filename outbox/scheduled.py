@@ -11,7 +11,6 @@ is scheduled there while it has not started.
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,7 +22,7 @@ from django.utils import timezone
 
 from outbox.storage.kinds import SourceKind
 from outbox.storage.pg_repository import PgOutboxRepo
-from outbox.storage.repository import NewOutboxRow
+from outbox.storage.repository import NewOutboxRow, payload_size
 from picloud.config import SandboxCeiling
 from picloud.db.sqlexec import fetch_all, fetch_one, from_json
 from picloud.db.sqlfiles import load_queries
@@ -142,7 +141,7 @@ def check_payload(payload: Any) -> None:
         check_json(payload)
     except Unstorable as exc:
         raise ValidationError({"payload": f"cannot be stored: {exc}"}) from None
-    size = len(_dumps(payload))
+    size = payload_size(payload)
     cap = SandboxCeiling.current().max_payload_bytes
     if size > cap:
         raise PayloadTooLarge(
@@ -159,7 +158,3 @@ def _run(row: dict) -> ScheduledRun:
         payload=from_json(row["payload"]),
         scheduled_by=row["run_as_principal"],
     )
-
-
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()

@@ -9,6 +9,8 @@ API and the demo use too.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
@@ -411,10 +413,7 @@ class TriggerAdmin(AppScopedAdmin):
             trigger__in=queryset, paused=not paused
         ).select_for_update()
         for d in details:
-            spec = d.as_spec()
-            self.repository.update(
-                d.trigger_id, cron=CronSpec(**{**spec.__dict__, "paused": paused})
-            )
+            self.repository.update(d.trigger_id, cron=replace(d.as_spec(), paused=paused))
         return len(details)
 
     @transaction.atomic

@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from outbox.storage.kinds import SourceKind
 from outbox.storage.repository import OutboxRow
-from picloud.db.sqlexec import execute, fetch_all, fetch_one, from_json, to_json
+from picloud.db.sqlexec import execute, fetch_all, fetch_one
 from picloud.db.sqlfiles import load_queries
 from triggers.schedule import Schedule, ScheduleError
 from triggers.ticks import LOOKAHEAD, Catchup, Overlap, plan_ticks
@@ -155,7 +155,6 @@ def write_ticks(
             "name": row["name"],
             "schedule": schedule.expression,
             "timezone": schedule.timezone,
-            "payload": to_json(from_json(row["payload"])),
             "at": at,
             "run_now": run_now,
             "catch_up": list(catch_up),

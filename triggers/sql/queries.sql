@@ -122,7 +122,7 @@ ORDER BY c.name COLLATE "C", c.id;
 -- or is seen by it.
 SELECT t.id, t.app_id, t.script_id, t.registered_by_principal, t.name,
        a.slug AS app_slug, c.schedule, c.timezone, c.catchup, c.catchup_window_s,
-       c.payload, c.watermark
+       c.watermark
 FROM cron_trigger_details c
 JOIN triggers t ON t.id = c.trigger_id
 JOIN apps a ON a.id = t.app_id
@@ -135,7 +135,8 @@ FOR UPDATE OF c SKIP LOCKED;
 -- write_cron_ticks --
 -- One outbox row per tick not written before: the key of cron_ticks
 -- (trigger, scheduled time) lets each tick through once, whoever writes it.
--- The event: the trigger's static payload, then the tick's own keys over it.
+-- The event: the trigger's static payload (read here, in the writer's
+-- transaction), then the tick's own keys over it.
 WITH ticks AS (
     INSERT INTO cron_ticks (trigger_id, scheduled_at, run_now)
     SELECT %(trigger_id)s, at, %(run_now)s FROM unnest(%(at)s::timestamptz[]) AS at
@@ -145,7 +146,8 @@ WITH ticks AS (
 INSERT INTO outbox (id, app_id, source_kind, trigger_id, script_id, run_as_principal,
                     payload, due_at)
 SELECT k.outbox_id, %(app_id)s, 'cron', %(trigger_id)s, %(script_id)s, %(principal)s,
-       %(payload)s::jsonb || jsonb_build_object(
+       (SELECT c.payload FROM cron_trigger_details c WHERE c.trigger_id = %(trigger_id)s)
+       || jsonb_build_object(
            'source', 'cron', 'app_id', %(app_id)s::text, 'app', %(app_slug)s::text,
            'trigger', %(name)s::text, 'trigger_id', %(trigger_id)s::text,
            'schedule', %(schedule)s::text, 'timezone', %(timezone)s::text,
@@ -165,7 +167,7 @@ WHERE trigger_id = %(trigger_id)s;
 -- cron_trigger_for_run_now --
 -- A paused trigger may be run now (its schedule stays paused); a disabled one may not.
 SELECT t.id, t.app_id, t.script_id, t.registered_by_principal, t.name,
-       a.slug AS app_slug, c.schedule, c.timezone, c.payload
+       a.slug AS app_slug, c.schedule, c.timezone
 FROM cron_trigger_details c
 JOIN triggers t ON t.id = c.trigger_id
 JOIN apps a ON a.id = t.app_id
