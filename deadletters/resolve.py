@@ -7,7 +7,9 @@ the resolve is atomic and a second one raises AlreadyResolved. The row runs
 at the letter's depth, so replaying a letter of a write the depth limit
 stopped runs that trigger's script once and its writes that fire triggers are
 stopped again (new letters, caused by the replayed row): a replay never
-restarts the cascade the limit ended. ``ignore`` marks it ``ignored`` with a
+restarts the cascade the limit ended. A queue message's letter is replayed
+back onto its queue instead, as a new message (receive count 0), for the
+queue's consumer to take like any other. ``ignore`` marks it ``ignored`` with a
 note. Both record who and when. Admin actions and Python callers use these;
 they reach the database only through repositories.
 """
@@ -30,9 +32,11 @@ from deadletters.repository import (
     DeadLetterRecord,
     DeadLetterRepo,
 )
+from outbox.storage.kinds import SourceKind
 from outbox.storage.pg_repository import PgOutboxRepo
 from outbox.storage.repository import NewOutboxRow, OutboxRepo
 from picloud.db.storable import clean_text
+from picloud.messaging import queues
 
 MAX_NOTE_CHARS = 2_000  # an ignore note, as an operator writes it
 
@@ -74,8 +78,12 @@ class Resolver:
         dead_letters: DeadLetterRepo,
         outbox: OutboxRepo,
         atomic: Callable[[], AbstractContextManager] = nullcontext,
+        # Puts a queue message's body back on its queue: (queue id, body) ->
+        # the new message's id, or None when the queue is gone.
+        requeue: Callable[[uuid.UUID, object], int | None] = queues.requeue,
     ) -> None:
         self.dead_letters, self.outbox, self.atomic = dead_letters, outbox, atomic
+        self.requeue = requeue
 
     def replay(self, dead_letter_id: uuid.UUID, by: uuid.UUID | None) -> DeadLetterRecord:
         """Enqueue the work again and mark the letter replayed; the new
@@ -86,6 +94,18 @@ class Resolver:
                 raise DeadLetterNotFound(dead_letter_id)
             if letter.is_resolved:
                 raise AlreadyResolved(letter)
+            queued = queue_message(letter)
+            if queued is not None:
+                queue_id, body = queued
+                message_id = self.requeue(queue_id, body)
+                if message_id is None:
+                    raise CannotReplay(f"dead letter {letter.id}: its queue was deleted")
+                return self.dead_letters.resolve(
+                    letter.id,
+                    Resolution.REPLAYED,
+                    by=by,
+                    note=f"replayed onto its queue as message {message_id}",
+                )
             if letter.script_id is None:
                 raise CannotReplay(f"dead letter {letter.id}: its script was deleted")
             row = self.outbox.insert(
@@ -139,6 +159,18 @@ class Resolver:
             else:
                 report.done.append(dead_letter_id)
         return report
+
+
+def queue_message(letter: DeadLetterRecord) -> tuple[uuid.UUID, object] | None:
+    """(queue id, body) of a queue message's dead letter, else None."""
+    payload = letter.payload if isinstance(letter.payload, dict) else {}
+    message = payload.get("message")
+    if letter.source_kind != SourceKind.QUEUE or not isinstance(message, dict):
+        return None
+    try:
+        return uuid.UUID(str(payload.get("queue_id"))), message.get("body")
+    except ValueError:
+        return None
 
 
 def postgres_resolver() -> Resolver:

@@ -232,3 +232,64 @@ def principal_for(user) -> Principal:
     """The principal of a Django user, created on first use if the signal missed it."""
     principal, _ = Principal.objects.get_or_create(user=user)
     return principal
+
+
+class Topic(models.Model):
+    """A topic an app publishes to (picloud.messaging.topics)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="topics")
+    name = models.TextField(
+        max_length=200, help_text="ASCII letters, digits and _ . : - ; e.g. orders:created"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "topics"
+        ordering = ["app", "name"]
+        constraints = [models.UniqueConstraint(fields=["app", "name"], name="topics_app_name_key")]
+
+    def __str__(self) -> str:
+        return f"{self.app}/{self.name}"
+
+
+class Queue(models.Model):
+    """A queue of an app (picloud.messaging.queues)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="queues")
+    name = models.TextField(
+        max_length=200, help_text="ASCII letters, digits and _ . : - ; e.g. emails"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "queues"
+        ordering = ["app", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["app", "name"], name="queues_app_name_key"),
+            models.UniqueConstraint(fields=["id", "app"], name="queues_id_app_key"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.app}/{self.name}"
+
+
+class QueueMessage(models.Model):
+    """A message on a queue; sent, received and acknowledged through
+    picloud.messaging.queues."""
+
+    id = models.BigAutoField(primary_key=True)
+    queue = models.ForeignKey(Queue, on_delete=models.CASCADE, related_name="messages")
+    body = models.JSONField()
+    sent_at = models.DateTimeField(auto_now_add=True)
+    vt = models.DateTimeField(help_text="visible from")
+    receive_count = models.IntegerField(default=0)
+    depth = models.IntegerField(default=0)
+    batch_id = models.UUIDField(null=True, blank=True, help_text="the queue trigger's batch")
+
+    class Meta:
+        db_table = "queue_messages"
+
+    def __str__(self) -> str:
+        return f"{self.queue} #{self.id}"

@@ -7,8 +7,10 @@ class TriggersConfig(AppConfig):
 
     def ready(self) -> None:
         from picloud import kv
-        from triggers.fanout import fan_out_kv
+        from picloud.messaging import hooks as messaging_hooks
+        from triggers.fanout import fan_out_kv, fan_out_pubsub
 
-        # The KV store sits below triggers and must not import them: it owns
-        # the write hook, and this app registers the fan-out on it.
+        # The KV store and topics sit below triggers and must not import
+        # them: they own their hooks, and this app registers the fan-out.
         kv.hooks.on_write(fan_out_kv)
+        messaging_hooks.on_publish(fan_out_pubsub)

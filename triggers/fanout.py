@@ -19,6 +19,7 @@ from outbox.storage.pg_repository import PgOutboxRepo
 from outbox.storage.repository import NewOutboxRow, OutboxRepo
 from picloud.config import TriggerConfig
 from picloud.kv import KvEvent
+from picloud.messaging.hooks import Published
 from triggers.pg_repository import PgTriggerRepo
 from triggers.repository import TriggerRecord, TriggerRepo
 
@@ -42,30 +43,62 @@ class FanOut:
         config = self.config or TriggerConfig.current()
         payload = event.payload()
         if depth > config.max_trigger_depth:
-            self._stop_cascade(event.app_id, payload, matching, depth, cause, config)
+            what = f"a write to {payload['collection']}/{payload['key']}"
+            self._stop_cascade(SourceKind.KV, event.app_id, what, payload, matching, depth, cause)
             return 0
+        self._enqueue(SourceKind.KV, event.app_id, matching, depth, lambda _t: payload)
+        return len(matching)
+
+    def pubsub(self, event: Published, *, depth: int = 0, cause: uuid.UUID | None = None) -> int:
+        """Enqueue a publish for every subscribed trigger; returns the rows written."""
+        matching = self.triggers.list_matching_pubsub(event.app_id, event.topic)
+        if not matching:
+            return 0
+        payload = event.payload()
+
+        def event_for(trigger: TriggerRecord) -> dict[str, Any]:
+            return {**payload, "trigger": trigger.name, "trigger_id": str(trigger.id)}
+
+        config = self.config or TriggerConfig.current()
+        if depth > config.max_trigger_depth:
+            what = f"a publish to topic {event.topic}"
+            for trigger in matching:
+                self._stop_cascade(
+                    SourceKind.PUBSUB,
+                    event.app_id,
+                    what,
+                    event_for(trigger),
+                    [trigger],
+                    depth,
+                    cause,
+                )
+            return 0
+        self._enqueue(SourceKind.PUBSUB, event.app_id, matching, depth, event_for)
+        return len(matching)
+
+    def _enqueue(self, kind, app_id, matching, depth, payload_for) -> None:
         for trigger in matching:
             self.outbox.insert(
                 NewOutboxRow(
-                    app_id=event.app_id,
-                    source_kind=SourceKind.KV,
+                    app_id=app_id,
+                    source_kind=kind,
                     script_id=trigger.script_id,
                     run_as_principal=trigger.registered_by_principal,
-                    payload=payload,
+                    payload=payload_for(trigger),
                     trigger_id=trigger.id,
                     depth=depth,
                 )
             )
-        return len(matching)
 
     def _stop_cascade(
         self,
+        kind: str,
         app_id: uuid.UUID,
+        what: str,
         payload: dict[str, Any],
         matching: list[TriggerRecord],
         depth: int,
         cause: uuid.UUID | None,
-        config: TriggerConfig,
     ) -> None:
         # One dead letter per stopped trigger, holding what its row would have
         # held, so replaying each runs that trigger's script as the cascade
@@ -75,17 +108,17 @@ class FanOut:
         # writing past the limit leaves one letter per trigger and key it
         # wrote, holding that key's first stopped write; running the causing
         # row again adds none.
+        config = self.config or TriggerConfig.current()
         for trigger in matching:
             error = (
-                f"depth limit stopped a cascade: a write to "
-                f"{payload['collection']}/{payload['key']} at depth {depth} exceeds "
+                f"depth limit stopped a cascade: {what} at depth {depth} exceeds "
                 f"PICLOUD_MAX_TRIGGER_DEPTH={config.max_trigger_depth}; "
                 f"not enqueued for trigger {trigger.name!r}"
             )
             self.dead_letter(
                 NewDeadLetter(
                     app_id=app_id,
-                    source_kind=SourceKind.KV,
+                    source_kind=kind,
                     script_id=trigger.script_id,
                     trigger_id=trigger.id,
                     run_as_principal=trigger.registered_by_principal,
@@ -155,3 +188,7 @@ def default_fan_out() -> FanOut:
 
 def fan_out_kv(event: KvEvent, *, depth: int = 0, cause: uuid.UUID | None = None) -> int:
     return default_fan_out().kv(event, depth=depth, cause=cause)
+
+
+def fan_out_pubsub(event: Published, *, depth: int = 0, cause: uuid.UUID | None = None) -> int:
+    return default_fan_out().pubsub(event, depth=depth, cause=cause)

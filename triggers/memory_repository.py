@@ -25,13 +25,19 @@ from triggers.rules import Ref
 
 
 class MemoryTriggerRepo:
-    def __init__(self, script_apps: Mapping[uuid.UUID, uuid.UUID] | None = None) -> None:
+    def __init__(
+        self,
+        script_apps: Mapping[uuid.UUID, uuid.UUID] | None = None,
+        queue_apps: Mapping[uuid.UUID, uuid.UUID] | None = None,
+    ) -> None:
         """`script_apps`: the app of each script triggers may run (scripts live
         outside this repository). Given, a script not in it or of another app
         is refused, as in PostgreSQL; the contract suite gives it. None: tests
         of logic that need no scripts table take every script as the
         trigger's app's. Apps are named by their id (there are no slugs here)."""
         self._script_apps = None if script_apps is None else dict(script_apps)
+        # The same for the queues queue triggers consume.
+        self._queue_apps = None if queue_apps is None else dict(queue_apps)
         self._rows: dict[uuid.UUID, TriggerRecord] = {}
         self._lock = threading.Lock()
 
@@ -91,6 +97,17 @@ class MemoryTriggerRepo:
             and collection_matches(t.kv.collection, collection)
         )
 
+    def list_matching_pubsub(self, app_id: uuid.UUID, topic: str) -> list[TriggerRecord]:
+        return self._sorted(
+            t
+            for t in self._rows.values()
+            if t.app_id == app_id
+            and t.kind == TriggerKind.PUBSUB
+            and t.enabled
+            and t.pubsub is not None
+            and collection_matches(t.pubsub.topic, topic)
+        )
+
     def list_matching_dead_letter(
         self, app_id: uuid.UUID, dead_letter: DeadLetterSource
     ) -> list[TriggerRecord]:
@@ -120,6 +137,21 @@ class MemoryTriggerRepo:
             script = Ref(script_app, str(new.script_id)) if script_app else None
         source_id = new.dead_letter.source_trigger_id if new.dead_letter else None
         source = self._rows.get(source_id) if source_id else None
+        queue = consumer = None
+        if new.queue is not None:
+            queue_id = new.queue.queue_id
+            if self._queue_apps is None:
+                queue = Ref(new.app_id, str(queue_id))
+            elif queue_id in self._queue_apps:
+                queue = Ref(self._queue_apps[queue_id], str(queue_id))
+            consumer = next(
+                (
+                    t.name
+                    for t in self._rows.values()
+                    if t.queue is not None and t.queue.queue_id == queue_id and t.id != trigger_id
+                ),
+                None,
+            )
         return Facts(
             app_slug=str(new.app_id),
             name_taken=any(
@@ -128,4 +160,6 @@ class MemoryTriggerRepo:
             ),
             script=script,
             source=source and Ref(source.app_id, f"{source.app_id}/{source.name}", source.kind),
+            queue=queue,
+            queue_consumer=consumer,
         )

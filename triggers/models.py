@@ -17,11 +17,11 @@ from django.core.exceptions import NON_FIELD_ERRORS
 from django.db import models
 from django.utils.timezone import now
 
-from picloud.models import App, Principal, Script
+from picloud.models import App, Principal, Queue, Script
 from triggers import rules
 from triggers.kinds import DEAD_LETTER_FILTER_KINDS, KvOp, TriggerKind
 from triggers.matching import MAX_COLLECTION_LENGTH, validate_collection_pattern, validate_ops
-from triggers.repository import CronSpec
+from triggers.repository import CronSpec, QueueSpec
 from triggers.ticks import Catchup, Overlap
 
 # The rules name fields as the repository does; these are the models' names.
@@ -32,6 +32,9 @@ MODEL_FIELDS = {
     "kv": NON_FIELD_ERRORS,
     "cron": NON_FIELD_ERRORS,
     "dead_letter": NON_FIELD_ERRORS,
+    "pubsub": NON_FIELD_ERRORS,
+    "queue": NON_FIELD_ERRORS,
+    "queue_id": "queue",
 }
 
 
@@ -288,6 +291,98 @@ class CronTriggerDetails(RuledFields):
         )
 
 
+class PubsubTriggerDetails(RuledFields):
+    """The topics a pub/sub trigger subscribes to."""
+
+    trigger = models.OneToOneField(
+        Trigger, on_delete=models.CASCADE, primary_key=True, related_name="pubsub_details"
+    )
+    topic = models.TextField(
+        max_length=MAX_COLLECTION_LENGTH,
+        help_text="'*', 'prefix:*' (e.g. orders:*) or an exact topic name",
+    )
+
+    class Meta:
+        db_table = "pubsub_trigger_details"
+        verbose_name_plural = "pub/sub trigger details"
+
+    def __str__(self) -> str:
+        return f"topic {self.topic}"
+
+    def field_rules(self):
+        return {"topic": rules.check_topic}
+
+    def clean(self) -> None:
+        super().clean()
+        if self.trigger_id is not None:
+            check_details_of(self.trigger, "pubsub")
+
+
+class QueueTriggerDetails(RuledFields):
+    """The queue a queue trigger consumes, and how (docs/messaging.md)."""
+
+    trigger = models.OneToOneField(
+        Trigger, on_delete=models.CASCADE, primary_key=True, related_name="queue_details"
+    )
+    # The trigger's app, copied from it on save (as for dead-letter details):
+    # the composite keys hold the queue to that app.
+    app = models.ForeignKey(
+        App,
+        on_delete=models.CASCADE,
+        related_name="+",
+        editable=False,
+        blank=True,
+        db_constraint=False,
+    )
+    queue = models.OneToOneField(
+        Queue,
+        on_delete=models.RESTRICT,
+        related_name="consumer",
+        help_text="the queue this trigger consumes (a queue has one consumer trigger)",
+    )
+    batch_size = models.IntegerField(default=10, help_text="messages per batch, 1 to 100")
+    max_batch_wait_ms = models.IntegerField(
+        default=0, help_text="ms a partial batch waits for more messages, 0 to 60000"
+    )
+    max_concurrency = models.IntegerField(
+        default=5, help_text="batches waiting or running at once, 1 to 100"
+    )
+    max_receives = models.IntegerField(
+        default=5, help_text="receives of a message before it becomes a dead letter, 1 to 100"
+    )
+
+    class Meta:
+        db_table = "queue_trigger_details"
+        verbose_name_plural = "queue trigger details"
+
+    def __str__(self) -> str:
+        return f"queue {self.queue.name}, batches of {self.batch_size}"
+
+    def save(self, *args, **kwargs):
+        self.app_id = self.trigger.app_id
+        super().save(*args, **kwargs)
+
+    def clean(self) -> None:
+        super().clean()
+        if self.trigger_id is None:
+            return
+        errors = rules.Errors(MODEL_FIELDS)
+        with errors.check():
+            check_details_of(self.trigger, "queue")
+        with errors.check():
+            check_queue_details(self.trigger, self)
+        errors.raise_any()
+
+    def as_spec(self) -> QueueSpec:
+        return QueueSpec(
+            queue_id=self.queue_id,
+            batch_size=self.batch_size,
+            max_batch_wait_ms=self.max_batch_wait_ms,
+            max_concurrency=self.max_concurrency,
+            max_receives=self.max_receives,
+        )
+
+
 class CronTick(models.Model):
     """A tick written as an outbox row (the table's key makes it once only)."""
 
@@ -324,4 +419,29 @@ def check_source(owner: Trigger, source: Trigger | None) -> None:
     errors = rules.Errors(MODEL_FIELDS)
     with errors.check():
         rules.check_source(source.pk, source.as_ref(), owner.app_id, owner.app.slug)
+    errors.raise_any()
+
+
+def check_queue_details(owner: Trigger, details: QueueTriggerDetails) -> None:
+    """The queue is of the owner's app and consumed by no other trigger, and
+    the settings are in range (rules.check_queue); shared by full_clean and
+    the admin's inline formset."""
+    if owner.app_id is None:
+        return
+    queue = Queue.objects.filter(pk=details.queue_id).first() if details.queue_id else None
+    consumer = (
+        QueueTriggerDetails.objects.filter(queue_id=details.queue_id)
+        .exclude(trigger_id=owner.pk)
+        .values_list("trigger__name", flat=True)
+        .first()
+    )
+    errors = rules.Errors(MODEL_FIELDS)
+    with errors.check():
+        rules.check_queue(
+            details.as_spec(),
+            rules.Ref(queue.app_id, queue.name) if queue else None,
+            consumer,
+            owner.app_id,
+            owner.app.slug,
+        )
     errors.raise_any()

@@ -5,10 +5,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from picloud.db.sqlexec import execute, fetch_all, fetch_one, from_json, to_json
 from picloud.db.sqlfiles import load_queries
+from triggers import rules
 from triggers.kinds import TriggerKind
 from triggers.repository import (
     CronSpec,
@@ -17,6 +19,8 @@ from triggers.repository import (
     Facts,
     KvSpec,
     NewTrigger,
+    PubsubSpec,
+    QueueSpec,
     TriggerInUse,
     TriggerNotFound,
     TriggerRecord,
@@ -29,6 +33,8 @@ Q = load_queries("triggers")
 NAME_CONSTRAINT = "triggers_app_name_key"
 SCRIPT_CONSTRAINT = "triggers_script_same_app_fkey"
 SOURCE_CONSTRAINT = "dead_letter_trigger_details_source_same_app_fkey"
+QUEUE_CONSTRAINT = "queue_trigger_details_queue_same_app_fkey"
+QUEUE_CONSUMER_CONSTRAINT = "queue_trigger_details_queue_key"
 
 
 def _record(row: dict[str, Any]) -> TriggerRecord:
@@ -52,6 +58,18 @@ def _record(row: dict[str, Any]) -> TriggerRecord:
         if row.get("cron_schedule") is not None
         else None
     )
+    pubsub = PubsubSpec(row["pubsub_topic"]) if row.get("pubsub_topic") is not None else None
+    queue = (
+        QueueSpec(
+            queue_id=row["queue_id"],
+            batch_size=row["queue_batch_size"],
+            max_batch_wait_ms=row["queue_max_batch_wait_ms"],
+            max_concurrency=row["queue_max_concurrency"],
+            max_receives=row["queue_max_receives"],
+        )
+        if row.get("queue_id") is not None
+        else None
+    )
     return TriggerRecord(
         id=row["id"],
         app_id=row["app_id"],
@@ -68,6 +86,8 @@ def _record(row: dict[str, Any]) -> TriggerRecord:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         cron=cron,
+        pubsub=pubsub,
+        queue=queue,
     )
 
 
@@ -113,6 +133,10 @@ class PgTriggerRepo:
         )
         return [_record(r) for r in rows]
 
+    def list_matching_pubsub(self, app_id: uuid.UUID, topic: str) -> list[TriggerRecord]:
+        rows = fetch_all(Q["list_matching_pubsub"], {"app_id": app_id, "topic": topic})
+        return [_record(r) for r in rows]
+
     def list_matching_dead_letter(
         self, app_id: uuid.UUID, dead_letter: DeadLetterSource
     ) -> list[TriggerRecord]:
@@ -146,6 +170,15 @@ class PgTriggerRepo:
                     "payload": to_json(new.cron.payload),
                 },
             )
+        if new.kind == TriggerKind.PUBSUB and new.pubsub is not None:
+            execute(
+                Q["upsert_pubsub_details"], {"trigger_id": trigger_id, "topic": new.pubsub.topic}
+            )
+        if new.kind == TriggerKind.QUEUE and new.queue is not None:
+            execute(
+                Q["upsert_queue_details"],
+                {"trigger_id": trigger_id, "app_id": new.app_id, **new.queue.__dict__},
+            )
         if new.kind == TriggerKind.DEAD_LETTER and new.dead_letter is not None:
             execute(
                 Q["upsert_dead_letter_details"],
@@ -169,6 +202,7 @@ def _facts(new: NewTrigger, trigger_id: uuid.UUID | None) -> Facts:
             "name": new.name,
             "script_id": new.script_id,
             "source_trigger_id": source_id,
+            "queue_id": new.queue.queue_id if new.queue else None,
         },
     )
     assert row is not None  # the query always returns its one row
@@ -177,11 +211,14 @@ def _facts(new: NewTrigger, trigger_id: uuid.UUID | None) -> Facts:
         script = Ref(row["script_app_id"], row["script_name"])
     if row["source_app_id"] is not None:
         source = Ref(row["source_app_id"], row["source_label"], row["source_kind"])
+    queue = Ref(row["queue_app_id"], row["queue_name"]) if row["queue_app_id"] else None
     return Facts(
         app_slug=row["app_slug"] or str(new.app_id),
         name_taken=row["name_taken"],
         script=script,
         source=source,
+        queue=queue,
+        queue_consumer=row["queue_consumer"],
     )
 
 
@@ -205,4 +242,13 @@ class _translating_integrity_errors:
             raise ForeignScript(new.script_id, None, slug) from exc
         if exc_type is IntegrityError and SOURCE_CONSTRAINT in str(exc) and new.dead_letter:
             raise ForeignSourceTrigger(new.dead_letter.source_trigger_id, None, slug) from exc
+        if exc_type is IntegrityError and new.queue is not None:
+            # A queue deleted, or taken by another trigger, since the check.
+            consumer = "another trigger" if QUEUE_CONSUMER_CONSTRAINT in str(exc) else None
+            if consumer or QUEUE_CONSTRAINT in str(exc):
+                queue = self.facts.queue if consumer else None
+                try:
+                    rules.check_queue(new.queue, queue, consumer, new.app_id, slug)
+                except ValidationError as error:
+                    raise error from exc
         return False

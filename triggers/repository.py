@@ -52,6 +52,24 @@ class CronSpec:
 
 
 @dataclass(frozen=True)
+class PubsubSpec:
+    """A pub/sub trigger's details: the topic pattern it subscribes to."""
+
+    topic: str
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """A queue trigger's details (docs/messaging.md, "Queue triggers")."""
+
+    queue_id: uuid.UUID
+    batch_size: int = 10
+    max_batch_wait_ms: int = 0
+    max_concurrency: int = 5  # batches in the outbox at once
+    max_receives: int = 5  # receives of a message before its dead letter
+
+
+@dataclass(frozen=True)
 class NewTrigger:
     app_id: uuid.UUID
     kind: str
@@ -62,6 +80,8 @@ class NewTrigger:
     kv: KvSpec | None = None
     dead_letter: DeadLetterSpec | None = None
     cron: CronSpec | None = None
+    pubsub: PubsubSpec | None = None
+    queue: QueueSpec | None = None
     max_attempts: int | None = None
     retry_base_delay_ms: int | None = None
     retry_max_delay_ms: int | None = None
@@ -84,6 +104,8 @@ class TriggerRecord:
     created_at: datetime = field(compare=False)
     updated_at: datetime = field(compare=False)
     cron: CronSpec | None = None
+    pubsub: PubsubSpec | None = None
+    queue: QueueSpec | None = None
 
 
 class DeadLetterSource(Protocol):
@@ -115,6 +137,8 @@ UPDATABLE = frozenset(
         "kv",
         "dead_letter",
         "cron",
+        "pubsub",
+        "queue",
         "max_attempts",
         "retry_base_delay_ms",
         "retry_max_delay_ms",
@@ -162,6 +186,10 @@ class TriggerRepo(Protocol):
         """Enabled kv triggers of this app whose pattern matches `collection`
         (triggers.matching.collection_matches) and whose ops include `op`, by name."""
 
+    def list_matching_pubsub(self, app_id: uuid.UUID, topic: str) -> list[TriggerRecord]:
+        """Enabled pubsub triggers of this app whose pattern matches `topic`
+        (the rule of collection_matches), by name."""
+
     def list_matching_dead_letter(
         self, app_id: uuid.UUID, dead_letter: DeadLetterSource
     ) -> list[TriggerRecord]:
@@ -178,6 +206,8 @@ class Facts:
     name_taken: bool  # another trigger of the app has the name
     script: Ref | None  # the trigger's script; None: no such script
     source: Ref | None  # the trigger its dead-letter filter names; None: none, or no such
+    queue: Ref | None = None  # a queue trigger's queue; None: none, or no such
+    queue_consumer: str | None = None  # the other trigger consuming that queue, if any
 
 
 def validate_trigger(
@@ -204,18 +234,22 @@ def validate_trigger(
         rules.check_script(new.script_id, facts.script, new.app_id, facts.app_slug)
     if touches("max_attempts"):
         rules.check_max_attempts(new.max_attempts)
+        rules.check_no_attempts_for_queue(new.kind, new.max_attempts)
     delays = ("retry_base_delay_ms", "retry_max_delay_ms")
     if touches(*delays):
         for name in delays:
             rules.check_delay(name, getattr(new, name))
         rules.check_delay_order(new.retry_base_delay_ms, new.retry_max_delay_ms)
     kv, dl = new.kv, new.dead_letter
-    if touches("kv", "dead_letter", "cron"):
-        rules.check_details(new.kind, "kv", kv is not None)
-        rules.check_details(new.kind, "dead_letter", dl is not None)
-        rules.check_details(new.kind, "cron", new.cron is not None)
+    if touches(*rules.DETAILS.values()):
+        for details in rules.DETAILS.values():
+            rules.check_details(new.kind, details, getattr(new, details) is not None)
     if new.cron is not None and touches("cron"):
         rules.check_cron(new.cron)
+    if new.pubsub is not None and touches("pubsub"):
+        rules.check_topic(new.pubsub.topic)
+    if new.queue is not None and touches("queue"):
+        rules.check_queue(new.queue, facts.queue, facts.queue_consumer, new.app_id, facts.app_slug)
     if kv is not None and touches("kv"):
         rules.check_collection(kv.collection)
         rules.check_ops(kv.ops)

@@ -35,9 +35,28 @@ MAX_ATTEMPTS = 100  # attempts per row at most
 MAX_DELAY_MS = 86_400_000  # ms (one day): the longest retry delay
 # Kinds with an event source today; the others exist in the schema only, and
 # a trigger of theirs would never fire.
-CREATABLE_KINDS = (TriggerKind.KV, TriggerKind.CRON, TriggerKind.DEAD_LETTER)
+CREATABLE_KINDS = (
+    TriggerKind.KV,
+    TriggerKind.CRON,
+    TriggerKind.PUBSUB,
+    TriggerKind.QUEUE,
+    TriggerKind.DEAD_LETTER,
+)
 # The details each kind has, by the repository's name for them.
-DETAILS = {TriggerKind.KV: "kv", TriggerKind.CRON: "cron", TriggerKind.DEAD_LETTER: "dead_letter"}
+DETAILS = {
+    TriggerKind.KV: "kv",
+    TriggerKind.CRON: "cron",
+    TriggerKind.PUBSUB: "pubsub",
+    TriggerKind.QUEUE: "queue",
+    TriggerKind.DEAD_LETTER: "dead_letter",
+}
+# A queue trigger's settings: (lowest, highest) of each.
+QUEUE_RANGES = {
+    "batch_size": (1, 100),
+    "max_batch_wait_ms": (0, 60_000),
+    "max_concurrency": (1, 100),
+    "max_receives": (1, 100),
+}
 CRON_PAYLOAD_MAX_BYTES = 65_536  # a cron trigger's static payload, as JSON
 
 # Messages admin's form fields give for their own checks too (they run
@@ -48,7 +67,14 @@ NAME_TOO_LONG = (
 )
 KV_DETAILS_NEEDED = "A KV write trigger needs its details: a collection pattern and ops."
 CRON_DETAILS_NEEDED = "A cron trigger needs its details: at least a schedule."
-DETAILS_NEEDED = {TriggerKind.KV: KV_DETAILS_NEEDED, TriggerKind.CRON: CRON_DETAILS_NEEDED}
+PUBSUB_DETAILS_NEEDED = "A pub/sub trigger needs its details: the topic pattern it subscribes to."
+QUEUE_DETAILS_NEEDED = "A queue trigger needs its details: at least the queue it consumes."
+DETAILS_NEEDED = {
+    TriggerKind.KV: KV_DETAILS_NEEDED,
+    TriggerKind.CRON: CRON_DETAILS_NEEDED,
+    TriggerKind.PUBSUB: PUBSUB_DETAILS_NEEDED,
+    TriggerKind.QUEUE: QUEUE_DETAILS_NEEDED,
+}
 
 
 @dataclass(frozen=True)
@@ -163,9 +189,9 @@ def check_delay_order(base: object, cap: object) -> None:
 
 
 def check_details(kind: str, details: str, present: bool) -> None:
-    """`details` ("kv", "cron" or "dead_letter"): whether a trigger of `kind`
-    may have them (`present`), or must. A dead-letter trigger without its
-    filters matches any dead letter, so only KV and cron triggers need theirs."""
+    """`details` (a value of DETAILS): whether a trigger of `kind` may have
+    them (`present`), or must. A dead-letter trigger without its filters
+    matches any dead letter, so it alone may go without."""
     own = DETAILS.get(kind) == details
     if own and not present and kind in DETAILS_NEEDED:
         raise ValidationError({details: DETAILS_NEEDED[kind]})
@@ -185,6 +211,60 @@ def check_collection(pattern: object) -> None:
 
 def check_ops(ops: object) -> None:
     _keyed("ops", validate_ops, ops)
+
+
+def check_topic(pattern: object) -> None:
+    """A pubsub trigger's topic pattern: the rule of a KV collection pattern."""
+    try:
+        validate_collection_pattern(pattern)
+    except ValidationError as e:
+        messages = [m.replace("Collection pattern", "Topic pattern") for m in e.messages]
+        messages = [m.replace("collection", "topic") for m in messages]
+        raise ValidationError({"topic": messages}) from e
+
+
+def check_queue(spec, queue: Ref | None, consumer: str | None, app_id, app_slug: str) -> None:
+    """A queue trigger's details (a triggers.repository.QueueSpec): its queue
+    (`queue`; None: no such queue) is of the trigger's app and consumed by
+    no other trigger (`consumer`, that trigger's name), and each setting is
+    in its range."""
+    errors = Errors()
+    if queue is None or queue.app_id != app_id:
+        what = f"Queue {queue.label!r} belongs to another app" if queue else "No such queue"
+        errors.add(
+            ValidationError(
+                {
+                    "queue_id": f"{what}; choose a queue of app {app_slug!r}: a queue trigger "
+                    "consumes only a queue of its own app."
+                }
+            )
+        )
+    elif consumer is not None:
+        errors.add(
+            ValidationError(
+                {
+                    "queue_id": f"Queue {queue.label!r} is consumed by trigger {consumer!r} "
+                    "already; a queue has one consumer trigger (delete that one or point it at "
+                    "another queue first)."
+                }
+            )
+        )
+    for field, (low, high) in QUEUE_RANGES.items():
+        value = getattr(spec, field)
+        if not _int_between(value, low, high):
+            errors.add(ValidationError({field: f"Allowed: {low} to {high}; got {value!r}."}))
+    errors.raise_any()
+
+
+def check_no_attempts_for_queue(kind: str, max_attempts: object) -> None:
+    """A queue trigger counts tries per message (max_receives), not per row."""
+    if kind == TriggerKind.QUEUE and max_attempts is not None:
+        raise ValidationError(
+            {
+                "max_attempts": "A queue trigger retries each message up to its max_receives; "
+                "leave max attempts empty."
+            }
+        )
 
 
 def check_source_kind(source_kind: object) -> None:

@@ -39,6 +39,7 @@ from outbox.dispatch.metrics import (
     CRON_OVERLAP_DROPPED,
     Counters,
 )
+from outbox.dispatch.queue_settle import QueueSettler
 from outbox.storage.circuits import CircuitRepo, summarize
 from outbox.storage.kinds import SourceKind
 from outbox.storage.repository import OutboxRepo, OutboxRow
@@ -47,6 +48,7 @@ from picloud.runtime.execution import Failure, Outcome, RowExecutor
 from picloud.runtime.sandbox import SandboxFull
 from triggers.cron import Overlaps
 from triggers.fanout import FanOut
+from triggers.queue_batches import BatchStore, PgBatchStore
 from triggers.repository import TriggerRecord, TriggerRepo
 
 logger = logging.getLogger("picloud.dispatcher")
@@ -122,6 +124,10 @@ class Dispatcher:
         circuit_config: CircuitConfig | None = None,
         # Cron triggers' overlap policies (triggers.cron.overlaps); None: every tick runs.
         overlaps: Callable[[Sequence[OutboxRow]], Overlaps] | None = None,
+        # Where queue batches are settled message by message (None: PostgreSQL's),
+        # and who to tell when one was (the batcher: its trigger has room again).
+        batches: BatchStore | None = None,
+        on_batch_settled: Callable[[], None] = lambda: None,
     ) -> None:
         self.outbox, self.triggers, self.dead_letters = outbox, triggers, dead_letters
         self.config = config or TriggerConfig.current()
@@ -155,6 +161,15 @@ class Dispatcher:
         self._dirty_read_at = float("-inf")
         self.claim_cursor: uuid.UUID | None = None  # the app of the last row claimed
         self.overlaps = overlaps
+        self.queue_settler = QueueSettler(
+            triggers=triggers,
+            fan_out=self.fan_out,
+            store=batches or PgBatchStore(),
+            config=self.config,
+            atomic=atomic,
+            rand=rand,
+            settled=on_batch_settled,
+        )
 
     def claim(self, limit: int) -> Claim:
         """Claim up to `limit` due rows to run (the engine's half of run_once).
@@ -442,6 +457,12 @@ class Dispatcher:
             # No retry, no dead letter: the caller is told the outcome.
             self.replies.deliver(row, outcome)
             return True
+        if row.source_kind == SourceKind.QUEUE:
+            # Settled message by message; the row goes in the same transaction.
+            dead = self.queue_settler.settle(row, outcome)
+            if dead:
+                self.counters.inc("dead_lettered", dead)
+            return False
         if outcome.ok:
             if row.source_kind == SourceKind.DEAD_LETTER:
                 self._resolve_handled(row, Resolution.HANDLED_BY_SCRIPT, note="")

@@ -1,5 +1,6 @@
 """Host the engine in a process: its event-loop thread, database thread,
-handler threads, the LISTEN thread that wakes it, and the cron ticker.
+handler threads, the LISTEN thread that wakes it, the cron ticker and the
+queue batcher.
 
 A ``DispatcherHost`` runs in one process (each qcluster worker, see
 outbox/hosting.py). Stopping it stops claiming, lets running executions
@@ -22,6 +23,8 @@ from outbox.dispatch.cron_thread import CronThread
 from outbox.dispatch.dispatcher import Dispatcher
 from outbox.dispatch.engine import Engine
 from outbox.dispatch.metrics import Counters, CounterStore
+from outbox.dispatch.queue_thread import CHANNEL as QUEUE_CHANNEL
+from outbox.dispatch.queue_thread import QueueThread
 from outbox.dispatch.replies import InboxReplySink
 from outbox.dispatch.wakeup import CHANNEL
 from outbox.storage.pg_circuits import PgCircuitRepo
@@ -35,6 +38,7 @@ from picloud.runtime.handler_threads import HandlerThreads
 from picloud.runtime.webhook_client import WebhookClient
 from triggers import cron
 from triggers.pg_repository import PgTriggerRepo
+from triggers.queue_batches import PgBatchStore
 
 logger = logging.getLogger("picloud.dispatcher")
 
@@ -73,10 +77,15 @@ class DispatcherHost:
         ceiling = ceiling or SandboxCeiling.current()
         self.counters = Counters()
         self.stopping = threading.Event()
+        self.queues = QueueThread(self.stopping)
         self.db = DbThreads(ENGINE_DB_THREADS, on_connect=prepare_connection)
         self.threads = HandlerThreads(self.config.handler_threads)
         self.engine = Engine(
-            dispatcher=make_dispatcher(counters=self.counters, should_stop=self.stopping.is_set),
+            dispatcher=make_dispatcher(
+                counters=self.counters,
+                should_stop=self.stopping.is_set,
+                on_batch_settled=self.queues.wake,
+            ),
             runner=AsyncRunner(ceiling, threads=self.threads, post=webhooks.post),
             db=self.db,
             counters=self.counters,
@@ -90,15 +99,20 @@ class DispatcherHost:
             what="outbox rows",
             connect=connect_listener,
             # Rows may have arrived while nobody listened: look once on connect.
-            on_connect=self.engine.wake,
+            on_connect=self._wake_all,
             on_notify=lambda _payload: self.engine.wake(),
             stop=self.stopping,
+            also={QUEUE_CHANNEL: self.queues.wake},
         )
         self.webhooks = webhooks
         self.cron = CronThread(self.stopping, self.counters)
         self.thread = threading.Thread(
             target=asyncio.run, args=(self._serve(),), name="picloud-engine", daemon=True
         )
+
+    def _wake_all(self) -> None:
+        self.engine.wake()
+        self.queues.wake()
 
     async def _serve(self) -> None:
         try:
@@ -117,6 +131,7 @@ class DispatcherHost:
         self.engine.ready.wait(10)
         self.listener.start()
         self.cron.start()
+        self.queues.start()
         logger.info(
             "dispatcher started: up to %d executions in flight, %d handler threads",
             self.config.max_in_flight,
@@ -139,6 +154,7 @@ class DispatcherHost:
         self.threads.close()
         self.listener.join(2.0)
         self.cron.join(2.0)
+        self.queues.join(2.0)
         self.db.close()
         logger.info("dispatcher stopped")
 
@@ -158,6 +174,7 @@ def postgres_host(config: DispatcherConfig | None = None) -> DispatcherHost:
             counters=counters,
             circuits=PgCircuitRepo(),
             overlaps=cron.overlaps,
+            batches=PgBatchStore(),
             lease_margin=config.lease_margin_ms / 1000,
             **kwargs,
         )

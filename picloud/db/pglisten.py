@@ -1,4 +1,4 @@
-"""One thread, one LISTEN connection: each notification goes to a callback.
+"""One thread, one LISTEN connection: each notification goes to its channel's callback.
 
 The thread reconnects after any connection error, forever, until told to
 stop. Notifications sent while it was disconnected are lost, so ``on_connect``
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import psycopg
 
@@ -29,10 +29,13 @@ class Listener(threading.Thread):
         on_connect: Callable[[], None],
         stop: threading.Event,
         poll: float = 0.5,  # seconds between checks of `stop` while nothing arrives
+        # More channels on the same connection, each with its own callback.
+        also: Mapping[str, Callable[[str], None]] | None = None,
     ) -> None:
         super().__init__(name=f"picloud-listen-{channel}", daemon=True)
         self.channel, self.connect, self.stop, self.poll = channel, connect, stop, poll
         self.on_notify, self.on_connect, self.what = on_notify, on_connect, what
+        self.callbacks = {channel: on_notify, **(also or {})}
         self.connected = threading.Event()
 
     def run(self) -> None:
@@ -40,8 +43,9 @@ class Listener(threading.Thread):
         while not self.stop.is_set():
             try:
                 with self.connect() as conn:
-                    # The channel is one of our constants, never user input.
-                    conn.execute(f"LISTEN {self.channel}")
+                    # The channels are our constants, never user input.
+                    for channel in self.callbacks:
+                        conn.execute(f"LISTEN {channel}")
                     if not self.connected.is_set():
                         logger.info("listening for %s on %s", self.what, self.channel)
                     self.connected.set()
@@ -49,7 +53,7 @@ class Listener(threading.Thread):
                     self.on_connect()
                     while not self.stop.is_set():
                         for note in conn.notifies(timeout=self.poll, stop_after=1):
-                            self.on_notify(note.payload)
+                            self.callbacks.get(note.channel, self.on_notify)(note.payload)
             except psycopg.Error as exc:
                 self.connected.clear()
                 logger.warning(

@@ -76,6 +76,32 @@ class Capability:
 
         scope = Scope.AppAdmin
 
+    class TopicPublish(_AppCapability):
+        """Publish to the app's topics: their subscribers' scripts run."""
+
+        scope = Scope.ScriptInvoke
+
+    class QueueSend(_AppCapability):
+        """Put messages on the app's queues: work for their consumers."""
+
+        scope = Scope.ScriptInvoke
+
+    class QueueConsume(_AppCapability):
+        """Receive, acknowledge and give back messages of the app's queues:
+        a receive changes the message (hidden, counted), so it is a write."""
+
+        scope = Scope.KvWrite
+
+    class QueueRead(_AppCapability):
+        """See the app's topics and queues and their depths."""
+
+        scope = Scope.AppRead
+
+    class AppManageMessaging(_AppCapability):
+        """Create and delete the app's topics and queues; purge a queue."""
+
+        scope = Scope.AppAdmin
+
     class PlatformManageApps(_Capability):
         scope = Scope.PlatformAdmin
 
@@ -92,6 +118,11 @@ Capability.ALL_APP_CAPABILITIES = (
     Capability.AppDeadLetterManage,
     Capability.AppManageMembers,
     Capability.AppManageConcurrency,
+    Capability.TopicPublish,
+    Capability.QueueSend,
+    Capability.QueueConsume,
+    Capability.QueueRead,
+    Capability.AppManageMessaging,
 )
 
 

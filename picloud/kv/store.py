@@ -19,22 +19,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from picloud.db.sqlexec import fetch_all as _fetch_all
 from picloud.db.sqlexec import fetch_one, from_json, to_json
 from picloud.db.sqlfiles import load_queries
-from picloud.db.storable import Unstorable, check_json, is_storable_text
+from picloud.db.storable import Unstorable, check_json
 from picloud.domain.authz import Capability, require
+from picloud.domain.calls import check_text as _check_text
+from picloud.domain.calls import resolve_app as _app
+from picloud.domain.calls import resolve_principal as _principal
 from picloud.kv import hooks
 from picloud.kv.hooks import KvEvent
-from picloud.models import App, Principal, principal_for
+from picloud.models import App
 
 MAX_KEY_LENGTH = 1024  # characters
 MAX_COLLECTION_LENGTH = 255  # characters
-MAX_SLUG_LENGTH = App._meta.get_field("slug").max_length  # characters
 MAX_LIST_LIMIT = 1000
 
 Q = load_queries("picloud")
@@ -51,38 +52,6 @@ class KvItem:
 
 def _item(row: dict[str, Any]) -> KvItem:
     return KvItem(**{**row, "value": from_json(row["value"])})
-
-
-def _app(app: App | uuid.UUID | str) -> App:
-    if isinstance(app, App):
-        return app
-    if isinstance(app, uuid.UUID):
-        return App.objects.get(pk=app)
-    # A slug no app can have is a caller's mistake, said as such; a NUL or a
-    # surrogate would otherwise fail in the driver or PostgreSQL, not here.
-    return App.objects.get(slug=_check_text("App slug", app, MAX_SLUG_LENGTH))
-
-
-def _principal(principal) -> Principal | None:
-    if principal is None or isinstance(principal, Principal):
-        return principal
-    if isinstance(principal, AbstractBaseUser):
-        return principal_for(principal)
-    raise ValidationError(
-        f"principal must be a Principal or a Django user, got {type(principal).__name__}."
-    )
-
-
-def _check_text(what: str, value: object, limit: int) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValidationError(f"{what} must be a non-empty string of at most {limit} characters.")
-    if len(value) > limit:
-        raise ValidationError(
-            f"{what} is {len(value)} characters long; at most {limit} are allowed."
-        )
-    if not is_storable_text(value):
-        raise ValidationError(f"{what} must not contain the NUL character or unpaired surrogates.")
-    return value
 
 
 def _check_value(value: Any) -> str:

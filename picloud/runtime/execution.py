@@ -36,6 +36,8 @@ from picloud.db.storable import bounded_error, clean_json
 from picloud.domain.authz import Capability, Role, has_capability
 from picloud.domain.scripts import PermanentError, get_handler
 from picloud.kv import KvClient
+from picloud.messaging.queues import QueueClient
+from picloud.messaging.topics import TopicClient
 from picloud.models import App, Principal, Runtime, Script
 from picloud.runtime import webhooks
 from picloud.runtime.sandbox import (
@@ -91,7 +93,7 @@ Outcome = Success | Failure
 class ExecutionContext:
     """What a Python handler receives as ``ctx``.
 
-    ``kv`` and ``logger`` are built on first use: most handlers touch neither,
+    ``kv``, ``topics``, ``queues`` and ``logger`` are built on first use: most handlers touch none,
     and the dispatcher builds a context per row.
     """
 
@@ -125,6 +127,16 @@ class ExecutionContext:
     def kv(self) -> KvClient:
         """The KV API as the run-as principal; writes run at depth + 1."""
         return KvClient(self.app, self.principal, depth=self.depth + 1, cause=self.outbox_id)
+
+    @cached_property
+    def topics(self) -> TopicClient:
+        """Publishing as the run-as principal, at depth + 1 (``ctx.topics.publish``)."""
+        return TopicClient(self.app, self.principal, depth=self.depth + 1, cause=self.outbox_id)
+
+    @cached_property
+    def queues(self) -> QueueClient:
+        """The queue API as the run-as principal; sends carry depth + 1."""
+        return QueueClient(self.app, self.principal, depth=self.depth + 1)
 
     @cached_property
     def logger(self) -> logging.LoggerAdapter:

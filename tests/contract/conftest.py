@@ -14,6 +14,7 @@ from deadletters.memory_repository import MemoryAbandonedRepo, MemoryDeadLetterR
 from deadletters.pg_repository import PgAbandonedRepo, PgDeadLetterRepo
 from outbox.storage.memory_repository import MemoryOutboxRepo, MemoryReplyInbox
 from outbox.storage.pg_repository import PgOutboxRepo, PgReplyInbox
+from picloud.models import Queue
 from tests.factories import AppFactory, ScriptFactory, UserFactory
 from triggers.memory_repository import MemoryTriggerRepo
 from triggers.pg_repository import PgTriggerRepo
@@ -30,6 +31,8 @@ class World:
     script_id: UUID
     other_script_id: UUID  # belongs to other_app
     principal_id: UUID
+    queue_id: UUID
+    other_queue_id: UUID  # belongs to other_app
 
 
 @pytest.fixture
@@ -41,6 +44,8 @@ def world(transactional_db) -> World:
         script_id=ScriptFactory(app=app).id,
         other_script_id=ScriptFactory(app=other).id,
         principal_id=UserFactory().principal.id,
+        queue_id=Queue.objects.create(app=app, name="work").id,
+        other_queue_id=Queue.objects.create(app=other, name="work").id,
     )
 
 
@@ -53,7 +58,8 @@ def trigger_repo(request, world):
     if request.param == "memory":
         # What the scripts table tells PostgreSQL.
         return MemoryTriggerRepo(
-            {world.script_id: world.app_id, world.other_script_id: world.other_app_id}
+            {world.script_id: world.app_id, world.other_script_id: world.other_app_id},
+            {world.queue_id: world.app_id, world.other_queue_id: world.other_app_id},
         )
     return PgTriggerRepo()
 

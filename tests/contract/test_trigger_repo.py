@@ -106,12 +106,13 @@ def test_kind_and_details_must_agree(trigger_repo, world):
 
 
 def test_only_kinds_with_an_event_source_can_be_created(trigger_repo, world):
-    """A pub/sub trigger would never fire: nothing makes pub/sub events yet."""
+    """An email trigger would never fire: nothing makes email events yet."""
     with pytest.raises(
-        ValidationError, match="'pubsub' has no event source yet; allowed: kv, cron, dead_letter"
+        ValidationError,
+        match="'email' has no event source yet; allowed: kv, cron, pubsub, queue, dead_letter",
     ):
         trigger_repo.create(
-            NewTrigger(world.app_id, "pubsub", world.script_id, "x", world.principal_id)
+            NewTrigger(world.app_id, "email", world.script_id, "x", world.principal_id)
         )
     assert trigger_repo.list_for_app(world.app_id) == []
 

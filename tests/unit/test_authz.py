@@ -19,6 +19,11 @@ WEAKEST_ROLE = {
     Capability.AppDeadLetterManage: Role.AppAdmin,
     Capability.AppManageMembers: Role.AppAdmin,
     Capability.AppManageConcurrency: Role.AppAdmin,
+    Capability.TopicPublish: Role.Developer,
+    Capability.QueueSend: Role.Developer,
+    Capability.QueueConsume: Role.Developer,
+    Capability.QueueRead: Role.Viewer,
+    Capability.AppManageMessaging: Role.AppAdmin,
     Capability.PlatformManageApps: None,
 }
 ROLE_ORDER = [Role.Viewer, Role.Developer, Role.AppAdmin]

@@ -35,22 +35,43 @@ ON CONFLICT (trigger_id) DO UPDATE
         catchup = EXCLUDED.catchup, catchup_window_s = EXCLUDED.catchup_window_s,
         overlap = EXCLUDED.overlap, paused = EXCLUDED.paused, payload = EXCLUDED.payload;
 
+-- upsert_pubsub_details --
+INSERT INTO pubsub_trigger_details (trigger_id, topic) VALUES (%(trigger_id)s, %(topic)s)
+ON CONFLICT (trigger_id) DO UPDATE SET topic = EXCLUDED.topic;
+
+-- upsert_queue_details --
+-- app_id is the trigger's own; the composite keys hold the queue to it.
+INSERT INTO queue_trigger_details (trigger_id, app_id, queue_id, batch_size, max_batch_wait_ms,
+                                   max_concurrency, max_receives)
+VALUES (%(trigger_id)s, %(app_id)s, %(queue_id)s, %(batch_size)s, %(max_batch_wait_ms)s,
+        %(max_concurrency)s, %(max_receives)s)
+ON CONFLICT (trigger_id) DO UPDATE
+    SET queue_id = EXCLUDED.queue_id, batch_size = EXCLUDED.batch_size,
+        max_batch_wait_ms = EXCLUDED.max_batch_wait_ms,
+        max_concurrency = EXCLUDED.max_concurrency, max_receives = EXCLUDED.max_receives;
+
 -- trigger_facts --
 -- What the rules (triggers/rules.py) read of other rows before a write, in
 -- one row: the app's slug; whether another trigger of the app (not
--- %(id)s, the one updated) has the name; the script's app and name; and the
--- app, kind and "app/name" of the trigger a dead-letter filter names.
+-- %(id)s, the one updated) has the name; the script's app and name; the
+-- app, kind and "app/name" of the trigger a dead-letter filter names; and
+-- the app and name of a queue trigger's queue, and which other trigger
+-- consumes it already.
 SELECT (SELECT slug FROM apps WHERE id = %(app_id)s) AS app_slug,
        EXISTS (SELECT 1 FROM triggers
                WHERE app_id = %(app_id)s AND name = %(name)s
                  AND id IS DISTINCT FROM %(id)s::uuid) AS name_taken,
        s.app_id AS script_app_id, s.name AS script_name,
        t.app_id AS source_app_id, t.kind AS source_kind,
-       sa.slug || '/' || t.name AS source_label
+       sa.slug || '/' || t.name AS source_label,
+       q.app_id AS queue_app_id, q.name AS queue_name,
+       (SELECT ct.name FROM queue_trigger_details qd JOIN triggers ct ON ct.id = qd.trigger_id
+        WHERE qd.queue_id = q.id AND qd.trigger_id IS DISTINCT FROM %(id)s::uuid) AS queue_consumer
 FROM (SELECT 1) AS one
 LEFT JOIN scripts s ON s.id = %(script_id)s::uuid
 LEFT JOIN triggers t ON t.id = %(source_trigger_id)s::uuid
-LEFT JOIN apps sa ON sa.id = t.app_id;
+LEFT JOIN apps sa ON sa.id = t.app_id
+LEFT JOIN queues q ON q.id = %(queue_id)s::uuid;
 
 -- update_trigger --
 UPDATE triggers
@@ -99,6 +120,24 @@ WHERE %(op)s = ANY (k.ops)
   AND (k.collection = '*'
        OR k.collection = %(collection)s
        OR (right(k.collection, 2) = ':*' AND starts_with(%(collection)s, left(k.collection, -1))))
+ORDER BY c.name COLLATE "C", c.id;
+
+-- list_matching_pubsub --
+-- Hot path of every publish: the same shape and rule as list_matching_kv,
+-- on the topic's name.
+WITH candidates AS MATERIALIZED (
+    SELECT * FROM triggers
+    WHERE app_id = %(app_id)s AND kind = 'pubsub' AND enabled
+)
+SELECT c.*, p.topic AS pubsub_topic,
+       NULL::text AS collection, NULL::text[] AS ops,
+       NULL::text AS dl_source_kind, NULL::uuid AS dl_source_trigger_id,
+       FALSE AS has_dead_letter_details
+FROM candidates c
+JOIN pubsub_trigger_details p ON p.trigger_id = c.id
+WHERE p.topic = '*'
+   OR p.topic = %(topic)s
+   OR (right(p.topic, 2) = ':*' AND starts_with(%(topic)s, left(p.topic, -1)))
 ORDER BY c.name COLLATE "C", c.id;
 
 -- list_matching_dead_letter --
@@ -201,3 +240,23 @@ FROM unnest(%(ids)s::uuid[], %(triggers)s::uuid[], %(ats)s::text[])
      AS r(id, trigger_id, scheduled_at)
 JOIN cron_trigger_details c ON c.trigger_id = r.trigger_id
 WHERE c.overlap <> 'allow';
+
+-- queue_consumers_of --
+-- The triggers consuming a queue (one at most): deleting it is refused while any does.
+SELECT t.name FROM queue_trigger_details d JOIN triggers t ON t.id = d.trigger_id
+WHERE d.queue_id = %(queue_id)s;
+
+-- fill_queue_batches --
+SELECT o_batches AS batches, o_messages AS messages, o_next_at AS next_at
+FROM queue_fill_batches(%(max_bytes)s);
+
+-- release_orphaned_batches --
+-- Messages held by a batch whose outbox row is gone without settling (its
+-- trigger was deleted, say) become visible again.
+UPDATE queue_messages m SET batch_id = NULL
+WHERE m.batch_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id = m.batch_id);
+
+-- settle_queue_batch --
+SELECT queue_settle_batch(%(batch)s, %(done)s::bigint[], %(retry)s::bigint[],
+                          %(retry_delay_ms)s::integer[], %(retry_count)s::integer[],
+                          %(dead)s::bigint[]) AS dead;

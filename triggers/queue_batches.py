@@ -1,0 +1,88 @@
+"""Queue triggers' batches in storage: ``fill`` makes outbox rows of visible
+messages; ``PgBatchStore.settle`` records one batch's outcome message by
+message (outbox/dispatch/queue_settle.py decides what that outcome is).
+
+A batch is one outbox row of source ``queue`` whose id holds its messages
+(queue_messages.batch_id) for as long as the row exists: waiting for a
+slot, running, or coming back after a lost worker's lease. The outbox
+stays the one dispatch substrate (claims, caps, circuits, leases), and the
+queue keeps what is per message: receive counts, backoff, dead letters
+(docs/messaging.md).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from picloud.config import SandboxCeiling
+from picloud.db.sqlexec import execute, fetch_one
+from picloud.db.sqlfiles import load_queries
+from picloud.messaging.names import ENVELOPE_BYTES
+
+Q = load_queries("triggers")
+
+
+@dataclass(frozen=True)
+class FillReport:
+    batches: int
+    messages: int
+    next_at: datetime | None  # when a waiting partial batch or a delayed message is due
+
+
+def fill(max_bytes: int | None = None) -> FillReport:
+    """Write the batches every enabled queue trigger has room and messages
+    for (queue_fill_batches in triggers/sql/0004_pubsub_and_queues.sql), in
+    one transaction. A batch's event stays under `max_bytes` (default: the
+    sandbox's payload cap, less an envelope's worth)."""
+    if max_bytes is None:
+        max_bytes = SandboxCeiling.current().max_payload_bytes - ENVELOPE_BYTES
+    row = fetch_one(Q["fill_queue_batches"], {"max_bytes": max_bytes})
+    return FillReport(row["batches"], row["messages"], row["next_at"])  # type: ignore[index]
+
+
+def release_orphans() -> int:
+    """Messages held by a batch whose outbox row is gone (its trigger was
+    deleted, say) become visible again; how many."""
+    return execute(Q["release_orphaned_batches"])
+
+
+@dataclass(frozen=True)
+class Retry:
+    id: int
+    delay_ms: int
+    receives: int  # the message's receive count, lost workers' deliveries included
+
+
+class BatchStore(Protocol):
+    def settle(
+        self,
+        batch: uuid.UUID,
+        done: Sequence[int],
+        retry: Sequence[Retry],
+        dead: Sequence[int],
+    ) -> list[int]:
+        """In the caller's transaction: delete `done`, make `retry` visible
+        after their delays, delete `dead` and return those it deleted (the
+        caller writes their dead letters), release anything else the batch
+        held, and delete the batch's outbox row. A batch already settled
+        changes nothing and returns []."""
+
+
+class PgBatchStore:
+    def settle(self, batch, done, retry, dead) -> list[int]:
+        row = fetch_one(
+            Q["settle_queue_batch"],
+            {
+                "batch": batch,
+                "done": list(done),
+                "retry": [r.id for r in retry],
+                "retry_delay_ms": [r.delay_ms for r in retry],
+                "retry_count": [r.receives for r in retry],
+                "dead": list(dead),
+            },
+        )
+        return list(row["dead"])  # type: ignore[index]
