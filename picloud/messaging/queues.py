@@ -110,11 +110,18 @@ def delete_queue(app, name: str, *, principal) -> bool:
     require(resolve_principal(principal), Capability.AppManageMessaging(app.id))
     try:
         with transaction.atomic():
-            return execute(Q["queue_delete"], {"app_id": app.id, "name": name}) > 0
+            # The key is checked at commit (so deleting an app works); here
+            # at once, so the refusal comes now even inside a transaction.
+            execute(f"SET CONSTRAINTS {CONSUMER_CONSTRAINT} IMMEDIATE")
+            deleted = execute(Q["queue_delete"], {"app_id": app.id, "name": name}) > 0
     except IntegrityError as exc:
         if CONSUMER_CONSTRAINT not in str(exc):
             raise
         raise QueueInUse(app, name) from None
+    finally:
+        if transaction.get_connection().in_atomic_block:
+            execute(f"SET CONSTRAINTS {CONSUMER_CONSTRAINT} DEFERRED")
+    return deleted
 
 
 def list_queues(app, *, principal) -> list[Queue]:
