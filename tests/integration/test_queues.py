@@ -137,7 +137,7 @@ class TestPullConsumers:
         assert QueueMessage.objects.count() == 0
 
     def test_retention_sweeps_old_unconsumed_messages(self, setup):
-        app, admin, queue = setup
+        app, admin, _ = setup
         old, new = queues.send_batch(app, "work", ["old", "new"], principal=admin)
         QueueMessage.objects.filter(pk=old).update(sent_at=timezone.now() - timedelta(days=5))
         assert queues.gc(retention_days=4) == 1
