@@ -9,12 +9,14 @@ from deadletters.pg_repository import PgAbandonedRepo, PgDeadLetterRepo
 from outbox.storage.pg_repository import PgReplyInbox
 from outbox.sync.inboxes import sweep_orphaned_inboxes
 from picloud.config import TriggerConfig
+from picloud.messaging import queues
 
 logger = logging.getLogger("picloud.gc")
 
 
 def sweep_retention() -> str:
-    """Both sweeps with the configured retention; returns the summary (kept
+    """Every sweep with the configured retention (dead letters, abandoned
+    executions, reply inboxes, queue messages); returns the summary (kept
     by django-q2 as the task's result)."""
 
     config = TriggerConfig.current()
@@ -25,8 +27,10 @@ def sweep_retention() -> str:
         PgAbandonedRepo(), older_than_days=config.abandoned_executions_retention_days
     )
     inboxes = sweep_orphaned_inboxes(PgReplyInbox())
+    messages = queues.gc(config.queue_retention_days)
     summary = (
-        f"{letters.summary()} {abandoned.summary()} Orphaned reply inboxes removed: {inboxes}."
+        f"{letters.summary()} {abandoned.summary()} Orphaned reply inboxes removed: {inboxes}. "
+        f"Queue messages past retention removed: {messages}."
     )
     logger.info(summary)
     return summary

@@ -191,6 +191,7 @@ class TriggerConfig(EnvConfig):
     retry: RetryPolicy = RetryPolicy()
     dead_letter_retention_days: int = 30  # resolved dead letters older than this are swept
     abandoned_executions_retention_days: int = 7
+    queue_retention_days: int = 4  # unconsumed queue messages older than this are swept (as SQS)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> TriggerConfig:
@@ -234,6 +235,9 @@ class TriggerConfig(EnvConfig):
                 d.abandoned_executions_retention_days,
                 low=1,
                 high=3650,
+            ),
+            queue_retention_days=env_int(
+                env, "PICLOUD_QUEUE_RETENTION_DAYS", d.queue_retention_days, low=1, high=3650
             ),
         )
 

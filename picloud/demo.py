@@ -1,6 +1,7 @@
 """Demo data for `make run`: a superuser, a demo app with scripts and
-triggers, an API token, and a few KV writes whose failing trigger produces
-dead letters within seconds of the cluster starting."""
+triggers, a topic and a queue with their triggers, an API token, and a few
+KV writes whose failing trigger produces dead letters within seconds of the
+cluster starting, a publish and some queue messages."""
 
 from __future__ import annotations
 
@@ -15,9 +16,19 @@ from django.utils import timezone
 from picloud import kv
 from picloud.domain import tokens
 from picloud.domain.authz import Role, Scope
-from picloud.models import ApiToken, App, AppMembership, Principal, Script, principal_for
+from picloud.messaging import queues, topics
+from picloud.models import (
+    ApiToken,
+    App,
+    AppMembership,
+    Principal,
+    Queue,
+    Script,
+    Topic,
+    principal_for,
+)
 from triggers.pg_repository import PgTriggerRepo
-from triggers.repository import KvSpec, NewTrigger
+from triggers.repository import KvSpec, NewTrigger, PubsubSpec, QueueSpec
 
 DEMO_USERNAME = "admin"
 DEMO_APP_SLUG = "demo"
@@ -27,7 +38,10 @@ DEMO_SCRIPTS = {  # name -> registered handler
     "slow": "picloud.sleep",
     "notify": "picloud.echo",
     "flaky": "picloud.fail",
+    "send-emails": "picloud.echo",
 }
+DEMO_TOPIC = "orders:created"
+DEMO_QUEUE = "emails"
 DEMO_ORDERS = 3  # KV writes per run; each ends as one dead letter of the flaky trigger
 
 
@@ -64,6 +78,7 @@ def load_demo(password: str | None = None) -> DemoCredentials:
         name: Script.objects.get_or_create(app=app, name=name, defaults={"handler": handler})[0]
         for name, handler in DEMO_SCRIPTS.items()
     }
+    _ensure_messaging(app, principal)
     _ensure_triggers(app, scripts, principal)
     _write_orders(app, principal)
     return DemoCredentials(
@@ -99,6 +114,27 @@ def _ensure_triggers(app: App, scripts: dict[str, Script], principal: Principal)
             retry_max_delay_ms=1000,
         ),
     ]
+    # Every publish to an orders:* topic runs notify; the emails queue is
+    # consumed by send-emails in batches of up to 10.
+    queue = Queue.objects.get(app=app, name=DEMO_QUEUE)
+    wanted += [
+        NewTrigger(
+            app_id=app.pk,
+            kind="pubsub",
+            script_id=scripts["notify"].pk,
+            name="orders-published",
+            registered_by_principal=principal.pk,
+            pubsub=PubsubSpec("orders:*"),
+        ),
+        NewTrigger(
+            app_id=app.pk,
+            kind="queue",
+            script_id=scripts["send-emails"].pk,
+            name="emails-worker",
+            registered_by_principal=principal.pk,
+            queue=QueueSpec(queue.pk, batch_size=10, max_batch_wait_ms=1000),
+        ),
+    ]
     repo = PgTriggerRepo()
     existing = {t.name for t in repo.list_for_app(app.pk)}
     for new in wanted:
@@ -106,10 +142,25 @@ def _ensure_triggers(app: App, scripts: dict[str, Script], principal: Principal)
             repo.create(new)
 
 
+def _ensure_messaging(app: App, principal: Principal) -> None:
+    if not Topic.objects.filter(app=app, name=DEMO_TOPIC).exists():
+        topics.create_topic(app, DEMO_TOPIC, principal=principal)
+    if not Queue.objects.filter(app=app, name=DEMO_QUEUE).exists():
+        queues.create_queue(app, DEMO_QUEUE, principal=principal)
+
+
 def _write_orders(app: App, principal: Principal) -> None:
     stamp = timezone.now().strftime("%Y%m%d-%H%M%S-%f")
     for n in range(DEMO_ORDERS):
-        kv.put(app, "orders:eu", f"{stamp}-{n}", {"item": "pi", "qty": n + 1}, principal=principal)
+        order = {"item": "pi", "qty": n + 1}
+        kv.put(app, "orders:eu", f"{stamp}-{n}", order, principal=principal)
+        topics.publish(app, DEMO_TOPIC, {"order": f"{stamp}-{n}", **order}, principal=principal)
+    queues.send_batch(
+        app,
+        DEMO_QUEUE,
+        [{"to": f"customer-{n}@example.com", "order": f"{stamp}-{n}"} for n in range(DEMO_ORDERS)],
+        principal=principal,
+    )
 
 
 def _fresh_token(principal: Principal, app: App) -> str:

@@ -262,6 +262,12 @@ def gc(retention_days: int, batch_size: int = 1000) -> int:
     return total
 
 
+def gc_count(retention_days: int) -> int:
+    """How many messages gc(retention_days) would delete now."""
+    before = timezone.now() - timedelta(days=retention_days)
+    return fetch_one(Q["queue_gc_count"], {"before": before})["n"]  # type: ignore[index]
+
+
 def _by_ids(query: str, app, queue: str, ids, principal, extra: dict) -> list[int]:
     app = resolve_app(app)
     require(resolve_principal(principal), Capability.QueueConsume(app.id))

@@ -93,6 +93,9 @@ WHERE id IN (
     LIMIT %(limit)s
 );
 
+-- queue_gc_count --
+SELECT count(*) AS n FROM queue_messages WHERE sent_at < %(before)s AND batch_id IS NULL;
+
 -- queue_requeue --
 -- A dead letter's message put back on its queue as a new message.
 INSERT INTO queue_messages (queue_id, body)

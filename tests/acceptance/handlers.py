@@ -54,3 +54,26 @@ def cron_tick(event, ctx):
         {"pid": os.getpid(), "fired_at": event["fired_at"]},
     )
     return {"ok": True}
+
+
+@handler("acc.queue_batch")
+def queue_batch(event, ctx):
+    """Consume a queue batch: take a little time (so batches overlap), then
+    record which messages it held, in which process, from when to when. A
+    slow batch says so first (committed), so a test can kill it mid-run."""
+    started = time.time()
+    seconds = max(float(m["body"].get("seconds", 0.005)) for m in event["messages"])
+    if seconds >= 0.5:
+        ctx.kv.put("slow", f"{ctx.outbox_id}:{ctx.attempt}", {"pid": os.getpid()})
+    time.sleep(seconds)
+    ctx.kv.put(
+        "batches",
+        f"{ctx.outbox_id}:{ctx.attempt}",
+        {
+            "pid": os.getpid(),
+            "ids": [m["id"] for m in event["messages"]],
+            "started": started,
+            "ended": time.time(),
+        },
+    )
+    return {"failed": []}

@@ -311,3 +311,20 @@ class TestQueueTriggers:
             with pytest.raises(queues.QueueInUse):
                 queues.delete_queue(app, "work", principal=admin)
             assert queues.list_queues(app, principal=admin)
+
+
+def test_the_sweep_command_deletes_messages_past_retention(setup):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    app, admin, _ = setup
+    old, _new = queues.send_batch(app, "work", ["old", "new"], principal=admin)
+    QueueMessage.objects.filter(pk=old).update(sent_at=timezone.now() - timedelta(days=5))
+    out = StringIO()
+    call_command("gc_queue_messages", "--dry-run", stdout=out)
+    assert "(1 now)" in out.getvalue() and QueueMessage.objects.count() == 2
+    call_command("gc_queue_messages", stdout=out)
+    assert "Deleted 1 queue message(s) sent more than 4 day(s) ago." in out.getvalue()
+    call_command("gc_queue_messages", "--older-than", "1", stdout=out)
+    assert QueueMessage.objects.count() == 1

@@ -33,6 +33,7 @@ VARIABLES = {
     "PICLOUD_TRIGGER_RETRY_MAX_DELAY_MS": (TriggerConfig, "retry.max_delay_ms", "60000", 60000),
     "PICLOUD_TRIGGER_RETRY_JITTER": (TriggerConfig, "retry.jitter", "0.5", 0.5),
     "PICLOUD_DEAD_LETTER_RETENTION_DAYS": (TriggerConfig, "dead_letter_retention_days", "90", 90),
+    "PICLOUD_QUEUE_RETENTION_DAYS": (TriggerConfig, "queue_retention_days", "14", 14),
     "PICLOUD_ABANDONED_EXECUTIONS_RETENTION_DAYS": (
         TriggerConfig,
         "abandoned_executions_retention_days",
@@ -57,6 +58,7 @@ BAD_VALUES = {
     "PICLOUD_TRIGGER_RETRY_MAX_DELAY_MS": ["5m", "-1", "0", "86400001"],
     "PICLOUD_TRIGGER_RETRY_JITTER": ["lots", "-0.1", "1.01", "nan"],
     "PICLOUD_DEAD_LETTER_RETENTION_DAYS": ["forever", "-1", "0", "3651"],
+    "PICLOUD_QUEUE_RETENTION_DAYS": ["four", "-4", "0", "3651"],
     "PICLOUD_ABANDONED_EXECUTIONS_RETENTION_DAYS": ["week", "-7", "0", "3651"],
     "PICLOUD_APP_MAX_CONCURRENCY": ["lots", "-1", "0", "100001", "1e3"],
     "PICLOUD_CIRCUIT_FAILURE_THRESHOLD": ["few", "-1", "0", "10001"],
