@@ -1,6 +1,6 @@
 """Host the engine in a process: its event-loop thread, database thread,
-handler threads, the LISTEN thread that wakes it, the cron ticker and the
-queue batcher.
+handler threads, the LISTEN thread that wakes it, and the thread that writes
+cron ticks and queue batches.
 
 A ``DispatcherHost`` runs in one process (each qcluster worker, see
 outbox/hosting.py). Stopping it stops claiming, lets running executions
@@ -19,13 +19,11 @@ from collections.abc import Callable
 from django.db import connection, transaction
 
 from deadletters.pg_repository import PgAbandonedRepo, PgDeadLetterRepo
-from outbox.dispatch.cron_thread import CronThread
 from outbox.dispatch.dispatcher import Dispatcher
 from outbox.dispatch.engine import Engine
 from outbox.dispatch.metrics import Counters, CounterStore
-from outbox.dispatch.queue_thread import CHANNEL as QUEUE_CHANNEL
-from outbox.dispatch.queue_thread import QueueThread
 from outbox.dispatch.replies import InboxReplySink
+from outbox.dispatch.sources_thread import QUEUE_CHANNEL, SourcesThread
 from outbox.dispatch.wakeup import CHANNEL
 from outbox.storage.pg_circuits import PgCircuitRepo
 from outbox.storage.pg_repository import PgCounterStore, PgOutboxRepo, PgReplyInbox
@@ -77,14 +75,15 @@ class DispatcherHost:
         ceiling = ceiling or SandboxCeiling.current()
         self.counters = Counters()
         self.stopping = threading.Event()
-        self.queues = QueueThread(self.stopping)
+        # Cron ticks and queue batches: one thread and connection for both.
+        self.sources = SourcesThread(self.stopping, self.counters)
         self.db = DbThreads(ENGINE_DB_THREADS, on_connect=prepare_connection)
         self.threads = HandlerThreads(self.config.handler_threads)
         self.engine = Engine(
             dispatcher=make_dispatcher(
                 counters=self.counters,
                 should_stop=self.stopping.is_set,
-                on_batch_settled=self.queues.wake,
+                on_batch_settled=self.sources.wake,
             ),
             runner=AsyncRunner(ceiling, threads=self.threads, post=webhooks.post),
             db=self.db,
@@ -102,17 +101,16 @@ class DispatcherHost:
             on_connect=self._wake_all,
             on_notify=lambda _payload: self.engine.wake(),
             stop=self.stopping,
-            also={QUEUE_CHANNEL: self.queues.wake},
+            also={QUEUE_CHANNEL: self.sources.wake},
         )
         self.webhooks = webhooks
-        self.cron = CronThread(self.stopping, self.counters)
         self.thread = threading.Thread(
             target=asyncio.run, args=(self._serve(),), name="picloud-engine", daemon=True
         )
 
     def _wake_all(self) -> None:
         self.engine.wake()
-        self.queues.wake()
+        self.sources.wake()
 
     async def _serve(self) -> None:
         try:
@@ -130,8 +128,7 @@ class DispatcherHost:
         self.thread.start()
         self.engine.ready.wait(10)
         self.listener.start()
-        self.cron.start()
-        self.queues.start()
+        self.sources.start()
         logger.info(
             "dispatcher started: up to %d executions in flight, %d handler threads",
             self.config.max_in_flight,
@@ -153,8 +150,7 @@ class DispatcherHost:
             )
         self.threads.close()
         self.listener.join(2.0)
-        self.cron.join(2.0)
-        self.queues.join(2.0)
+        self.sources.join(2.0)
         self.db.close()
         logger.info("dispatcher stopped")
 
