@@ -78,9 +78,9 @@ class Resolver:
         dead_letters: DeadLetterRepo,
         outbox: OutboxRepo,
         atomic: Callable[[], AbstractContextManager] = nullcontext,
-        # Puts a queue message's body back on its queue: (queue id, body) ->
-        # the new message's id, or None when the queue is gone.
-        requeue: Callable[[uuid.UUID, object], int | None] = queues.requeue,
+        # Puts a queue message's body back on its queue: (app id, queue id,
+        # body, depth) -> the new message's id, or None when the queue is gone.
+        requeue: Callable[[uuid.UUID, uuid.UUID, object, int], int | None] = queues.requeue,
     ) -> None:
         self.dead_letters, self.outbox, self.atomic = dead_letters, outbox, atomic
         self.requeue = requeue
@@ -97,7 +97,11 @@ class Resolver:
             queued = queue_message(letter)
             if queued is not None:
                 queue_id, body = queued
-                message_id = self.requeue(queue_id, body)
+                try:
+                    message_id = self.requeue(letter.app_id, queue_id, body, letter.depth)
+                except ValidationError as exc:
+                    why = "; ".join(exc.messages)
+                    raise CannotReplay(f"dead letter {letter.id}: {why}") from None
                 if message_id is None:
                     raise CannotReplay(f"dead letter {letter.id}: its queue was deleted")
                 return self.dead_letters.resolve(

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from django.utils import timezone
+
 from picloud.config import SandboxCeiling
-from picloud.db.sqlexec import execute, fetch_one
+from picloud.db.sqlexec import execute, fetch_all, fetch_one
 from picloud.db.sqlfiles import load_queries
 from picloud.messaging.names import ENVELOPE_BYTES
 
@@ -33,15 +35,39 @@ class FillReport:
     next_at: datetime | None  # when a waiting partial batch or a delayed message is due
 
 
+# Batches one trigger gets per call at most: a call is one transaction, and
+# a hundred batches of a megabyte each would hold it for seconds.
+MAX_BATCHES_PER_CALL = 10
+
+
 def fill(max_bytes: int | None = None) -> FillReport:
     """Write the batches every enabled queue trigger has room and messages
-    for (queue_fill_batches in triggers/sql/0004_pubsub_and_queues.sql), in
-    one transaction. A batch's event stays under `max_bytes` (default: the
-    sandbox's payload cap, less an envelope's worth)."""
+    for (queue_fill_trigger in triggers/sql/0004_pubsub_and_queues.sql),
+    one transaction per trigger, so one tenant's batches never wait for
+    another's. A batch's event stays under `max_bytes` (default: the
+    sandbox's payload cap, less an envelope's worth). Must run outside a
+    transaction (in autocommit), as the dispatcher host does."""
     if max_bytes is None:
         max_bytes = SandboxCeiling.current().max_payload_bytes - ENVELOPE_BYTES
-    row = fetch_one(Q["fill_queue_batches"], {"max_bytes": max_bytes})
-    return FillReport(row["batches"], row["messages"], row["next_at"])  # type: ignore[index]
+    batches = messages = 0
+    next_at: datetime | None = None
+    for candidate in fetch_all(Q["queue_triggers_with_messages"]):
+        row = fetch_one(
+            Q["fill_queue_trigger"],
+            {
+                "trigger_id": candidate["trigger_id"],
+                "max_bytes": max_bytes,
+                "max_batches": MAX_BATCHES_PER_CALL,
+            },
+        )
+        batches += row["batches"]  # type: ignore[index]
+        messages += row["messages"]  # type: ignore[index]
+        due = row["next_at"]  # type: ignore[index]
+        if row["batches"] == MAX_BATCHES_PER_CALL:  # type: ignore[index]
+            due = timezone.now()  # it may have room for more: look again at once
+        if due is not None and (next_at is None or due < next_at):
+            next_at = due
+    return FillReport(batches, messages, next_at)
 
 
 def release_orphans() -> int:

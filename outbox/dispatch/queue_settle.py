@@ -112,7 +112,7 @@ def plan(
 
 
 def batch_messages(row: OutboxRow) -> list[dict]:
-    """The messages a batch row carries (written by queue_fill_batches)."""
+    """The messages a batch row carries (written by queue_fill_trigger)."""
     payload = row.payload if isinstance(row.payload, dict) else {}
     messages = payload.get("messages")
     if not isinstance(messages, list):

@@ -8,7 +8,7 @@ keeps a fixed number of connections.
 
 Every worker process of every cluster runs one. The cron ticker lets one at
 a time do the work (triggers/cron.py); each queue trigger is filled by one
-process at a time (queue_fill_batches locks it), so max_concurrency holds
+process at a time (queue_fill_trigger locks it), so max_concurrency holds
 across them all. Ticks are written LOOKAHEAD ahead of their time, so a run
 that comes late by a few seconds (a long catch-up, a slow fill) still writes
 each tick before it is due.

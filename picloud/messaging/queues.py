@@ -244,10 +244,13 @@ def queue_stats(queue_id: uuid.UUID) -> QueueStats:
     return QueueStats(**fetch_one(Q["queue_stats"], {"queue_id": queue_id}))  # type: ignore[arg-type]
 
 
-def requeue(queue_id: uuid.UUID, body: Any) -> int | None:
-    """Put `body` back on the queue as a new message (a dead letter's
-    replay); None when the queue is gone. Joins the caller's transaction."""
-    row = fetch_one(Q["queue_requeue"], {"queue_id": queue_id, "body": check_message(body)})
+def requeue(app_id: uuid.UUID, queue_id: uuid.UUID, body: Any, depth: int) -> int | None:
+    """Put `body` back on the app's queue as a new message at `depth` (a
+    dead letter's replay); None when the queue is gone. ValidationError when
+    the body can no longer be sent (the payload cap was lowered since).
+    Joins the caller's transaction."""
+    params = {"app_id": app_id, "queue_id": queue_id, "body": check_message(body), "depth": depth}
+    row = fetch_one(Q["queue_requeue"], params)
     return None if row is None else row["id"]
 
 

@@ -49,6 +49,9 @@ CREATE INDEX queue_messages_visible_idx ON queue_messages (queue_id, vt, id)
     WHERE batch_id IS NULL;
 -- Settling a batch, and finding batches whose outbox row is gone.
 CREATE INDEX queue_messages_batch_idx ON queue_messages (batch_id) WHERE batch_id IS NOT NULL;
+-- A queue's messages whatever their state: stats, purge, deleting the queue
+-- (the foreign key's cascade), without reading other queues' messages.
+CREATE INDEX queue_messages_queue_idx ON queue_messages (queue_id);
 
 -- Sending wakes the dispatchers' batchers (queue triggers), once per
 -- sending transaction (PostgreSQL folds identical notifications).

@@ -97,7 +97,10 @@ WHERE id IN (
 SELECT count(*) AS n FROM queue_messages WHERE sent_at < %(before)s AND batch_id IS NULL;
 
 -- queue_requeue --
--- A dead letter's message put back on its queue as a new message.
-INSERT INTO queue_messages (queue_id, body)
-SELECT q.id, %(body)s::jsonb FROM queues q WHERE q.id = %(queue_id)s
+-- A dead letter's message put back on its queue (of the letter's own app)
+-- as a new message, at the letter's depth: a replay never restarts a
+-- cascade the depth limit ended.
+INSERT INTO queue_messages (queue_id, body, depth)
+SELECT q.id, %(body)s::jsonb, %(depth)s FROM queues q
+WHERE q.id = %(queue_id)s AND q.app_id = %(app_id)s
 RETURNING id;

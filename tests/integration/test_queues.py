@@ -3,6 +3,7 @@ queue triggers' batches (fill, partial failure, max_receives, concurrency)."""
 
 import threading
 import time
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -18,17 +19,24 @@ from outbox.dispatch.metrics import Counters
 from outbox.dispatch.replies import InboxReplySink
 from outbox.models import OutboxEntry
 from outbox.storage.pg_repository import PgOutboxRepo, PgReplyInbox
-from picloud.config import RetryPolicy, TriggerConfig
+from outbox.storage.repository import NewOutboxRow
+from picloud.config import RetryPolicy, SandboxCeiling, TriggerConfig
+from picloud.db.pgconn import connect
+from picloud.db.sqlfiles import load_queries
 from picloud.domain.authz import Role
-from picloud.domain.scripts import handler
+from picloud.domain.scripts import PermanentError, handler
 from picloud.messaging import queues
+from picloud.messaging.names import message_limit
 from picloud.models import QueueMessage
 from tests.factories import AppFactory, MembershipFactory, ScriptFactory
 from tests.helpers import wait_for
 from triggers import queue_batches
+from triggers.models import Trigger
 from triggers.pg_repository import PgTriggerRepo
 from triggers.queue_batches import PgBatchStore
 from triggers.repository import NewTrigger, QueueSpec
+
+TRIGGER_Q = load_queries("triggers")
 
 
 @pytest.fixture
@@ -150,6 +158,18 @@ class TestPullConsumers:
         assert queues.stats(app, "work", principal=admin).depth == 0
 
 
+@handler("tests.delete_own_trigger_then_fail")
+def _delete_own_trigger(event, ctx):
+    # What an admin deleting the trigger while this batch runs does.
+    PgTriggerRepo().delete(uuid.UUID(event["trigger_id"]))
+    raise PermanentError("fails after its trigger is gone")
+
+
+@handler("tests.forward_deeper")
+def _forward(event, ctx):
+    ctx.queues.send_batch("next", [m["body"] for m in event["messages"]])
+
+
 # What the handlers below report, set by each test.
 REPORT: dict = {"failed": [], "raise": False, "seen": []}
 
@@ -171,12 +191,13 @@ def consumer(setup, override_config):
     override_config(TriggerConfig(retry=RetryPolicy(base_delay_ms=1, max_delay_ms=1)))
     script = ScriptFactory(app=app, handler="tests.queue_consumer")
 
-    def make(**spec):
+    def make(handler_name=None, **spec):
+        runs = ScriptFactory(app=app, handler=handler_name) if handler_name else script
         return PgTriggerRepo().create(
             NewTrigger(
                 app_id=app.id,
                 kind="queue",
-                script_id=script.id,
+                script_id=runs.id,
                 name="consumer",
                 registered_by_principal=admin.id,
                 queue=QueueSpec(queue.id, **spec),
@@ -328,3 +349,108 @@ def test_the_sweep_command_deletes_messages_past_retention(setup):
     assert "Deleted 1 queue message(s) sent more than 4 day(s) ago." in out.getvalue()
     call_command("gc_queue_messages", "--older-than", "1", stdout=out)
     assert QueueMessage.objects.count() == 1
+
+
+class TestQueueTriggerEdges:
+    def test_a_batch_whose_trigger_was_deleted_while_it_ran_releases_its_messages(
+        self, setup, consumer
+    ):
+        app, admin, _ = setup
+        consumer(handler_name="tests.delete_own_trigger_then_fail")
+        [sent] = queues.send_batch(app, "work", ["m"], principal=admin)
+        assert queue_batches.fill().batches == 1
+        dispatcher = _dispatcher()
+        dispatcher.run_once(limit=10)  # settles without raising: nothing to dead-letter
+        assert not DeadLetter.objects.exists()
+        assert list(QueueMessage.objects.values_list("id", "batch_id")) == [(sent, None)]
+        # The process goes on claiming for everyone.
+        other = ScriptFactory(handler="picloud.noop")
+        member = MembershipFactory(app=other.app, role=Role.Developer.value).principal
+        PgOutboxRepo().insert(NewOutboxRow(other.app_id, "kv", other.id, member.id, {}))
+        assert dispatcher.run_once(limit=10).executed == 1
+
+    def test_a_disabled_consumer_script_leaves_the_messages_queued(self, setup, consumer):
+        app, admin, _ = setup
+        trigger = consumer()
+        queues.send_batch(app, "work", [1, 2, 3], principal=admin)
+        Trigger.objects.get(pk=trigger.id).script.__class__.objects.filter(
+            pk=trigger.script_id
+        ).update(enabled=False)
+        assert queue_batches.fill().batches == 0
+        assert queues.stats(app, "work", principal=admin).visible == 3
+
+    def test_a_batch_holds_messages_of_one_depth(self, setup, consumer, override_config):
+        app, admin, _ = setup
+        override_config(TriggerConfig(max_trigger_depth=2))
+        queues.create_queue(app, "next", principal=admin)
+        consumer(handler_name="tests.forward_deeper", batch_size=10, max_receives=1)
+        queues.send(app, "work", "deep", principal=admin, depth=2)
+        queues.send(app, "work", "fresh", principal=admin, depth=0)
+        _run_batches(_dispatcher())
+        # The deep one could not be forwarded (past the limit); the fresh one was.
+        [letter] = DeadLetter.objects.all()
+        assert letter.payload["message"]["body"] == "deep" and "CascadeStopped" in (
+            letter.last_error
+        )
+        assert letter.depth == 2
+        [forwarded] = QueueMessage.objects.filter(queue__name="next")
+        assert (forwarded.body, forwarded.depth) == ("fresh", 1)
+        # A replay keeps the letter's depth: the cascade the limit ended stays ended.
+        postgres_resolver().replay(letter.pk, by=admin.pk)
+        assert QueueMessage.objects.get(queue__name="work").depth == 2
+
+    def test_a_message_at_the_size_limit_fits_its_batch(self, setup, consumer, override_config):
+        app, admin, _ = setup
+        override_config(SandboxCeiling(max_payload_bytes=64 * 1024))
+        consumer()
+        limit = message_limit()
+        with pytest.raises(ValidationError, match="at most"):
+            queues.send(app, "work", [0] * (limit // 2), principal=admin)
+        biggest = [0] * ((limit - 2) // 3)  # "[0, 0, ...]" as PostgreSQL writes it
+        queues.send(app, "work", biggest, principal=admin)
+        _run_batches(_dispatcher())
+        assert not DeadLetter.objects.exists()
+        assert len(REPORT["seen"]) == 1
+
+    def test_the_orphan_sweep_never_releases_a_message_a_live_batch_holds(self, setup, consumer):
+        app, admin, _ = setup
+        trigger = consumer(batch_size=1)
+        [sent] = queues.send_batch(app, "work", ["m"], principal=admin)
+        assert queue_batches.fill().batches == 1
+        OutboxEntry.objects.all().delete()  # the batch's row gone without settling
+        first, second = connect(), connect()
+        try:
+            first.autocommit = second.autocommit = False
+            # One sweep releases the message and (standing in for a fill right
+            # after it) takes it into a new batch, while a second sweep that
+            # started meanwhile waits for the message's row lock.
+            first.execute(TRIGGER_Q["release_orphaned_batches"])
+            swept = {}
+
+            def sweep():
+                with second.cursor() as c:
+                    c.execute(TRIGGER_Q["release_orphaned_batches"])
+                    swept["rows"] = c.rowcount
+                second.commit()
+
+            waiter = threading.Thread(target=sweep)
+            waiter.start()
+            wait_for(lambda: _blocked_backends() >= 1, timeout=10, what="the second sweep to wait")
+            first.execute("SELECT * FROM queue_fill_trigger(%s, 1000000, 10)", (trigger.id,))
+            first.commit()
+            waiter.join(10)
+        finally:
+            first.close()
+            second.close()
+        message = QueueMessage.objects.get(pk=sent)
+        assert message.batch_id is not None and swept["rows"] == 0
+        assert OutboxEntry.objects.filter(pk=message.batch_id).exists()
+
+
+def _blocked_backends() -> int:
+    with connection.cursor() as c:
+        c.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock'"
+        )
+        return c.fetchone()[0]

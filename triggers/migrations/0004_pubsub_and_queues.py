@@ -10,7 +10,7 @@ _VIEW_0003 = read_sql("triggers", "0003_cron.sql")
 _VIEW_0003 = _VIEW_0003[_VIEW_0003.index("CREATE OR REPLACE VIEW triggers_with_details") :]
 REVERSE_SQL = [
     "DROP FUNCTION queue_settle_batch",
-    "DROP FUNCTION queue_fill_batches",
+    "DROP FUNCTION queue_fill_trigger",
     "DROP VIEW triggers_with_details",
     _VIEW_0003,
     "DROP TABLE queue_trigger_details",

@@ -246,15 +246,34 @@ WHERE c.overlap <> 'allow';
 SELECT t.name FROM queue_trigger_details d JOIN triggers t ON t.id = d.trigger_id
 WHERE d.queue_id = %(queue_id)s;
 
--- fill_queue_batches --
+-- queue_triggers_with_messages --
+-- The enabled queue triggers whose queue has messages no batch holds
+-- (visible now or later): the ones queue_fill_trigger may have work for.
+SELECT d.trigger_id FROM queue_trigger_details d
+JOIN triggers t ON t.id = d.trigger_id
+WHERE t.enabled
+  AND EXISTS (SELECT 1 FROM queue_messages m WHERE m.queue_id = d.queue_id AND m.batch_id IS NULL)
+ORDER BY d.trigger_id;
+
+-- fill_queue_trigger --
 SELECT o_batches AS batches, o_messages AS messages, o_next_at AS next_at
-FROM queue_fill_batches(%(max_bytes)s);
+FROM queue_fill_trigger(%(trigger_id)s, %(max_bytes)s, %(max_batches)s);
 
 -- release_orphaned_batches --
 -- Messages held by a batch whose outbox row is gone without settling (its
--- trigger was deleted, say) become visible again.
+-- trigger was deleted, say) become visible again. Each batch's row is
+-- looked up once by its key (the batches are few; the outbox may be large),
+-- and the row lock's recheck of m.batch_id passes a message that was
+-- settled and taken into a new batch meanwhile.
+WITH held AS MATERIALIZED (
+    SELECT DISTINCT batch_id FROM queue_messages WHERE batch_id IS NOT NULL
+), gone AS MATERIALIZED (
+    SELECT h.batch_id FROM held h
+    WHERE NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id = h.batch_id)
+)
 UPDATE queue_messages m SET batch_id = NULL
-WHERE m.batch_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id = m.batch_id);
+FROM gone
+WHERE m.batch_id = gone.batch_id;
 
 -- settle_queue_batch --
 SELECT queue_settle_batch(%(batch)s, %(done)s::bigint[], %(retry)s::bigint[],
