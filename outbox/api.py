@@ -13,6 +13,10 @@ this order, so an outsider learns nothing about apps it cannot see:
 
 The request thread itself never opens a database connection: lookups and
 the invocation's queries run on the invoker's database threads.
+
+``authorize_app``, ``read_payload`` and ``api_endpoint`` are the pieces every
+endpoint under /api/ shares (the topics' and queues' are in
+outbox/messaging_api.py).
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, InterfaceError
@@ -33,7 +39,7 @@ from outbox.sync.invoke import default_invoker
 from picloud.config import SandboxCeiling, parse_int
 from picloud.db.storable import Unstorable, check_json, is_storable_text, parse_json
 from picloud.domain import tokens
-from picloud.domain.authz import Capability, Scope, has_capability
+from picloud.domain.authz import ROLE_SCOPES, Capability, Scope, _AppCapability, has_capability
 from picloud.models import Principal, Script
 
 logger = logging.getLogger("picloud.api")
@@ -68,33 +74,85 @@ def authorize(raw_token: str, app_slug: str, script_name: str) -> tuple[Principa
     # A name no script can have (too long, NUL) is looked up as no name at
     # all: the query stays valid and the answer is the usual 404.
     name = script_name if _possible_script_name(script_name) else None
-    found = tokens.lookup(raw_token, app_slug=app_slug, script_name=name)
-    if found is None:
-        raise ApiError(401, "unauthenticated", "the API token is unknown, expired or revoked")
-    grant, row = found
-    principal = grant.principal
-    if Scope.ScriptInvoke.value not in grant.scopes:
-        raise ApiError(403, "forbidden", f"the API token lacks the {Scope.ScriptInvoke} scope")
-    app_id = row["app_id"]
+    principal, row = authorize_app(
+        raw_token,
+        app_slug,
+        Capability.ScriptInvoke,
+        not_found=f"no script {script_name!r} in app {app_slug!r}",
+        exists=lambda row: row["script_id"] is not None,
+        script_name=name,
+    )
+    if not row["script_enabled"]:
+        raise ApiError(409, "script_disabled", f"script {script_name!r} is disabled")
+    return principal, Script(id=row["script_id"], app_id=row["app_id"], name=script_name)
+
+
+def authorize_app(
+    raw_token: str,
+    app_slug: str,
+    capability: type[_AppCapability],
+    *,
+    not_found: str,
+    exists: Callable[[dict[str, Any]], bool] = lambda row: True,
+    script_name: str | None = None,
+) -> tuple[Principal, dict[str, Any]]:
+    """The principal behind `raw_token` if it may do `capability` in app
+    `app_slug`, with the token's row (``tokens.lookup``: ``app_id``,
+    ``role``, the script columns of `script_name`). Otherwise ApiError, in
+    the API's order: 401, 403 the token lacks the capability's scope, 404
+    `not_found` (the app is unknown or out of reach, or ``exists(row)`` says
+    the thing asked for is not there), 403 the role does not grant it.
+
+    Runs on a database thread. `exists` is asked only once the app is in
+    reach, so nobody learns what another app holds."""
+    grant, row = _grant(raw_token, capability.scope, app_slug=app_slug, script_name=script_name)
+    principal, app_id = grant.principal, row["app_id"]
 
     def may(capability) -> bool:
         return has_capability(principal, capability, role_lookup=lambda _p, _a: row["role"])
 
-    if app_id is None or not grant.reaches(app_id) or not may(Capability.AppRead(app_id)):
+    if (
+        app_id is None
+        or not grant.reaches(app_id)
+        or not may(Capability.AppRead(app_id))
+        or not exists(row)
+    ):
         # The same answer whether the app exists or not.
-        raise ApiError(404, "not_found", f"no script {script_name!r} in app {app_slug!r}")
-    if row["script_id"] is None:
-        raise ApiError(404, "not_found", f"no script {script_name!r} in app {app_slug!r}")
-    if not may(Capability.ScriptInvoke(app_id)):
+        raise ApiError(404, "not_found", not_found)
+    if not may(capability(app_id)):
         raise ApiError(
             403,
             "forbidden",
-            f"your role in app {app_slug!r} does not allow {Scope.ScriptInvoke} "
-            "(developer or admin needed)",
+            f"your role in app {app_slug!r} does not allow {capability.scope} "
+            f"({_roles_granting(capability.scope)} needed)",
         )
-    if not row["script_enabled"]:
-        raise ApiError(409, "script_disabled", f"script {script_name!r} is disabled")
-    return principal, Script(id=row["script_id"], app_id=app_id, name=script_name)
+    return principal, row
+
+
+def _grant(raw_token: str, scope: Scope, **lookup) -> tuple[tokens.TokenGrant, dict[str, Any]]:
+    """The token's grant and row (401 unless valid now), if it carries
+    `scope` (403 otherwise)."""
+    found = tokens.lookup(raw_token, **lookup)
+    if found is None:
+        raise ApiError(401, "unauthenticated", "the API token is unknown, expired or revoked")
+    grant, row = found
+    if scope.value not in grant.scopes:
+        raise ApiError(403, "forbidden", f"the API token lacks the {scope} scope")
+    return grant, row
+
+
+def _roles_granting(scope: Scope) -> str:
+    return " or ".join(role.value for role, scopes in ROLE_SCOPES.items() if scope in scopes)
+
+
+def invalid(exc: ValidationError) -> ApiError:
+    """A Python API's ValidationError as 400 ``invalid_<field>``, with the
+    field it names and its first message (``invalid_request`` when it names
+    no field)."""
+    if not hasattr(exc, "error_dict"):
+        return ApiError(400, "invalid_request", exc.messages[0])
+    field, messages = next(iter(exc.message_dict.items()))
+    return ApiError(400, f"invalid_{field}", f"{field}: {messages[0]}")
 
 
 def _possible_script_name(name: str) -> bool:
@@ -272,17 +330,11 @@ def _schedule(principal: Principal, script: Script, run_at: datetime, payload) -
     except scheduled.PayloadTooLarge as exc:
         raise ApiError(413, "payload_too_large", f"payload: {exc.messages[0]}") from None
     except ValidationError as exc:
-        field, messages = next(iter(exc.message_dict.items()))
-        raise ApiError(400, f"invalid_{field}", f"{field}: {messages[0]}") from None
+        raise invalid(exc) from None
 
 
 def _cancel(raw_token: str, app_slug: str, run_id: uuid.UUID) -> None:
-    found = tokens.lookup(raw_token, app_slug=app_slug, script_name=None)
-    if found is None:
-        raise ApiError(401, "unauthenticated", "the API token is unknown, expired or revoked")
-    grant, row = found
-    if Scope.ScriptInvoke.value not in grant.scopes:
-        raise ApiError(403, "forbidden", f"the API token lacks the {Scope.ScriptInvoke} scope")
+    grant, row = _grant(raw_token, Scope.ScriptInvoke, app_slug=app_slug)
     app_id = row["app_id"]
     not_found = ApiError(404, "not_found", f"no pending scheduled run {run_id} in app {app_slug!r}")
     if app_id is None or not grant.reaches(app_id):

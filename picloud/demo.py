@@ -42,6 +42,7 @@ DEMO_SCRIPTS = {  # name -> registered handler
 }
 DEMO_TOPIC = "orders:created"
 DEMO_QUEUE = "emails"
+DEMO_PULL_QUEUE = "jobs"  # no trigger: for consumers that pull (docs/api.md)
 DEMO_ORDERS = 3  # KV writes per run; each ends as one dead letter of the flaky trigger
 
 
@@ -145,8 +146,9 @@ def _ensure_triggers(app: App, scripts: dict[str, Script], principal: Principal)
 def _ensure_messaging(app: App, principal: Principal) -> None:
     if not Topic.objects.filter(app=app, name=DEMO_TOPIC).exists():
         topics.create_topic(app, DEMO_TOPIC, principal=principal)
-    if not Queue.objects.filter(app=app, name=DEMO_QUEUE).exists():
-        queues.create_queue(app, DEMO_QUEUE, principal=principal)
+    for name in (DEMO_QUEUE, DEMO_PULL_QUEUE):
+        if not Queue.objects.filter(app=app, name=name).exists():
+            queues.create_queue(app, name, principal=principal)
 
 
 def _write_orders(app: App, principal: Principal) -> None:

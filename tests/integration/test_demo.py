@@ -31,8 +31,11 @@ def test_demo_data_has_a_topic_and_a_queue_with_their_triggers():
     load_demo(password="pw")
     app = App.objects.get(slug="demo")
     assert list(Topic.objects.filter(app=app).values_list("name", flat=True)) == ["orders:created"]
-    queue = Queue.objects.get(app=app)
-    assert queue.name == "emails"
+    assert sorted(Queue.objects.filter(app=app).values_list("name", flat=True)) == [
+        "emails",
+        "jobs",
+    ]
+    queue = Queue.objects.get(app=app, name="emails")
     assert Trigger.objects.get(app=app, kind="pubsub").pubsub_details.topic == "orders:*"
     assert Trigger.objects.get(app=app, kind="queue").queue_details.queue_id == queue.id
     published = OutboxEntry.objects.filter(source_kind="pubsub")
