@@ -230,12 +230,13 @@ def check_queue(spec, queue: Ref | None, consumer: str | None, app_id, app_slug:
     in its range."""
     errors = Errors()
     if queue is None or queue.app_id != app_id:
-        what = f"Queue {queue.label!r} belongs to another app" if queue else "No such queue"
+        # One answer for a queue of another app and none at all: nothing of
+        # another tenant's queues (their names, that one exists) shows here.
         errors.add(
             ValidationError(
                 {
-                    "queue_id": f"{what}; choose a queue of app {app_slug!r}: a queue trigger "
-                    "consumes only a queue of its own app."
+                    "queue_id": f"App {app_slug!r} has no queue {spec.queue_id}; choose a "
+                    "queue of its own: a queue trigger consumes only a queue of its own app."
                 }
             )
         )
