@@ -1,4 +1,5 @@
-"""Admin for the platform core: apps, memberships, scripts and API tokens."""
+"""Admin for the platform core: apps, memberships, scripts and API tokens;
+topics and queues are in admin_messaging.py."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from outbox.storage.pg_repository import PgOutboxRepo
+from picloud import admin_messaging  # noqa: F401  (registers the topic and queue pages)
 from picloud.admin_access import (
     ALL,
     AppFilter,

@@ -110,14 +110,22 @@ def drain_outbox(max_rows: int = 1_000):
 
 
 def trigger_inlines(
-    *, kv_forms: int = 1, cron_forms: int = 0, dead_letter_forms: int = 1
+    *,
+    kv_forms: int = 1,
+    cron_forms: int = 0,
+    pubsub_forms: int = 0,
+    queue_forms: int = 0,
+    dead_letter_forms: int = 1,
 ) -> dict[str, str]:
     """The management-form fields of the trigger admin's detail inlines (a
-    browser posts the cron inline's defaults, which tests leave out: none by default)."""
+    browser posts the cron and queue inlines' defaults, which tests leave
+    out: none by default)."""
     fields = {}
     for prefix, total in (
         ("kv_details", kv_forms),
         ("cron_details", cron_forms),
+        ("pubsub_details", pubsub_forms),
+        ("queue_details", queue_forms),
         ("dead_letter_details", dead_letter_forms),
     ):
         fields |= {

@@ -22,8 +22,10 @@ from django.utils.html import format_html, format_html_join
 
 from deadletters.models import DeadLetter
 from outbox.models import OutboxEntry
+from outbox.storage.kinds import SourceKind
 from picloud.admin_access import AppFilter, AppScopedAdmin, allowed_app_ids, scope
 from picloud.domain.authz import Capability
+from picloud.models import Queue
 from triggers import cron, rules
 from triggers.kinds import TriggerKind
 from triggers.matching import EMPTY_PATTERN, NO_OPS, NUL_IN_PATTERN, PATTERN_TOO_LONG
@@ -32,11 +34,22 @@ from triggers.models import (
     CronTriggerDetails,
     DeadLetterTriggerDetails,
     KvTriggerDetails,
+    PubsubTriggerDetails,
+    QueueTriggerDetails,
     Trigger,
+    check_queue_details,
     check_source,
 )
 from triggers.pg_repository import PgTriggerRepo
-from triggers.repository import CronSpec, DeadLetterSpec, KvSpec, NewTrigger, TriggerRepo
+from triggers.repository import (
+    CronSpec,
+    DeadLetterSpec,
+    KvSpec,
+    NewTrigger,
+    PubsubSpec,
+    QueueSpec,
+    TriggerRepo,
+)
 from triggers.schedule import Schedule, ScheduleError
 
 EDITABLE_KINDS = rules.CREATABLE_KINDS
@@ -48,7 +61,7 @@ class DetailsFormSet(forms.BaseInlineFormSet):
     """The details of one kind: required for that kind (rules.check_details),
     refused for others."""
 
-    details: str = ""  # "kv" or "dead_letter", as rules.DETAILS names them
+    details: str = ""  # a value of rules.DETAILS: "kv", "cron", "pubsub", "queue", "dead_letter"
 
     def clean(self):
         super().clean()
@@ -221,6 +234,118 @@ class CronDetailsInline(KvDetailsInline):
         )
 
 
+def _topic_rule_says(pattern: str) -> str:
+    """What rules.check_topic says of `pattern`: the form field's own checks
+    (required, NUL) run before the model's and must say the same."""
+    try:
+        rules.check_topic(pattern)
+    except ValidationError as e:
+        return e.message_dict["topic"][0]
+    raise AssertionError(f"{pattern!r} is a valid topic pattern")
+
+
+class PubsubDetailsFormSet(DetailsFormSet):
+    details = "pubsub"
+
+
+class PubsubDetailsForm(forms.ModelForm):
+    # Not the model's max_length: rules.check_topic (the model's field rule)
+    # says how long a pattern may be, in its words.
+    topic = forms.CharField(
+        widget=forms.TextInput(attrs={"size": 40}),
+        help_text=PubsubTriggerDetails._meta.get_field("topic").help_text,
+        error_messages={
+            "required": _topic_rule_says(""),
+            "null_characters_not_allowed": _topic_rule_says("\x00"),
+        },
+    )
+
+    class Meta:
+        model = PubsubTriggerDetails
+        fields = ["topic"]
+
+
+class PubsubDetailsInline(KvDetailsInline):
+    model = PubsubTriggerDetails
+    form = PubsubDetailsForm
+    formset = PubsubDetailsFormSet
+    verbose_name = verbose_name_plural = "Pub/sub trigger details (kind: Pub/sub)"
+
+    def get_extra(self, request, obj=None, **kwargs):
+        return 0 if obj is not None and hasattr(obj, "pubsub_details") else 1
+
+
+class QueueDetailsFormSet(DetailsFormSet):
+    details = "queue"
+
+    def clean(self):
+        super().clean()
+        # As for dead-letter details: a row that knows its trigger (editing)
+        # checks its queue and settings in the models' clean; a new trigger's
+        # row gets its trigger only when saved, so the formset checks those.
+        for form in self.forms:
+            if not form.has_changed() or form.instance.trigger_id is not None:
+                continue
+            if not form.is_valid() or self.instance.app_id is None:
+                continue
+            try:
+                check_queue_details(self.instance, form.instance)
+            except ValidationError as e:
+                form.add_error(None, e)
+
+
+class QueueDetailsForm(forms.ModelForm):
+    class Meta:
+        model = QueueTriggerDetails
+        fields = ["queue", "batch_size", "max_batch_wait_ms", "max_concurrency", "max_receives"]
+        # The form's own checks run first: they say what the rules say.
+        error_messages = {"queue": {"required": rules.QUEUE_DETAILS_NEEDED}}
+
+    def validate_unique(self):
+        """Nothing: a details row's one unique column besides its trigger is
+        its queue, and the rules check that (check_queue_details, naming the
+        trigger that consumes it) where Django would say a bare "already
+        exists"."""
+
+
+class QueueChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: Queue) -> str:
+        consumer = getattr(obj, "consumer", None)
+        taken = f" (consumed by {consumer.trigger.name})" if consumer is not None else ""
+        return f"{obj}{taken}"
+
+
+class QueueDetailsInline(KvDetailsInline):
+    model = QueueTriggerDetails
+    fk_name = "trigger"
+    form = QueueDetailsForm
+    formset = QueueDetailsFormSet
+    verbose_name = verbose_name_plural = "Queue trigger details (kind: Queue)"
+
+    def get_extra(self, request, obj=None, **kwargs):
+        return 0 if obj is not None and hasattr(obj, "queue_details") else 1
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "queue":
+            # Queues of the apps whose triggers this user manages; one already
+            # consumed is offered (and says by whom) so that choosing it gets
+            # the rule's message rather than a bare "not a valid choice".
+            ids = allowed_app_ids(request, TriggerAdmin.app_capability)
+            queues = Queue.objects.select_related("app", "consumer__trigger")
+            kwargs["queryset"] = scope(queues, ids, "app")
+            kwargs["form_class"] = QueueChoiceField
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def get_formset(self, request, obj=None, **kwargs):
+        formset = super().get_formset(request, obj, **kwargs)
+        if obj is not None:
+            # The app is fixed once created: only its queues. On a new
+            # trigger the formset's clean() refuses another app's queue.
+            field = formset.form.base_fields["queue"]
+            field.queryset = field.queryset.filter(app=obj.app)
+        return formset
+
+
 class TriggerForm(forms.ModelForm):
     kind = forms.ChoiceField(choices=[(k.value, k.label) for k in EDITABLE_KINDS])
 
@@ -241,13 +366,30 @@ class TriggerForm(forms.ModelForm):
             "name": {"required": rules.NAME_REQUIRED, "max_length": rules.NAME_TOO_LONG}
         }
 
+    def clean(self):
+        cleaned = super().clean()
+        # A rule spanning two fields of the trigger that the model's clean
+        # leaves to the repository: on the form, it is an error on the field.
+        kind = cleaned.get("kind", self.instance.kind)
+        try:
+            rules.check_no_attempts_for_queue(kind, cleaned.get("max_attempts"))
+        except ValidationError as e:
+            self.add_error(None, e)
+        return cleaned
+
 
 @admin.register(Trigger)
 class TriggerAdmin(AppScopedAdmin):
     app_capability = Capability.AppManageTriggers
     repository: TriggerRepo = PgTriggerRepo()  # every write of this page goes through it
     form = TriggerForm
-    inlines = [KvDetailsInline, CronDetailsInline, DeadLetterDetailsInline]
+    inlines = [
+        KvDetailsInline,
+        CronDetailsInline,
+        PubsubDetailsInline,
+        QueueDetailsInline,
+        DeadLetterDetailsInline,
+    ]
     list_display = [
         "name",
         "app",
@@ -260,13 +402,21 @@ class TriggerAdmin(AppScopedAdmin):
         "last_fire",
     ]
     list_filter = [AppFilter, "kind", "enabled"]
-    search_fields = ["name", "script__name", "kv_details__collection"]
+    search_fields = [
+        "name",
+        "script__name",
+        "kv_details__collection",
+        "pubsub_details__topic",
+        "queue_details__queue__name",
+    ]
     list_select_related = [
         "app",
         "script",
         "registered_by_principal__user",
         "kv_details",
         "cron_details",
+        "pubsub_details",
+        "queue_details__queue",
     ]
     readonly_fields = ["registered_by_principal", "created_at", "updated_at"]
     fieldsets = [
@@ -294,10 +444,14 @@ class TriggerAdmin(AppScopedAdmin):
             )
         )
 
-    @admin.display(description="collection / source")
+    @admin.display(description="collection / topic / queue / source")
     def pattern(self, obj: Trigger) -> str:
         if obj.kind == TriggerKind.KV and hasattr(obj, "kv_details"):
             return f"{obj.kv_details.collection} ({', '.join(obj.kv_details.ops)})"
+        if obj.kind == TriggerKind.PUBSUB and hasattr(obj, "pubsub_details"):
+            return str(obj.pubsub_details)
+        if obj.kind == TriggerKind.QUEUE and hasattr(obj, "queue_details"):
+            return str(obj.queue_details)
         if obj.kind == TriggerKind.DEAD_LETTER and hasattr(obj, "dead_letter_details"):
             return str(obj.dead_letter_details)
         if obj.kind == TriggerKind.CRON and hasattr(obj, "cron_details"):
@@ -452,6 +606,8 @@ class TriggerAdmin(AppScopedAdmin):
                 KvTriggerDetails,
                 CronTriggerDetails,
                 CronTick,
+                PubsubTriggerDetails,
+                QueueTriggerDetails,
                 DeadLetterTriggerDetails,
                 OutboxEntry,
             )
@@ -462,18 +618,25 @@ class TriggerAdmin(AppScopedAdmin):
         return deleted, counts, perms_needed - goes_along, blocking_filters(objs) or protected
 
 
-def details_changes(formsets) -> dict[str, KvSpec | CronSpec | DeadLetterSpec]:
+Spec = KvSpec | CronSpec | PubsubSpec | QueueSpec | DeadLetterSpec
+
+
+def details_changes(formsets) -> dict[str, Spec]:
     """The details the inlines add or change, as the repository takes them.
 
     save(commit=False) writes nothing; it also records what changed for
     the admin's history."""
-    changes: dict[str, KvSpec | CronSpec | DeadLetterSpec] = {}
+    changes: dict[str, Spec] = {}
     for formset in formsets:
         for details in formset.save(commit=False):
             if isinstance(details, KvTriggerDetails):
                 changes["kv"] = KvSpec(details.collection, tuple(details.ops))
             elif isinstance(details, CronTriggerDetails):
                 changes["cron"] = details.as_spec()
+            elif isinstance(details, PubsubTriggerDetails):
+                changes["pubsub"] = PubsubSpec(details.topic)
+            elif isinstance(details, QueueTriggerDetails):
+                changes["queue"] = details.as_spec()
             elif isinstance(details, DeadLetterTriggerDetails):
                 changes["dead_letter"] = DeadLetterSpec(
                     details.source_kind, details.source_trigger_id
@@ -509,8 +672,16 @@ def pending_rows_notice(triggers) -> str:
     total = rows.count()
     if not total:
         return "No outbox rows are pending: nothing of this waits to run."
-    return (
+    notice = (
         f"{total} pending outbox row(s) will be deleted with it and will not run. Dead "
         "letters stay, without their trigger. To let the pending rows run first, disable "
         "the trigger instead and delete it once they are gone."
     )
+    # A queue trigger's rows are batches: their messages are not lost with
+    # them (triggers.queue_batches.release_orphans gives them back).
+    if rows.filter(source_kind=SourceKind.QUEUE).exists():
+        notice += (
+            " The messages of a queue trigger's batches stay on their queue and become "
+            "visible again, for whichever trigger consumes it next."
+        )
+    return notice

@@ -8,14 +8,19 @@ from django.utils import timezone
 from deadletters.models import AbandonedExecution, DeadLetter
 from outbox.models import OutboxEntry, ScriptCircuit
 from picloud.domain.authz import Role
+from picloud.messaging import queues, topics
+from picloud.models import Queue, Topic
 from tests.factories import AppFactory, MembershipFactory, ScriptFactory, kv_trigger
 from triggers.models import Trigger
+from triggers.pg_repository import PgTriggerRepo
+from triggers.repository import NewTrigger, PubsubSpec, QueueSpec
 
 
 @pytest.fixture
 def world():
     """Two apps, each with a trigger, a dead letter, an outbox row, an
-    abandoned execution, a script's circuit, a scheduled run; Alice
+    abandoned execution, a script's circuit, a scheduled run, a topic with a
+    pub/sub trigger subscribed and a queue with its queue trigger; Alice
     administers app A only."""
     alice = MembershipFactory(role=Role.AppAdmin.value)
     app_a = alice.app
@@ -56,6 +61,24 @@ def world():
         circuit = ScriptCircuit.objects.create(
             script=script, app=app, failures=5, opened=1, last_error=f"error-of-{key}"
         )
+        topic = topics.create_topic(app, f"orders:{key}", principal=member.principal)
+        queue = queues.create_queue(app, f"work-{key}", principal=member.principal)
+        subscriber, consumer = (
+            PgTriggerRepo().create(
+                NewTrigger(
+                    app_id=app.id,
+                    kind=kind,
+                    script_id=script.id,
+                    name=f"{kind}-{key}",
+                    registered_by_principal=member.principal.id,
+                    **details,
+                )
+            )
+            for kind, details in (
+                ("pubsub", {"pubsub": PubsubSpec("orders:*")}),
+                ("queue", {"queue": QueueSpec(queue.id)}),
+            )
+        )
         objects[key] = {
             "app": app,
             "script": script,
@@ -65,5 +88,9 @@ def world():
             "abandoned": abandoned,
             "circuit": circuit,
             "scheduled": scheduled,
+            "topic": Topic.objects.get(pk=topic.id),
+            "queue": Queue.objects.get(pk=queue.id),
+            "pubsub_trigger": Trigger.objects.get(pk=subscriber.id),
+            "queue_trigger": Trigger.objects.get(pk=consumer.id),
         }
     return {"alice": alice.principal.user, "bob": bob.principal.user, **objects}

@@ -24,6 +24,8 @@ ID_FILTERS = {
     "deadletters_abandonedexecution": ["app"],
     "picloud_script": ["app"],
     "picloud_appmembership": ["app"],
+    "picloud_topic": ["app"],
+    "picloud_queue": ["app"],
 }
 CASES = [(page, param) for page, params in ID_FILTERS.items() for param in params]
 

@@ -19,6 +19,8 @@ FORGED = {
     "outbox_outboxentry": ["last_error__iregex=(", "payload__app=x", "id__regex=("],
     "deadletters_deadletter": ["last_error__iregex=(", "app__slug__regex=("],
     "deadletters_abandonedexecution": ["result_summary__regex=(", "status_code__gt=1"],
+    "picloud_topic": ["name__regex=(", "created_at__year=99999999999"],
+    "picloud_queue": ["name__regex=(", "app__slug__regex=("],
 }
 CASES = [(page, query) for page, queries in FORGED.items() for query in queries]
 
