@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.requirements-installed
 
-.PHONY: run test browser screenshots lint format check-migrations bench bench-invoke bench-fairness bench-cron db-stop clean
+.PHONY: run test browser screenshots lint format check-migrations bench bench-invoke bench-fairness bench-cron bench-queues db-stop clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/fairness.py
 	$(PY) benchmarks/claim_fair.py
 	$(PY) benchmarks/cron_lateness.py
+	$(PY) benchmarks/queues.py
 
 # Fairness across apps (B's latency while A is loaded; C's throughput while A hangs).
 bench-fairness: $(STAMP)
@@ -66,6 +67,11 @@ bench-fairness: $(STAMP)
 # Cron tick lateness, idle and beside a busy outbox.
 bench-cron: $(STAMP)
 	$(PY) benchmarks/cron_lateness.py $(BENCH_ARGS)
+
+# Topics and queues: publish to first subscriber start, and a queue trigger's
+# throughput beside pgmq's read/delete floor.
+bench-queues: $(STAMP)
+	$(PY) benchmarks/queues.py $(BENCH_ARGS)
 
 # Synchronous invocation over HTTP under load; writes its section of docs/benchmarks.md.
 bench-invoke: $(STAMP)

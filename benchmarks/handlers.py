@@ -14,3 +14,10 @@ def noop(event, ctx):
 def cron_probe(event, ctx):
     # A tick reports its start against its scheduled time.
     probe.hit(f"tick|{event['trigger_id']}|{event['scheduled_at']}")
+
+
+@handler("bench.start_probe")
+def start_probe(event, ctx):
+    # A publish (its message) or a KV write (the new value) reports its tag
+    # the moment a subscriber starts: benchmarks/queues.py keeps each tag's first.
+    probe.hit((event.get("message") or event.get("new") or {})["tag"])
