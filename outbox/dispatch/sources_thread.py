@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 
-from django.db import connections
+from django.db import connection, connections
 from django.utils import timezone
 
 from outbox.dispatch.metrics import CRON_MISSED, Counters
@@ -33,6 +33,19 @@ QUEUE_CHANNEL = "picloud_queue"  # picloud/sql/0005_topics_and_queues.sql sends 
 MAX_IDLE = 1.0  # seconds between looks at the queues when nothing wakes the thread
 ORPHANS_EVERY = 10.0  # seconds between sweeps for batches whose row is gone
 ERROR_DELAY = 1.0  # seconds before the queues are looked at again after an error
+
+
+def _prepare_connection() -> None:
+    """This thread's writes commit without waiting for the WAL flush (once
+    per connection): a commit PostgreSQL loses in a crash takes a batch's
+    row and its messages' hold together (the messages stay visible), or a
+    tick with its key and watermark (the next pass writes it again)."""
+    raw = connection.connection
+    if raw is not None and getattr(connection, "picloud_prepared", None) is raw:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SET synchronous_commit TO off")
+    connection.picloud_prepared = connection.connection
 
 
 class SourcesThread:
@@ -68,6 +81,7 @@ class SourcesThread:
         while not self.stopping.is_set():
             # Cleared before looking: a wake while working makes another round.
             self.woken.clear()
+            self._guarded("preparing the connection", _prepare_connection)
             if time.monotonic() >= next_tick:
                 self._tick()
                 next_tick = time.monotonic() + self.every

@@ -59,9 +59,11 @@ RELEASED_MIGRATION_SQL = {
     "picloud/sql/0002_kv_and_runtimes.sql": "b0f38c7b32c56779f5fc6ca45b180508191783f6699f49914f255d4b3f66d282",
     "picloud/sql/0003_api_tokens.sql": "d1dbec3c1227f5709f1ef39dde8861fe5cd7fe62fa6c4ef0ca0c011002657829",
     "picloud/sql/0004_concurrency_caps.sql": "2c4bc8ab7849668c03fb053e6f8c912f8974e82169f7861b434de2cdbe34c823",
+    "picloud/sql/0005_topics_and_queues.sql": "c8c4cc24000723fc637dfad6c6fb9805c5e345da851f90574e15a213eff5ae08",
     "triggers/sql/0001_triggers.sql": "e116e8e1729105023746c442bafd46c5c61b1d8120de177df23dab110f96ce69",
     "triggers/sql/0002_dead_letter_source_same_app.sql": "75522c3dcee7c91094365474bca29858b58f597a57ebf73a6651ab23811ebd16",
     "triggers/sql/0003_cron.sql": "84c628745d072ee0b62aff45ef53ef1e35aedb4fe19b6534361bc2b1d4d3a5a5",
+    "triggers/sql/0004_pubsub_and_queues.sql": "83b4d2fa2106c15b4303e56e9e9eb8fa52d7f132c04057b67f9b0a7fd97e5046",
 }
 
 

@@ -75,9 +75,15 @@ LEFT JOIN queue_trigger_details q ON q.trigger_id = t.id;
 -- waiting partial batch or a delayed message is next due (NULL: none). The
 -- caller commits after each trigger: one tenant's batches never wait for
 -- another's.
+--
+-- Bitmap scans are off: counting the trigger's outbox rows by bitmap never
+-- marks deleted rows dead in the index, and after ten thousand settled
+-- batches the count read them all (0.5 ms against 0.06).
 CREATE FUNCTION queue_fill_trigger(p_trigger UUID, p_max_bytes INTEGER, p_max_batches INTEGER)
 RETURNS TABLE (o_batches INTEGER, o_messages INTEGER, o_next_at TIMESTAMPTZ)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET enable_bitmapscan = off
+AS $$
 DECLARE
     t RECORD;
     free INTEGER;
