@@ -167,14 +167,13 @@ class KvTriggerDetails(RuledFields):
             check_details_of(self.trigger, "kv")
 
 
-class DeadLetterTriggerDetails(RuledFields):
-    trigger = models.OneToOneField(
-        Trigger, on_delete=models.CASCADE, primary_key=True, related_name="dead_letter_details"
-    )
-    # The trigger's app, copied from it on save (so nobody fills it in: blank):
-    # the composite foreign keys of triggers/sql/0002_dead_letter_source_same_app.sql
-    # need it on the row to hold the source trigger to that app. A key of its
-    # own to apps would add nothing, as (trigger_id, app_id) must match the trigger.
+class SameAppDetails(RuledFields):
+    """Details that name another row of the trigger's own app (a source
+    trigger, a queue): they carry the trigger's app, copied from it on save
+    (so nobody fills it in: blank), for the composite foreign keys of
+    triggers/sql/ that hold the named row to that app. A key of its own to
+    apps would add nothing, as (trigger_id, app_id) must match the trigger."""
+
     app = models.ForeignKey(
         App,
         on_delete=models.CASCADE,
@@ -182,6 +181,19 @@ class DeadLetterTriggerDetails(RuledFields):
         editable=False,
         blank=True,
         db_constraint=False,
+    )
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args, **kwargs):
+        self.app_id = self.trigger.app_id
+        super().save(*args, **kwargs)
+
+
+class DeadLetterTriggerDetails(SameAppDetails):
+    trigger = models.OneToOneField(
+        Trigger, on_delete=models.CASCADE, primary_key=True, related_name="dead_letter_details"
     )
     source_kind = models.CharField(
         max_length=20,
@@ -205,10 +217,6 @@ class DeadLetterTriggerDetails(RuledFields):
 
     def __str__(self) -> str:
         return f"source {self.source_kind or 'any'}, trigger {self.source_trigger_id or 'any'}"
-
-    def save(self, *args, **kwargs):
-        self.app_id = self.trigger.app_id
-        super().save(*args, **kwargs)
 
     def field_rules(self):
         return {"source_kind": rules.check_source_kind}
@@ -318,21 +326,11 @@ class PubsubTriggerDetails(RuledFields):
             check_details_of(self.trigger, "pubsub")
 
 
-class QueueTriggerDetails(RuledFields):
+class QueueTriggerDetails(SameAppDetails):
     """The queue a queue trigger consumes, and how (docs/messaging.md)."""
 
     trigger = models.OneToOneField(
         Trigger, on_delete=models.CASCADE, primary_key=True, related_name="queue_details"
-    )
-    # The trigger's app, copied from it on save (as for dead-letter details):
-    # the composite keys hold the queue to that app.
-    app = models.ForeignKey(
-        App,
-        on_delete=models.CASCADE,
-        related_name="+",
-        editable=False,
-        blank=True,
-        db_constraint=False,
     )
     queue = models.OneToOneField(
         Queue,
@@ -357,10 +355,6 @@ class QueueTriggerDetails(RuledFields):
 
     def __str__(self) -> str:
         return f"queue {self.queue.name}, batches of {self.batch_size}"
-
-    def save(self, *args, **kwargs):
-        self.app_id = self.trigger.app_id
-        super().save(*args, **kwargs)
 
     def clean(self) -> None:
         super().clean()

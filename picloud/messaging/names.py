@@ -26,9 +26,9 @@ NAME_RULE = (
 # A message as JSON at most (SQS's limit); and never more than fits an event
 # under PICLOUD_SANDBOX_MAX_PAYLOAD_BYTES with its envelope around it.
 MAX_MESSAGE_BYTES = 256 * 1024
-# What an event adds around a message, at most: names and ids, a trigger's
-# name of 200 characters escaped (up to 6 bytes each) included.
-ENVELOPE_BYTES = 4096
+# What an event adds around a message: names and ids, a few hundred bytes
+# (a trigger's name written with escaped control characters could take more).
+ENVELOPE_BYTES = 1024
 
 
 def validate_name(what: str, name: object) -> str:
