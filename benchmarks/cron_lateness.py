@@ -34,8 +34,8 @@ from benchmarks.run import (  # noqa: E402
     machine,
     percentile,
     scratch_database,
+    section_main,
     start_django,
-    write_report,
 )
 from picloud.db.pgconn import database_url  # noqa: E402
 
@@ -195,18 +195,7 @@ def render(setup: Setup, results: dict, command: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="per case")
-    parser.add_argument("--no-write", action="store_true", help="print, do not touch docs/")
-    args = parser.parse_args()
-    command = (
-        "make bench-cron"
-        if len(sys.argv) == 1
-        else "python benchmarks/cron_lateness.py " + " ".join(sys.argv[1:])
-    )
-    setup, results = run(args)
-    section = render(setup, results, command)
-    print(section)
-    if not args.no_write:
-        write_report(section, BEGIN, END)
+    section_main(parser, "bench-cron", run, render, BEGIN, END)
 
 
 if __name__ == "__main__":

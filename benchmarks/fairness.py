@@ -39,8 +39,8 @@ from benchmarks.run import (  # noqa: E402
     machine,
     percentile,
     scratch_database,
+    section_main,
     start_django,
-    write_report,
 )
 from benchmarks.sink import Sink  # noqa: E402
 from picloud.db.pgconn import database_url  # noqa: E402
@@ -310,18 +310,7 @@ def main() -> None:
     parser.add_argument("--b-rows", type=int, default=50, help="B's rows per case")
     parser.add_argument("--b-gap", type=float, default=0.02, help="seconds between B's rows")
     parser.add_argument("--c-rows", type=int, default=3_000)
-    parser.add_argument("--no-write", action="store_true", help="print, do not touch docs/")
-    args = parser.parse_args()
-    command = (
-        "make bench-fairness"
-        if len(sys.argv) == 1
-        else "python benchmarks/fairness.py " + " ".join(sys.argv[1:])
-    )
-    setup, results = run(args)
-    section = render(setup, results, command)
-    print(section)
-    if not args.no_write:
-        write_report(section, BEGIN, END)
+    section_main(parser, "bench-fairness", run, render, BEGIN, END)
 
 
 if __name__ == "__main__":

@@ -50,8 +50,8 @@ from benchmarks.run import (  # noqa: E402
     machine,
     percentile,
     scratch_database,
+    section_main,
     start_django,
-    write_report,
 )
 from benchmarks.webhooks import cpu_seconds, machine_busy, start, stop, tree  # noqa: E402
 from picloud.db.pgconn import database_url  # noqa: E402
@@ -503,18 +503,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2, help="qcluster workers; floor loops")
     parser.add_argument("--publishes", type=int, default=300)
     parser.add_argument("--rate", type=float, default=20.0, help="publishes (and writes) per s")
-    parser.add_argument("--no-write", action="store_true", help="print, do not touch docs/")
-    args = parser.parse_args()
-    command = (
-        "make bench-queues"
-        if len(sys.argv) == 1
-        else "python benchmarks/queues.py " + " ".join(sys.argv[1:])
-    )
-    setup, results = run(args)
-    section = render(setup, results, command)
-    print(section)
-    if not args.no_write:
-        write_report(section, BEGIN, END)
+    section_main(parser, "bench-queues", run, render, BEGIN, END)
 
 
 if __name__ == "__main__":

@@ -629,6 +629,22 @@ def write_report(section: str, begin: str = BEGIN, end_marker: str = END) -> Non
     REPORT.write_text(text)
 
 
+def section_main(parser: argparse.ArgumentParser, make_target: str, run, render, begin, end):
+    """The main of a benchmark that writes one section of docs/benchmarks.md:
+    parse the arguments (adding --no-write), run(args) -> (setup, results),
+    render(setup, results, command) -> the section, print it and write it.
+    The command quoted is the make target, or the script with its arguments."""
+    parser.add_argument("--no-write", action="store_true", help="print, do not touch docs/")
+    args = parser.parse_args()
+    script = f"python benchmarks/{Path(sys.argv[0]).name}"
+    command = f"make {make_target}" if len(sys.argv) == 1 else " ".join([script, *sys.argv[1:]])
+    setup, results = run(args)
+    section = render(setup, results, command)
+    print(section)
+    if not args.no_write:
+        write_report(section, begin, end)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000, help="rows per throughput round")
