@@ -37,7 +37,7 @@ from picloud.config import SandboxCeiling
 from picloud.db.sqlexec import execute, model_from_row
 from picloud.domain.authz import Capability, _AppCapability
 from picloud.messaging import queues, topics
-from picloud.messaging.names import NAME_RE, MessageTooLarge
+from picloud.messaging.names import MessageTooLarge
 from picloud.models import App, Principal
 
 
@@ -186,9 +186,7 @@ def _authorize(
     there and the app has the topic or queue; ApiError otherwise."""
 
     def exists(row: dict[str, Any]) -> bool:
-        # A name no topic or queue can have is not looked up at all.
-        if not NAME_RE.fullmatch(name):
-            return False
+        # A name no topic or queue can have is not looked up (find says so).
         try:
             source.find(_app(row["app_id"], app_slug), name)
         except source.missing:

@@ -43,6 +43,13 @@ def validate_name(what: str, name: object) -> str:
     return name
 
 
+def possible_name(name: object) -> bool:
+    """Whether some topic or queue could have this name: lookups of any
+    other (too long, a NUL, a lone surrogate...) answer "none" without a
+    query the driver or PostgreSQL would refuse."""
+    return isinstance(name, str) and NAME_RE.fullmatch(name) is not None
+
+
 def message_limit() -> int:
     """The most bytes a message may have as JSON."""
     return min(MAX_MESSAGE_BYTES, SandboxCeiling.current().max_payload_bytes - ENVELOPE_BYTES)

@@ -35,7 +35,7 @@ from picloud.db.sqlexec import execute, fetch_all, fetch_one, from_json
 from picloud.db.sqlfiles import load_queries
 from picloud.domain.authz import Capability, require
 from picloud.domain.calls import resolve_app, resolve_principal
-from picloud.messaging.names import check_message, validate_name
+from picloud.messaging.names import check_message, possible_name, validate_name
 from picloud.messaging.topics import NameTaken
 from picloud.models import App
 
@@ -108,6 +108,8 @@ def delete_queue(app, name: str, *, principal) -> bool:
     the trigger first."""
     app = resolve_app(app)
     require(resolve_principal(principal), Capability.AppManageMessaging(app.id))
+    if not possible_name(name):
+        return False
     try:
         with transaction.atomic():
             # The key is checked at commit (so deleting an app works); here
@@ -132,7 +134,7 @@ def list_queues(app, *, principal) -> list[Queue]:
 
 def get_queue(app: App, name: str) -> Queue:
     """The queue (no capability check: the caller's); QueueNotFound."""
-    if not isinstance(name, str) or len(name) > 200 or "\x00" in name:
+    if not possible_name(name):
         raise QueueNotFound(app, str(name)[:200])
     row = fetch_one(Q["queue_get"], {"app_id": app.id, "name": name})
     if row is None:

@@ -28,7 +28,7 @@ from picloud.db.sqlfiles import load_queries
 from picloud.domain.authz import Capability, require
 from picloud.domain.calls import resolve_app, resolve_principal
 from picloud.messaging import hooks
-from picloud.messaging.names import check_message, validate_name
+from picloud.messaging.names import check_message, possible_name, validate_name
 from picloud.models import App
 
 Q = load_queries("picloud", "messaging.sql")
@@ -72,7 +72,7 @@ def delete_topic(app, name: str, *, principal) -> bool:
     """Needs AppManageMessaging. Deliveries already enqueued still run."""
     app = resolve_app(app)
     require(resolve_principal(principal), Capability.AppManageMessaging(app.id))
-    return execute(Q["topic_delete"], {"app_id": app.id, "name": name}) > 0
+    return possible_name(name) and execute(Q["topic_delete"], {"app_id": app.id, "name": name}) > 0
 
 
 def list_topics(app, *, principal) -> list[Topic]:
@@ -83,7 +83,7 @@ def list_topics(app, *, principal) -> list[Topic]:
 
 def get_topic(app: App, name: str) -> Topic:
     """The topic (no capability check: the caller's); TopicNotFound."""
-    if not isinstance(name, str) or len(name) > 200 or "\x00" in name:
+    if not possible_name(name):
         raise TopicNotFound(app, str(name)[:200])
     row = fetch_one(Q["topic_get"], {"app_id": app.id, "name": name})
     if row is None:

@@ -122,6 +122,10 @@ class TestPullConsumers:
         app, admin, _ = setup
         with pytest.raises(queues.QueueNotFound, match="no queue 'nope'"):
             queues.send(app, "nope", 1, principal=admin)
+        for impossible in ("a\x00", "a\ud800", "x" * 300):
+            with pytest.raises(queues.QueueNotFound):
+                queues.receive(app, impossible, principal=admin)
+            assert queues.delete_queue(app, impossible, principal=admin) is False
         with pytest.raises(ValidationError, match="visibility_timeout"):
             queues.receive(app, "work", principal=admin, visibility_timeout=-1)
         with pytest.raises(ValidationError, match="count"):

@@ -105,6 +105,11 @@ def test_topic_names_are_checked(setup):
             topics.create_topic(app, bad, principal=admin)
     with pytest.raises(topics.NameTaken, match="already has a topic named 'audit'"):
         topics.create_topic(app, "audit", principal=admin)
+    # Names no topic can have are looked up as none, never sent to SQL.
+    for impossible in ("a\x00", "a\ud800", "x" * 300, 7):
+        with pytest.raises(topics.TopicNotFound):
+            topics.publish(app, impossible, 1, principal=admin)
+        assert topics.delete_topic(app, impossible, principal=admin) is False
 
 
 @handler("tests.publish_again")
