@@ -207,15 +207,10 @@ class DeadLetterAdmin(WrittenBySystem, AppScopedAdmin):
 
     def _report(self, request, verb: str, report) -> None:
         past = "replayed" if verb == "replay" else "ignored"
-        parts = [f"{len(report.done)} dead letter(s) {past}"]
-        if report.already_resolved:
-            parts.append(
-                f"{len(report.already_resolved)} were resolved meanwhile and left as they were"
-            )
-        for dead_letter_id, why in list(report.refused.items())[:5]:
-            parts.append(f"{dead_letter_id} refused: {why}")
         level = messages.SUCCESS if not report.refused else messages.WARNING
-        self.message_user(request, "; ".join(parts) + ".", level)
+        self.message_user(
+            request, report.summary(f"{len(report.done)} dead letter(s) {past}"), level
+        )
 
 
 @admin.register(AbandonedExecution)

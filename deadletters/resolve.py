@@ -71,6 +71,18 @@ class BulkReport:
     already_resolved: list[uuid.UUID] = field(default_factory=list)
     refused: dict[uuid.UUID, str] = field(default_factory=dict)  # id -> why
 
+    def summary(self, done: str) -> str:
+        """One line for the operator; `done` says what became of the done
+        ones ("3 dead letter(s) replayed"). At most five refusals are named."""
+        parts = [done]
+        if self.already_resolved:
+            parts.append(
+                f"{len(self.already_resolved)} were resolved meanwhile and left as they were"
+            )
+        for dead_letter_id, why in list(self.refused.items())[:5]:
+            parts.append(f"{dead_letter_id} refused: {why}")
+        return "; ".join(parts) + "."
+
 
 class Resolver:
     def __init__(

@@ -606,15 +606,9 @@ class QueueAdmin(MessagingAdmin):
         )
 
     def _report_move_back(self, request, queue, report) -> None:
-        parts = [f"Moved {len(report.done)} dead letter(s) back onto queue {queue}"]
-        if report.already_resolved:
-            parts.append(
-                f"{len(report.already_resolved)} were resolved meanwhile and left as they were"
-            )
-        for dead_letter_id, why in list(report.refused.items())[:5]:
-            parts.append(f"{dead_letter_id} refused: {why}")
+        done = f"Moved {len(report.done)} dead letter(s) back onto queue {queue}"
         level = messages.SUCCESS if not report.refused else messages.WARNING
-        self.message_user(request, "; ".join(parts) + ".", level)
+        self.message_user(request, report.summary(done), level)
 
     def _back_to(self, queue) -> HttpResponseRedirect:
         return HttpResponseRedirect(reverse("admin:picloud_queue_change", args=[queue.pk]))
