@@ -8,7 +8,8 @@ from deadletters.gc import sweep_abandoned, sweep_dead_letters
 from deadletters.pg_repository import PgAbandonedRepo, PgDeadLetterRepo
 from outbox.storage.pg_repository import PgReplyInbox
 from outbox.sync.inboxes import sweep_orphaned_inboxes
-from picloud.config import TriggerConfig
+from picloud.config import EmailConfig, TriggerConfig
+from picloud.mail import inbound
 from picloud.messaging import queues
 
 logger = logging.getLogger("picloud.gc")
@@ -16,7 +17,7 @@ logger = logging.getLogger("picloud.gc")
 
 def sweep_retention() -> str:
     """Every sweep with the configured retention (dead letters, abandoned
-    executions, reply inboxes, queue messages); returns the summary (kept
+    executions, reply inboxes, queue messages, received mail); returns the summary (kept
     by django-q2 as the task's result)."""
 
     config = TriggerConfig.current()
@@ -28,9 +29,11 @@ def sweep_retention() -> str:
     )
     inboxes = sweep_orphaned_inboxes(PgReplyInbox())
     messages = queues.gc(config.queue_retention_days)
+    emails = inbound.gc(EmailConfig.current().retention_days)
     summary = (
         f"{letters.summary()} {abandoned.summary()} Orphaned reply inboxes removed: {inboxes}. "
-        f"Queue messages past retention removed: {messages}."
+        f"Queue messages past retention removed: {messages}. "
+        f"Received emails past retention removed: {emails}."
     )
     logger.info(summary)
     return summary

@@ -20,6 +20,7 @@ from picloud.config import (
     ConcurrencyConfig,
     ConfigError,
     DispatcherConfig,
+    EmailConfig,
     EnvConfig,
     MetricsConfig,
     SandboxCeiling,
@@ -40,6 +41,7 @@ CHECK_IDS: dict[type[EnvConfig], str] = {
     ConcurrencyConfig: "picloud.E007",
     CircuitConfig: "picloud.E008",
     MetricsConfig: "picloud.E009",
+    EmailConfig: "picloud.E011",  # E010 is the user model check (domain/user_model.py)
 }
 HINT = "Fix or unset the variable (unset means the default); see docs/configuration.md."
 # Variables that no longer do anything, and what replaced them: setting one

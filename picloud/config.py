@@ -413,6 +413,85 @@ class MetricsConfig(EnvConfig):
         return cls(per_app=env_bool(env, "PICLOUD_METRICS_PER_APP", cls().per_app))
 
 
+# A host name label: what an app's slug and each part of the mail domain must be.
+_DOMAIN = re.compile(
+    r"(?=.{1,200}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+"
+)
+_SMTP_ADDR = re.compile(
+    r"(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[A-Za-z0-9.-]+)):(?P<port>[0-9]{1,5})"
+)
+
+
+def env_smtp_addr(env: Mapping[str, str], name: str, default: tuple[str, int]) -> tuple[str, int]:
+    """host:port ([v6]:port for IPv6); port 1 to 65535."""
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    match = _SMTP_ADDR.fullmatch(raw)
+    port = int(match["port"]) if match else 0
+    if not match or not 1 <= port <= 65535:
+        raise ConfigError(
+            f"{name}={raw!r} is not an address to listen on: allowed is host:port "
+            "(e.g. 127.0.0.1:2525, or [::1]:2525 for IPv6), port 1 to 65535"
+        )
+    return (match["v6"] or match["host"], port)
+
+
+@dataclass(frozen=True)
+class EmailConfig(EnvConfig):
+    """The SMTP receiver, and mail the apps' scripts send (docs/email.md)."""
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 2525
+    # Mail to <local part>@<app slug>.<domain> reaches the app.
+    domain: str = "picloud.localhost"
+    max_bytes: int = 10 * MIB  # one message as received, headers included
+    retention_days: int = 7  # inbound_emails kept this long
+    send_per_hour: int = 100  # messages each app's scripts may send per clock hour
+    # STARTTLS is offered when both are set (PEM files).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> EmailConfig:
+        env = os.environ if env is None else env
+        d = cls()
+        host, port = env_smtp_addr(env, "PICLOUD_SMTP_ADDR", (d.smtp_host, d.smtp_port))
+        domain = _raw(env, "PICLOUD_EMAIL_DOMAIN") or d.domain
+        if not _DOMAIN.fullmatch(domain):
+            raise ConfigError(
+                f"PICLOUD_EMAIL_DOMAIN={domain!r} is not a mail domain: allowed is a lower-case "
+                "host name of at least two labels (letters, digits, '-'), e.g. mail.example.com"
+            )
+        cert, key = _raw(env, "PICLOUD_SMTP_TLS_CERT"), _raw(env, "PICLOUD_SMTP_TLS_KEY")
+        if (cert is None) != (key is None):
+            raise ConfigError(
+                "PICLOUD_SMTP_TLS_CERT and PICLOUD_SMTP_TLS_KEY go together: set both (PEM "
+                "files of the certificate and its key) to offer STARTTLS, or neither"
+            )
+        return cls(
+            smtp_host=host,
+            smtp_port=port,
+            domain=domain,
+            max_bytes=env_int(
+                env, "PICLOUD_EMAIL_MAX_BYTES", d.max_bytes, low=1024, high=100 * MIB
+            ),
+            retention_days=env_int(
+                env, "PICLOUD_EMAIL_RETENTION_DAYS", d.retention_days, low=1, high=3650
+            ),
+            send_per_hour=env_int(
+                env, "PICLOUD_EMAIL_SEND_PER_HOUR", d.send_per_hour, low=0, high=1_000_000
+            ),
+            tls_cert=cert,
+            tls_key=key,
+        )
+
+    @property
+    def smtp_addr(self) -> str:
+        host = f"[{self.smtp_host}]" if ":" in self.smtp_host else self.smtp_host
+        return f"{host}:{self.smtp_port}"
+
+
 # Around the dispatcher's own stop, the cluster wakes its guard, stops the
 # pusher and the monitor, and each worker closes its connections: about a
 # second, more on a loaded machine. The floor keeps a stop grace from cutting
@@ -460,6 +539,7 @@ CONFIGS: tuple[type[EnvConfig], ...] = (
     ConcurrencyConfig,
     CircuitConfig,
     MetricsConfig,
+    EmailConfig,
 )
 
 # The configs this process built (or a test put in place), by class. Read

@@ -293,3 +293,46 @@ class QueueMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.queue} #{self.id}"
+
+
+class InboundEmail(models.Model):
+    """A message the SMTP receiver accepted for an app, as it arrived
+    (picloud.mail.inbound; docs/email.md)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="inbound_emails")
+    received_at = models.DateTimeField(auto_now_add=True)
+    mail_from = models.TextField(help_text="the envelope sender (MAIL FROM); empty for a bounce")
+    rcpt_to = ArrayField(models.TextField(), help_text="this app's recipients (RCPT TO)")
+    subject = models.TextField(default="", blank=True)
+    from_header = models.TextField(default="", blank=True)
+    message_id = models.TextField(null=True, blank=True)
+    size = models.IntegerField(help_text="bytes")
+    fired = models.JSONField(default=list, help_text="the triggers it fired, as they were then")
+    peer = models.TextField(default="", blank=True, help_text="the SMTP client's address")
+    raw = models.BinaryField()
+
+    class Meta:
+        db_table = "inbound_emails"
+        ordering = ["-received_at"]
+        # Its indexes are picloud/sql/0006_email.sql's (their names are
+        # longer than Django lets a model declare).
+
+    def __str__(self) -> str:
+        return f"{self.subject or '(no subject)'} from {self.from_header or self.mail_from or '?'}"
+
+
+class EmailSendCount(models.Model):
+    """Mail an app's scripts sent in one clock hour (PICLOUD_EMAIL_SEND_PER_HOUR)."""
+
+    pk = models.CompositePrimaryKey("app_id", "hour")
+    app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="+")
+    hour = models.DateTimeField()
+    sent = models.IntegerField()
+
+    class Meta:
+        db_table = "email_send_counts"
+        indexes = [models.Index(fields=["hour"], name="email_send_counts_hour_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.sent} sent at {self.hour:%Y-%m-%d %H}h"

@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 from picloud.config import ConfigError, env_bool, env_choice, env_int
 
@@ -175,5 +176,29 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"pgserver": {"level": "WARNING"}},
+    # aiosmtpd logs every SMTP command at INFO (addresses included): ours says what matters.
+    "loggers": {"pgserver": {"level": "WARNING"}, "mail.log": {"level": "WARNING"}},
 }
+
+# Mail the apps' scripts send (ctx.email; docs/email.md) leaves through
+# Django's email backend, configured by one URL: smtp://user:pass@host:25,
+# smtp+tls://...:587 (STARTTLS), smtp+ssl://...:465, or consolemail:// (the
+# default: printed by the process that delivers it, for a laptop).
+EMAIL_URL_FORM = "smtp://user:pass@host:port, smtp+tls://, smtp+ssl:// or consolemail://"
+
+
+def _email_settings() -> dict:
+    # The message never shows the URL: it may hold a password.
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            url = os.environ.get("EMAIL_URL", "").strip() or "consolemail://"
+            return env.email_url_config(url)
+    except (ValueError, ImproperlyConfigured) as exc:
+        reason = "malformed" if "@" in str(exc) or "://" in str(exc) else str(exc)
+        raise ConfigError(
+            f"EMAIL_URL is not valid ({reason}): allowed is {EMAIL_URL_FORM}"
+        ) from None
+
+
+globals().update(_email_settings())

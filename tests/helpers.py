@@ -115,6 +115,7 @@ def trigger_inlines(
     cron_forms: int = 0,
     pubsub_forms: int = 0,
     queue_forms: int = 0,
+    email_forms: int = 0,
     dead_letter_forms: int = 1,
 ) -> dict[str, str]:
     """The management-form fields of the trigger admin's detail inlines (a
@@ -126,6 +127,7 @@ def trigger_inlines(
         ("cron_details", cron_forms),
         ("pubsub_details", pubsub_forms),
         ("queue_details", queue_forms),
+        ("email_details", email_forms),
         ("dead_letter_details", dead_letter_forms),
     ):
         fields |= {

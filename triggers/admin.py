@@ -33,6 +33,7 @@ from triggers.models import (
     CronTick,
     CronTriggerDetails,
     DeadLetterTriggerDetails,
+    EmailTriggerDetails,
     KvTriggerDetails,
     PubsubTriggerDetails,
     QueueTriggerDetails,
@@ -44,6 +45,7 @@ from triggers.pg_repository import PgTriggerRepo
 from triggers.repository import (
     CronSpec,
     DeadLetterSpec,
+    EmailSpec,
     KvSpec,
     NewTrigger,
     PubsubSpec,
@@ -275,6 +277,43 @@ class PubsubDetailsInline(KvDetailsInline):
         return 0 if obj is not None and hasattr(obj, "pubsub_details") else 1
 
 
+def _local_part_rule_says(pattern: str) -> str:
+    try:
+        rules.check_local_part(pattern)
+    except ValidationError as e:
+        return e.message_dict["local_part"][0]
+    raise AssertionError(f"{pattern!r} is a valid local part pattern")
+
+
+class EmailDetailsFormSet(DetailsFormSet):
+    details = "email"
+
+
+class EmailDetailsForm(forms.ModelForm):
+    local_part = forms.CharField(
+        widget=forms.TextInput(attrs={"size": 40}),
+        help_text=EmailTriggerDetails._meta.get_field("local_part").help_text,
+        error_messages={
+            "required": _local_part_rule_says(""),
+            "null_characters_not_allowed": _local_part_rule_says("\x00"),
+        },
+    )
+
+    class Meta:
+        model = EmailTriggerDetails
+        fields = ["local_part"]
+
+
+class EmailDetailsInline(KvDetailsInline):
+    model = EmailTriggerDetails
+    form = EmailDetailsForm
+    formset = EmailDetailsFormSet
+    verbose_name = verbose_name_plural = "Email trigger details (kind: Email)"
+
+    def get_extra(self, request, obj=None, **kwargs):
+        return 0 if obj is not None and hasattr(obj, "email_details") else 1
+
+
 class QueueDetailsFormSet(DetailsFormSet):
     details = "queue"
 
@@ -388,6 +427,7 @@ class TriggerAdmin(AppScopedAdmin):
         CronDetailsInline,
         PubsubDetailsInline,
         QueueDetailsInline,
+        EmailDetailsInline,
         DeadLetterDetailsInline,
     ]
     list_display = [
@@ -408,6 +448,7 @@ class TriggerAdmin(AppScopedAdmin):
         "kv_details__collection",
         "pubsub_details__topic",
         "queue_details__queue__name",
+        "email_details__local_part",
     ]
     list_select_related = [
         "app",
@@ -417,6 +458,7 @@ class TriggerAdmin(AppScopedAdmin):
         "cron_details",
         "pubsub_details",
         "queue_details__queue",
+        "email_details",
     ]
     readonly_fields = ["registered_by_principal", "created_at", "updated_at"]
     fieldsets = [
@@ -444,7 +486,7 @@ class TriggerAdmin(AppScopedAdmin):
             )
         )
 
-    @admin.display(description="collection / topic / queue / source")
+    @admin.display(description="collection / topic / queue / mail / source")
     def pattern(self, obj: Trigger) -> str:
         if obj.kind == TriggerKind.KV and hasattr(obj, "kv_details"):
             return f"{obj.kv_details.collection} ({', '.join(obj.kv_details.ops)})"
@@ -452,6 +494,8 @@ class TriggerAdmin(AppScopedAdmin):
             return str(obj.pubsub_details)
         if obj.kind == TriggerKind.QUEUE and hasattr(obj, "queue_details"):
             return str(obj.queue_details)
+        if obj.kind == TriggerKind.EMAIL and hasattr(obj, "email_details"):
+            return str(obj.email_details)
         if obj.kind == TriggerKind.DEAD_LETTER and hasattr(obj, "dead_letter_details"):
             return str(obj.dead_letter_details)
         if obj.kind == TriggerKind.CRON and hasattr(obj, "cron_details"):
@@ -608,6 +652,7 @@ class TriggerAdmin(AppScopedAdmin):
                 CronTick,
                 PubsubTriggerDetails,
                 QueueTriggerDetails,
+                EmailTriggerDetails,
                 DeadLetterTriggerDetails,
                 OutboxEntry,
             )
@@ -618,7 +663,7 @@ class TriggerAdmin(AppScopedAdmin):
         return deleted, counts, perms_needed - goes_along, blocking_filters(objs) or protected
 
 
-Spec = KvSpec | CronSpec | PubsubSpec | QueueSpec | DeadLetterSpec
+Spec = KvSpec | CronSpec | PubsubSpec | QueueSpec | EmailSpec | DeadLetterSpec
 
 
 def details_changes(formsets) -> dict[str, Spec]:
@@ -637,6 +682,8 @@ def details_changes(formsets) -> dict[str, Spec]:
                 changes["pubsub"] = PubsubSpec(details.topic)
             elif isinstance(details, QueueTriggerDetails):
                 changes["queue"] = details.as_spec()
+            elif isinstance(details, EmailTriggerDetails):
+                changes["email"] = EmailSpec(details.local_part)
             elif isinstance(details, DeadLetterTriggerDetails):
                 changes["dead_letter"] = DeadLetterSpec(
                     details.source_kind, details.source_trigger_id

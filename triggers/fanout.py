@@ -19,6 +19,8 @@ from outbox.storage.pg_repository import PgOutboxRepo
 from outbox.storage.repository import NewOutboxRow, OutboxRepo
 from picloud.config import TriggerConfig
 from picloud.kv import KvEvent
+from picloud.mail.addresses import Recipient
+from picloud.mail.hooks import Received
 from picloud.messaging.hooks import Published
 from triggers.pg_repository import PgTriggerRepo
 from triggers.repository import TriggerRecord, TriggerRepo
@@ -76,19 +78,47 @@ class FanOut:
         self._enqueue(SourceKind.PUBSUB, event.app_id, matching, depth, event_for)
         return len(matching)
 
+    def email(self, event: Received) -> list[dict[str, str]]:
+        """Enqueue a stored message once for every enabled email trigger
+        matching one of its recipients (with the recipients it matched);
+        returns what fired. Mail comes from outside: depth 0, never stopped."""
+        matched: dict[uuid.UUID, tuple[TriggerRecord, list[Recipient]]] = {}
+        by_local_part: dict[str, list[TriggerRecord]] = {}
+        for recipient in event.recipients:
+            local = recipient.local_part
+            if local not in by_local_part:
+                by_local_part[local] = self.triggers.list_matching_email(event.app_id, local)
+            for trigger in by_local_part[local]:
+                matched.setdefault(trigger.id, (trigger, []))[1].append(recipient)
+        fired = []
+        for trigger, recipients in sorted(matched.values(), key=lambda m: m[0].name):
+            payload = {
+                **event.payload(recipients),
+                "trigger": trigger.name,
+                "trigger_id": str(trigger.id),
+            }
+            row = self._insert(SourceKind.EMAIL, event.app_id, trigger, 0, payload)
+            fired.append(
+                {"trigger_id": str(trigger.id), "name": trigger.name, "outbox_id": str(row.id)}
+            )
+        return fired
+
     def _enqueue(self, kind, app_id, matching, depth, payload_for) -> None:
         for trigger in matching:
-            self.outbox.insert(
-                NewOutboxRow(
-                    app_id=app_id,
-                    source_kind=kind,
-                    script_id=trigger.script_id,
-                    run_as_principal=trigger.registered_by_principal,
-                    payload=payload_for(trigger),
-                    trigger_id=trigger.id,
-                    depth=depth,
-                )
+            self._insert(kind, app_id, trigger, depth, payload_for(trigger))
+
+    def _insert(self, kind, app_id, trigger: TriggerRecord, depth: int, payload):
+        return self.outbox.insert(
+            NewOutboxRow(
+                app_id=app_id,
+                source_kind=kind,
+                script_id=trigger.script_id,
+                run_as_principal=trigger.registered_by_principal,
+                payload=payload,
+                trigger_id=trigger.id,
+                depth=depth,
             )
+        )
 
     def _stop_cascade(
         self,
@@ -192,3 +222,12 @@ def fan_out_kv(event: KvEvent, *, depth: int = 0, cause: uuid.UUID | None = None
 
 def fan_out_pubsub(event: Published, *, depth: int = 0, cause: uuid.UUID | None = None) -> int:
     return default_fan_out().pubsub(event, depth=depth, cause=cause)
+
+
+def fan_out_email(event: Received) -> list[dict[str, str]]:
+    return default_fan_out().email(event)
+
+
+def email_wanted(app_id: uuid.UUID, local_part: str) -> bool:
+    """Whether mail to this local part of the app fires an enabled trigger."""
+    return bool(PgTriggerRepo().list_matching_email(app_id, local_part))

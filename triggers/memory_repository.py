@@ -108,6 +108,17 @@ class MemoryTriggerRepo:
             and collection_matches(t.pubsub.topic, topic)
         )
 
+    def list_matching_email(self, app_id: uuid.UUID, local_part: str) -> list[TriggerRecord]:
+        return self._sorted(
+            t
+            for t in self._rows.values()
+            if t.app_id == app_id
+            and t.kind == TriggerKind.EMAIL
+            and t.enabled
+            and t.email is not None
+            and collection_matches(t.email.local_part, local_part)
+        )
+
     def list_matching_dead_letter(
         self, app_id: uuid.UUID, dead_letter: DeadLetterSource
     ) -> list[TriggerRecord]:

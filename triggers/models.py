@@ -35,6 +35,7 @@ MODEL_FIELDS = {
     "pubsub": NON_FIELD_ERRORS,
     "queue": NON_FIELD_ERRORS,
     "queue_id": "queue",
+    "email": NON_FIELD_ERRORS,
 }
 
 
@@ -324,6 +325,34 @@ class PubsubTriggerDetails(RuledFields):
         super().clean()
         if self.trigger_id is not None:
             check_details_of(self.trigger, "pubsub")
+
+
+class EmailTriggerDetails(RuledFields):
+    """The recipients an email trigger fires for (docs/email.md)."""
+
+    trigger = models.OneToOneField(
+        Trigger, on_delete=models.CASCADE, primary_key=True, related_name="email_details"
+    )
+    local_part = models.TextField(
+        max_length=rules.MAX_LOCAL_PART_LENGTH,
+        help_text="'*', 'prefix:*' or an exact local part, e.g. orders for "
+        "orders@<app>.<domain> (and orders+anything@…)",
+    )
+
+    class Meta:
+        db_table = "email_trigger_details"
+        verbose_name_plural = "email trigger details"
+
+    def __str__(self) -> str:
+        return f"mail to {self.local_part}@"
+
+    def field_rules(self):
+        return {"local_part": rules.check_local_part}
+
+    def clean(self) -> None:
+        super().clean()
+        if self.trigger_id is not None:
+            check_details_of(self.trigger, "email")
 
 
 class QueueTriggerDetails(SameAppDetails):

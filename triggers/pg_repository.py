@@ -16,6 +16,7 @@ from triggers.repository import (
     CronSpec,
     DeadLetterSource,
     DeadLetterSpec,
+    EmailSpec,
     Facts,
     KvSpec,
     NewTrigger,
@@ -59,6 +60,7 @@ def _record(row: dict[str, Any]) -> TriggerRecord:
         else None
     )
     pubsub = PubsubSpec(row["pubsub_topic"]) if row.get("pubsub_topic") is not None else None
+    email = EmailSpec(row["email_local_part"]) if row.get("email_local_part") else None
     queue = (
         QueueSpec(
             queue_id=row["queue_id"],
@@ -88,6 +90,7 @@ def _record(row: dict[str, Any]) -> TriggerRecord:
         cron=cron,
         pubsub=pubsub,
         queue=queue,
+        email=email,
     )
 
 
@@ -137,6 +140,10 @@ class PgTriggerRepo:
         rows = fetch_all(Q["list_matching_pubsub"], {"app_id": app_id, "topic": topic})
         return [_record(r) for r in rows]
 
+    def list_matching_email(self, app_id: uuid.UUID, local_part: str) -> list[TriggerRecord]:
+        rows = fetch_all(Q["list_matching_email"], {"app_id": app_id, "local_part": local_part})
+        return [_record(r) for r in rows]
+
     def list_matching_dead_letter(
         self, app_id: uuid.UUID, dead_letter: DeadLetterSource
     ) -> list[TriggerRecord]:
@@ -173,6 +180,11 @@ class PgTriggerRepo:
         if new.kind == TriggerKind.PUBSUB and new.pubsub is not None:
             execute(
                 Q["upsert_pubsub_details"], {"trigger_id": trigger_id, "topic": new.pubsub.topic}
+            )
+        if new.kind == TriggerKind.EMAIL and new.email is not None:
+            execute(
+                Q["upsert_email_details"],
+                {"trigger_id": trigger_id, "local_part": new.email.local_part},
             )
         if new.kind == TriggerKind.QUEUE and new.queue is not None:
             execute(

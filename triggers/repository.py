@@ -59,6 +59,14 @@ class PubsubSpec:
 
 
 @dataclass(frozen=True)
+class EmailSpec:
+    """An email trigger's details: the recipient local parts it fires for
+    (docs/email.md, "Routing")."""
+
+    local_part: str
+
+
+@dataclass(frozen=True)
 class QueueSpec:
     """A queue trigger's details (docs/messaging.md, "Queue triggers")."""
 
@@ -82,6 +90,7 @@ class NewTrigger:
     cron: CronSpec | None = None
     pubsub: PubsubSpec | None = None
     queue: QueueSpec | None = None
+    email: EmailSpec | None = None
     max_attempts: int | None = None
     retry_base_delay_ms: int | None = None
     retry_max_delay_ms: int | None = None
@@ -106,6 +115,7 @@ class TriggerRecord:
     cron: CronSpec | None = None
     pubsub: PubsubSpec | None = None
     queue: QueueSpec | None = None
+    email: EmailSpec | None = None
 
 
 class DeadLetterSource(Protocol):
@@ -139,6 +149,7 @@ UPDATABLE = frozenset(
         "cron",
         "pubsub",
         "queue",
+        "email",
         "max_attempts",
         "retry_base_delay_ms",
         "retry_max_delay_ms",
@@ -151,7 +162,7 @@ class TriggerRepo(Protocol):
         """Store a trigger and its kind's details atomically.
 
         Raises ValidationError (naming the field and what is allowed) for a
-        kind that is unknown or has no event source yet, a blank or too long
+        kind that is unknown, a blank or too long
         name, missing or mismatched details, an invalid collection pattern
         or ops, out-of-range retry overrides, or a dead-letter filter naming
         a dead-letter trigger; rules.ForeignScript or
@@ -189,6 +200,11 @@ class TriggerRepo(Protocol):
     def list_matching_pubsub(self, app_id: uuid.UUID, topic: str) -> list[TriggerRecord]:
         """Enabled pubsub triggers of this app whose pattern matches `topic`
         (the rule of collection_matches), by name."""
+
+    def list_matching_email(self, app_id: uuid.UUID, local_part: str) -> list[TriggerRecord]:
+        """Enabled email triggers of this app whose pattern matches
+        `local_part` (a recipient's, lower-cased and without its +tag; the
+        rule of collection_matches), by name."""
 
     def list_matching_dead_letter(
         self, app_id: uuid.UUID, dead_letter: DeadLetterSource
@@ -248,6 +264,8 @@ def validate_trigger(
         rules.check_cron(new.cron)
     if new.pubsub is not None and touches("pubsub"):
         rules.check_topic(new.pubsub.topic)
+    if new.email is not None and touches("email"):
+        rules.check_local_part(new.email.local_part)
     if new.queue is not None and touches("queue"):
         rules.check_queue(new.queue, facts.queue, facts.queue_consumer, new.app_id, facts.app_slug)
     if kv is not None and touches("kv"):

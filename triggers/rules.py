@@ -17,6 +17,7 @@ gets past these (a race, a hand-written UPDATE).
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -33,21 +34,16 @@ from triggers.ticks import MAX_CATCHUP_WINDOW, Catchup, Overlap
 NAME_MAX_LENGTH = 200  # characters (triggers.name is VARCHAR(200))
 MAX_ATTEMPTS = 100  # attempts per row at most
 MAX_DELAY_MS = 86_400_000  # ms (one day): the longest retry delay
-# Kinds with an event source today; the others exist in the schema only, and
-# a trigger of theirs would never fire.
-CREATABLE_KINDS = (
-    TriggerKind.KV,
-    TriggerKind.CRON,
-    TriggerKind.PUBSUB,
-    TriggerKind.QUEUE,
-    TriggerKind.DEAD_LETTER,
-)
+# Every kind has an event source now (email was the last), so every kind
+# may be created.
+CREATABLE_KINDS = tuple(TriggerKind)
 # The details each kind has, by the repository's name for them.
 DETAILS = {
     TriggerKind.KV: "kv",
     TriggerKind.CRON: "cron",
     TriggerKind.PUBSUB: "pubsub",
     TriggerKind.QUEUE: "queue",
+    TriggerKind.EMAIL: "email",
     TriggerKind.DEAD_LETTER: "dead_letter",
 }
 # A queue trigger's settings: (lowest, highest) of each.
@@ -69,12 +65,25 @@ KV_DETAILS_NEEDED = "A KV write trigger needs its details: a collection pattern 
 CRON_DETAILS_NEEDED = "A cron trigger needs its details: at least a schedule."
 PUBSUB_DETAILS_NEEDED = "A pub/sub trigger needs its details: the topic pattern it subscribes to."
 QUEUE_DETAILS_NEEDED = "A queue trigger needs its details: at least the queue it consumes."
+EMAIL_DETAILS_NEEDED = "An email trigger needs its details: the local part pattern it fires for."
 DETAILS_NEEDED = {
     TriggerKind.KV: KV_DETAILS_NEEDED,
     TriggerKind.CRON: CRON_DETAILS_NEEDED,
     TriggerKind.PUBSUB: PUBSUB_DETAILS_NEEDED,
     TriggerKind.QUEUE: QUEUE_DETAILS_NEEDED,
+    TriggerKind.EMAIL: EMAIL_DETAILS_NEEDED,
 }
+MAX_LOCAL_PART_LENGTH = 64  # characters: RFC 5321's limit on a local part
+# Characters of a local part an email trigger may name: RFC 5322's atext
+# and the dot, lower-case (recipients are lower-cased before matching), plus
+# ':' for prefix patterns; not '+', which starts the tag routing drops.
+LOCAL_PART_CHARS = re.compile(r"[a-z0-9!#$%&'*/=?^_`{|}~.:-]+")
+LOCAL_PART_RULE = (
+    "allowed: '*' (every recipient), 'prefix:*' (local parts starting with 'prefix:'), "
+    "or an exact local part such as 'orders'; lower-case letters, digits and "
+    "!#$%&'/=?^_`{|}~.:- only, at most 64 characters (the +tag of a recipient is not "
+    "matched: 'orders' fires for orders+anything too)"
+)
 
 
 @dataclass(frozen=True)
@@ -126,13 +135,9 @@ class ForeignSourceTrigger(ValidationError):
 
 def check_kind(kind: object) -> None:
     """A new trigger's kind (it never changes after)."""
-    allowed = ", ".join(CREATABLE_KINDS)
-    if kind not in TriggerKind.values:
-        raise ValidationError({"kind": f"Unknown kind {kind!r}; allowed: {allowed}."})
     if kind not in CREATABLE_KINDS:
-        raise ValidationError(
-            {"kind": f"Kind {kind!r} has no event source yet; allowed: {allowed}."}
-        )
+        allowed = ", ".join(CREATABLE_KINDS)
+        raise ValidationError({"kind": f"Unknown kind {kind!r}; allowed: {allowed}."})
 
 
 def check_name(name: object) -> None:
@@ -221,6 +226,26 @@ def check_topic(pattern: object) -> None:
         messages = [m.replace("Collection pattern", "Topic pattern") for m in e.messages]
         messages = [m.replace("collection", "topic") for m in messages]
         raise ValidationError({"topic": messages}) from e
+
+
+def check_local_part(pattern: object) -> None:
+    """An email trigger's local part pattern: the rule of a KV collection
+    pattern, over the characters a lower-cased local part can hold."""
+    valid = (
+        isinstance(pattern, str)
+        and len(pattern) <= MAX_LOCAL_PART_LENGTH
+        and LOCAL_PART_CHARS.fullmatch(pattern) is not None
+    )
+    if valid:
+        try:
+            validate_collection_pattern(pattern)
+        except ValidationError:
+            valid = False
+    if not valid:
+        shown = repr(pattern) if isinstance(pattern, str) and pattern else "An empty pattern"
+        raise ValidationError(
+            {"local_part": f"{shown[:100]} is not a valid local part pattern; {LOCAL_PART_RULE}."}
+        )
 
 
 def check_queue(spec, queue: Ref | None, consumer: str | None, app_id, app_slug: str) -> None:

@@ -4,7 +4,8 @@ from django.db import models
 
 
 class SourceKind(models.TextChoices):
-    """What put a row into the outbox: a trigger kind, or a sync invocation."""
+    """What put a row into the outbox: a trigger kind, a sync invocation, or
+    mail a script sent (delivered by the dispatcher, no script runs)."""
 
     KV = "kv", "KV write"
     CRON = "cron", "Cron"
@@ -13,3 +14,4 @@ class SourceKind(models.TextChoices):
     EMAIL = "email", "Email"
     DEAD_LETTER = "dead_letter", "Dead letter"
     INVOKE = "invoke", "HTTP invocation"
+    EMAIL_SEND = "email_send", "Email (outbound)"

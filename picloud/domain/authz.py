@@ -102,6 +102,17 @@ class Capability:
 
         scope = Scope.AppAdmin
 
+    class EmailRead(_AppCapability):
+        """Read the mail the app received, raw and attachments included:
+        its contents are the app's data, like KV values."""
+
+        scope = Scope.KvRead
+
+    class EmailSend(_AppCapability):
+        """Send mail from the app's domain (a script's ``ctx.email``)."""
+
+        scope = Scope.ScriptInvoke
+
     class PlatformManageApps(_Capability):
         scope = Scope.PlatformAdmin
 
@@ -123,6 +134,8 @@ Capability.ALL_APP_CAPABILITIES = (
     Capability.QueueConsume,
     Capability.QueueRead,
     Capability.AppManageMessaging,
+    Capability.EmailRead,
+    Capability.EmailSend,
 )
 
 

@@ -22,6 +22,7 @@ from picloud.runtime.execution import (
     Outcome,
     Prepared,
     context_for,
+    delivers_mail,
     handler_failure,
     handler_of,
     handler_result,
@@ -73,8 +74,8 @@ class AsyncRunner:
         None for a plain handler (HandlerThreads.withdraw_all stops those).
         A plain handler that no thread starts by `start_by`
         (time.monotonic()) is not run: on_outcome(None)."""
-        if prepared.script.runtime != "webhook":
-            fn = handler_of(prepared.script)
+        if prepared.script.runtime != "webhook" or delivers_mail(prepared.row):
+            fn = handler_of(prepared)
             if isinstance(fn, Failure):
                 on_outcome(fn)
                 return None

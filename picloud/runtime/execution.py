@@ -39,7 +39,8 @@ from picloud.kv import KvClient
 from picloud.messaging.queues import QueueClient
 from picloud.messaging.topics import TopicClient
 from picloud.models import App, Principal, Runtime, Script
-from picloud.runtime import webhooks
+from picloud.runtime import outbound_mail, webhooks
+from picloud.runtime.outbound_mail import EmailClient
 from picloud.runtime.sandbox import (
     MAX_HUNG_HELPERS,
     SandboxFull,
@@ -93,8 +94,8 @@ Outcome = Success | Failure
 class ExecutionContext:
     """What a Python handler receives as ``ctx``.
 
-    ``kv``, ``topics``, ``queues`` and ``logger`` are built on first use: most handlers touch none,
-    and the dispatcher builds a context per row.
+    ``kv``, ``topics``, ``queues``, ``email`` and ``logger`` are built on first use: most
+    handlers touch none, and the dispatcher builds a context per row.
     """
 
     app: App
@@ -108,6 +109,10 @@ class ExecutionContext:
     # How run_sync runs blocking code: the engine's handler threads (set by
     # the runner); None: a thread of asyncio's own.
     run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]] | None = None
+    # The script running, and the event it handles (what ctx.email sends
+    # as, and replies to).
+    script: Script | None = None
+    event: Any = None
 
     def remaining(self) -> float:
         """Seconds left before the sandbox timeout."""
@@ -137,6 +142,16 @@ class ExecutionContext:
     def queues(self) -> QueueClient:
         """The queue API as the run-as principal; sends carry depth + 1."""
         return QueueClient(self.app, self.principal, depth=self.depth + 1)
+
+    @cached_property
+    def email(self) -> EmailClient:
+        """Mail from the app's domain as the run-as principal (``ctx.email.send``,
+        ``ctx.email.reply`` for an email event)."""
+        if self.script is None:
+            raise RuntimeError("ctx.email needs the running script (set by the dispatcher)")
+        return EmailClient(
+            self.app, self.principal, self.script, depth=self.depth + 1, event=self.event
+        )
 
     @cached_property
     def logger(self) -> logging.LoggerAdapter:
@@ -380,7 +395,7 @@ def execute_row(
     if isinstance(prepared, Failure):
         return prepared
     timeout = ceiling.timeout_ms / 1000
-    if prepared.script.runtime == Runtime.WEBHOOK:
+    if prepared.script.runtime == Runtime.WEBHOOK and not delivers_mail(row):
         return _run_webhook(prepared.script, row, ceiling, timeout, webhook_config)
     return _run_python(prepared, ceiling, timeout, in_sandbox)
 
@@ -394,8 +409,22 @@ def timed_out(ceiling: SandboxCeiling) -> Failure:
     )
 
 
-def handler_of(script: Script) -> Callable | Failure:
-    """The registered handler the script names, or why it cannot run."""
+def delivers_mail(row: OutboxRow) -> bool:
+    """Whether the row is mail a script sent: delivered, no script runs."""
+    return row.source_kind == SourceKind.EMAIL_SEND
+
+
+def deliver_mail(payload: Any, ctx: ExecutionContext) -> Any:
+    """An ``email_send`` row's "handler": the delivery, within the sandbox's time."""
+    return outbound_mail.deliver(payload, timeout=ctx.remaining())
+
+
+def handler_of(prepared: Prepared) -> Callable | Failure:
+    """What runs for the row: the registered handler its script names (or
+    the mail delivery of an email_send row), or why it cannot run."""
+    if delivers_mail(prepared.row):
+        return deliver_mail
+    script = prepared.script
     fn = get_handler(script.handler)
     if fn is None:
         return Failure(
@@ -417,6 +446,8 @@ def context_for(prepared: Prepared, timeout: float) -> ExecutionContext:
         outbox_id=row.id,
         handler=script.handler,
         deadline=time.monotonic() + timeout,
+        script=script,
+        event=row.payload,
     )
 
 
@@ -449,7 +480,7 @@ def handler_result(result: Any, ceiling: SandboxCeiling) -> Outcome:
 def _run_python(
     prepared: Prepared, ceiling: SandboxCeiling, timeout: float, in_sandbox: bool
 ) -> Outcome:
-    fn = handler_of(prepared.script)
+    fn = handler_of(prepared)
     if isinstance(fn, Failure):
         return fn
     ctx = context_for(prepared, timeout)

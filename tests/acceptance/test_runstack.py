@@ -1,8 +1,10 @@
-"""`manage.py runstack` (what `make run` ends with) serves admin and runs qcluster."""
+"""`manage.py runstack` (what `make run` ends with) serves admin, runs
+qcluster and receives mail."""
 
 import http.client
 import json
 import signal
+import smtplib
 import subprocess
 import sys
 import urllib.request
@@ -11,8 +13,10 @@ import pytest
 from django.db import connection
 
 from deadletters.models import DeadLetter
+from outbox.models import OutboxEntry
 from picloud.demo import DEMO_ORDERS, load_demo
 from picloud.domain import tokens
+from picloud.models import InboundEmail
 from tests.factories import MembershipFactory, ScriptFactory
 from tests.helpers import PROJECT_DIR, free_port, subprocess_env, wait_for
 
@@ -60,13 +64,18 @@ def test_runstack_serves_admin_login_the_api_and_runs_the_cluster(tmp_path):
     member = MembershipFactory(role="developer")
     script = ScriptFactory(app=member.app, handler="picloud.echo")
     _, token = tokens.create_token(member.principal, name="t", scopes=["script:invoke"])
-    port = free_port()
+    port, smtp_port = free_port(), free_port()
     log_path = tmp_path / "runstack.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(
             [sys.executable, "manage.py", "runstack", "--addr", f"127.0.0.1:{port}"],
             cwd=PROJECT_DIR,
-            env=subprocess_env(connection.settings_dict),
+            env=subprocess_env(
+                connection.settings_dict,
+                PICLOUD_SMTP_ADDR=f"127.0.0.1:{smtp_port}",
+                PICLOUD_EMAIL_DOMAIN="mail.test",
+                EMAIL_URL="dummymail://",
+            ),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -88,6 +97,30 @@ def test_runstack_serves_admin_login_the_api_and_runs_the_cluster(tmp_path):
         chunks = [b'{"sent": ', b'"in chunks", ', b'"n": 3}']
         answer = _invoke_chunked(port, member.app.slug, script.name, token, chunks)
         assert answer == (200, {"sent": "in chunks", "n": 3})
+        # Mail to the demo's orders address is stored, and its email trigger
+        # answers it through the cluster (the reply's row is delivered).
+        wait_for(
+            lambda: f"SMTP receiver on 127.0.0.1:{smtp_port}" in log_path.read_text(),
+            timeout=60,
+            what="the SMTP receiver's start line",
+        )
+        with smtplib.SMTP("127.0.0.1", smtp_port, timeout=10) as smtp:
+            smtp.sendmail(
+                "you@example.com",
+                [f"orders@{demo.app_slug}.mail.test"],
+                b"From: you@example.com\r\nSubject: hello\r\n\r\nHi\r\n",
+            )
+        assert InboundEmail.objects.filter(app__slug=demo.app_slug).count() == 1
+        # The answer's row is written before the mail's row is settled, so
+        # neither left means both ran.
+        wait_for(
+            lambda: (
+                not OutboxEntry.objects.filter(source_kind__in=["email", "email_send"]).exists()
+            ),
+            timeout=60,
+            what="the demo's answer to the mail delivered",
+        )
+        assert not DeadLetter.objects.filter(source_kind__in=["email", "email_send"]).exists()
         # The demo data's failing trigger turns its orders into dead letters
         # on its own: a newcomer sees the badge within a minute.
         wait_for(

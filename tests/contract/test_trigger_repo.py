@@ -105,18 +105,6 @@ def test_kind_and_details_must_agree(trigger_repo, world):
     assert trigger_repo.list_for_app(world.app_id) == []
 
 
-def test_only_kinds_with_an_event_source_can_be_created(trigger_repo, world):
-    """An email trigger would never fire: nothing makes email events yet."""
-    with pytest.raises(
-        ValidationError,
-        match="'email' has no event source yet; allowed: kv, cron, pubsub, queue, dead_letter",
-    ):
-        trigger_repo.create(
-            NewTrigger(world.app_id, "email", world.script_id, "x", world.principal_id)
-        )
-    assert trigger_repo.list_for_app(world.app_id) == []
-
-
 def test_retry_overrides_are_range_checked(trigger_repo, new_kv):
     with pytest.raises(ValidationError, match="max_attempts"):
         trigger_repo.create(new_kv(max_attempts=0))

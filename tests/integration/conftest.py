@@ -9,7 +9,7 @@ from deadletters.models import AbandonedExecution, DeadLetter
 from outbox.models import OutboxEntry, ScriptCircuit
 from picloud.domain.authz import Role
 from picloud.messaging import queues, topics
-from picloud.models import Queue, Topic
+from picloud.models import InboundEmail, Queue, Topic
 from tests.factories import AppFactory, MembershipFactory, ScriptFactory, kv_trigger
 from triggers.models import Trigger
 from triggers.pg_repository import PgTriggerRepo
@@ -20,7 +20,8 @@ from triggers.repository import NewTrigger, PubsubSpec, QueueSpec
 def world():
     """Two apps, each with a trigger, a dead letter, an outbox row, an
     abandoned execution, a script's circuit, a scheduled run, a topic with a
-    pub/sub trigger subscribed and a queue with its queue trigger; Alice
+    pub/sub trigger subscribed, a queue with its queue trigger and a received
+    email; Alice
     administers app A only."""
     alice = MembershipFactory(role=Role.AppAdmin.value)
     app_a = alice.app
@@ -92,5 +93,13 @@ def world():
             "queue": Queue.objects.get(pk=queue.id),
             "pubsub_trigger": Trigger.objects.get(pk=subscriber.id),
             "queue_trigger": Trigger.objects.get(pk=consumer.id),
+            "inbound_email": InboundEmail.objects.create(
+                app=app,
+                mail_from="ann@example.com",
+                rcpt_to=[f"orders@{app.slug}.picloud.localhost"],
+                subject=f"subject-of-{key}",
+                size=5,
+                raw=b"Subject: x\r\n\r\nhi\r\n",
+            ),
         }
     return {"alice": alice.principal.user, "bob": bob.principal.user, **objects}

@@ -25,6 +25,7 @@ PAGES = [
     ("outbox", "outboxentry", "outbox"),
     ("deadletters", "abandonedexecution", "abandoned"),
     ("picloud", "script", "script"),
+    ("picloud", "inboundemail", "inbound_email"),
 ]
 
 

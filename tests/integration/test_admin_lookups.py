@@ -26,6 +26,7 @@ ID_FILTERS = {
     "picloud_appmembership": ["app"],
     "picloud_topic": ["app"],
     "picloud_queue": ["app"],
+    "picloud_inboundemail": ["app"],
 }
 CASES = [(page, param) for page, params in ID_FILTERS.items() for param in params]
 

@@ -7,7 +7,7 @@ from django.db import IntegrityError, connection, transaction
 
 from deadletters.models import AbandonedExecution, DeadLetter
 from outbox.models import OutboxEntry
-from picloud.models import ApiToken
+from picloud.models import ApiToken, EmailSendCount, InboundEmail
 from tests.factories import AppFactory, ScriptFactory, UserFactory
 from triggers.models import DeadLetterTriggerDetails, KvTriggerDetails, Trigger
 
@@ -225,11 +225,28 @@ def test_deleting_an_app_cascades_to_all_its_rows(ctx):
             "'{script:invoke}', %s, NOW() + interval '1 day')",
             [UserFactory().principal.id, target_app],
         )
+        _sql(
+            "INSERT INTO inbound_emails (app_id, mail_from, rcpt_to, size, raw) "
+            "VALUES (%s, 'a@example.com', '{x@y.z}', 1, 'x')",
+            [target_app],
+        )
+        _sql(
+            "INSERT INTO email_send_counts (app_id, hour, sent) VALUES (%s, NOW(), 1)",
+            [target_app],
+        )
 
     _sql("DELETE FROM apps WHERE id = %s", [app_id])
     _check_deferred_constraints_now()
 
-    for model in (Trigger, OutboxEntry, DeadLetter, AbandonedExecution, ApiToken):
+    for model in (
+        Trigger,
+        OutboxEntry,
+        DeadLetter,
+        AbandonedExecution,
+        ApiToken,
+        InboundEmail,
+        EmailSendCount,
+    ):
         assert not model.objects.filter(app_id=app_id).exists(), f"{model.__name__} rows remain"
         assert model.objects.filter(app_id=survivor.id).exists() or model is Trigger
     assert not KvTriggerDetails.objects.filter(trigger_id=kv_id).exists()

@@ -60,7 +60,6 @@ RULES = [
     Rule("name too long", Spec(name="x" * 201), "at most 200", "name", "name", "name"),
     Rule("name taken", Spec(name="taken"), "already exists", "name", "name", "name"),
     Rule("kind unknown", Spec(kind="webhook", kv=None), "Unknown kind", "kind", "kind", None),
-    Rule("kind without source", Spec(kind="email", kv=None), "no event source", "kind", "kind", None),
     Rule("script of another app", Spec(script="their_script"), "another app", "script", "script_id", "script"),
     Rule("no such script", Spec(script=MISSING), "No script", None, "script_id", None),
     Rule("max_attempts low", Spec(max_attempts=0), "1 to 100", "max_attempts", "max_attempts", "max_attempts"),

@@ -24,6 +24,8 @@ WEAKEST_ROLE = {
     Capability.QueueConsume: Role.Developer,
     Capability.QueueRead: Role.Viewer,
     Capability.AppManageMessaging: Role.AppAdmin,
+    Capability.EmailRead: Role.Viewer,
+    Capability.EmailSend: Role.Developer,
     Capability.PlatformManageApps: None,
 }
 ROLE_ORDER = [Role.Viewer, Role.Developer, Role.AppAdmin]

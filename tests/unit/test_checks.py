@@ -15,6 +15,7 @@ from picloud.config import (
     CircuitConfig,
     ConcurrencyConfig,
     DispatcherConfig,
+    EmailConfig,
     MetricsConfig,
     SandboxCeiling,
     StopConfig,
@@ -44,12 +45,16 @@ BAD = {
         "maybe",
         "one of true, false, 1, 0, yes, no, on, off",
     ),
+    EmailConfig: ("PICLOUD_EMAIL_MAX_BYTES", "10", "an integer from 1024 to 104857600"),
 }
 
 
 def test_every_config_has_its_own_check_id():
     assert set(CHECK_IDS) == set(CONFIGS) == set(BAD)
-    assert sorted(CHECK_IDS.values()) == [f"picloud.E00{n}" for n in range(1, 10)]
+    assert sorted(CHECK_IDS.values()) == [
+        *(f"picloud.E00{n}" for n in range(1, 10)),
+        "picloud.E011",  # E010 is the user model's check (test_user_model_check.py)
+    ]
 
 
 def test_a_valid_environment_passes():
@@ -79,6 +84,7 @@ def test_every_bad_config_is_reported_at_once():
         "picloud.E007",
         "picloud.E008",
         "picloud.E009",
+        "picloud.E011",
     ]
 
 

@@ -10,6 +10,7 @@ from picloud.config import (
     CircuitConfig,
     ConcurrencyConfig,
     ConfigError,
+    EmailConfig,
     MetricsConfig,
     RetryPolicy,
     SandboxCeiling,
@@ -45,6 +46,11 @@ VARIABLES = {
     "PICLOUD_CIRCUIT_COOLDOWN_MS": (CircuitConfig, "cooldown_ms", "2000", 2000),
     "PICLOUD_CIRCUIT_MAX_COOLDOWN_MS": (CircuitConfig, "max_cooldown_ms", "20000", 20000),
     "PICLOUD_METRICS_PER_APP": (MetricsConfig, "per_app", "yes", True),
+    "PICLOUD_EMAIL_DOMAIN": (EmailConfig, "domain", "mx.example.com", "mx.example.com"),
+    "PICLOUD_EMAIL_MAX_BYTES": (EmailConfig, "max_bytes", "2048", 2048),
+    "PICLOUD_EMAIL_RETENTION_DAYS": (EmailConfig, "retention_days", "30", 30),
+    "PICLOUD_EMAIL_SEND_PER_HOUR": (EmailConfig, "send_per_hour", "500", 500),
+    "PICLOUD_SMTP_ADDR": (EmailConfig, "smtp_port", "127.0.0.1:25", 25),
 }
 
 # Values each variable must refuse: malformed, negative, out of range.
@@ -65,6 +71,11 @@ BAD_VALUES = {
     "PICLOUD_CIRCUIT_COOLDOWN_MS": ["10s", "-1", "99", "86400001"],
     "PICLOUD_CIRCUIT_MAX_COOLDOWN_MS": ["1h", "-1", "99", "86400001"],
     "PICLOUD_METRICS_PER_APP": ["maybe", "2", "tenants"],
+    "PICLOUD_EMAIL_DOMAIN": ["localhost", "UPPER.example", "a..b"],
+    "PICLOUD_EMAIL_MAX_BYTES": ["10MB", "-1", "1023", "104857601"],
+    "PICLOUD_EMAIL_RETENTION_DAYS": ["week", "-1", "0", "3651"],
+    "PICLOUD_EMAIL_SEND_PER_HOUR": ["many", "-1", "1000001"],
+    "PICLOUD_SMTP_ADDR": ["2525", "host:0", "host:65536", "host port"],
 }
 
 
@@ -315,3 +326,43 @@ def test_the_circuit_s_max_cool_down_may_not_be_below_the_first():
         CircuitConfig.from_env(
             {"PICLOUD_CIRCUIT_COOLDOWN_MS": "5000", "PICLOUD_CIRCUIT_MAX_COOLDOWN_MS": "1000"}
         )
+
+
+class TestEmailConfig:
+    def test_defaults(self):
+        config = EmailConfig.from_env({})
+        assert (config.smtp_addr, config.domain) == ("127.0.0.1:2525", "picloud.localhost")
+        assert (config.max_bytes, config.retention_days, config.send_per_hour) == (
+            10 * 1024 * 1024,
+            7,
+            100,
+        )
+        assert config.tls_cert is None
+
+    @pytest.mark.parametrize(
+        "value,addr",
+        [("0.0.0.0:25", "0.0.0.0:25"), ("[::1]:2525", "[::1]:2525"), (" mx:26 ", "mx:26")],
+    )
+    def test_smtp_addr(self, value, addr):
+        assert EmailConfig.from_env({"PICLOUD_SMTP_ADDR": value}).smtp_addr == addr
+
+    @pytest.mark.parametrize("value", ["2525", "host:", "host:70000", "host:0", "::1:25", "a b:25"])
+    def test_a_bad_smtp_addr_says_what_is_allowed(self, value):
+        with pytest.raises(ConfigError, match=r"PICLOUD_SMTP_ADDR=.*allowed is host:port"):
+            EmailConfig.from_env({"PICLOUD_SMTP_ADDR": value})
+
+    @pytest.mark.parametrize("value", ["localhost", "Mail.Example.com", "a..b", "-a.b", "a_b.c"])
+    def test_a_bad_domain_says_what_is_allowed(self, value):
+        with pytest.raises(ConfigError, match=r"PICLOUD_EMAIL_DOMAIN=.*allowed is a lower-case"):
+            EmailConfig.from_env({"PICLOUD_EMAIL_DOMAIN": value})
+
+    def test_tls_needs_both_files(self):
+        with pytest.raises(ConfigError, match="go together"):
+            EmailConfig.from_env({"PICLOUD_SMTP_TLS_CERT": "cert.pem"})
+        config = EmailConfig.from_env(
+            {"PICLOUD_SMTP_TLS_CERT": "cert.pem", "PICLOUD_SMTP_TLS_KEY": "key.pem"}
+        )
+        assert (config.tls_cert, config.tls_key) == ("cert.pem", "key.pem")
+
+    def test_a_send_cap_of_zero_turns_sending_off(self):
+        assert EmailConfig.from_env({"PICLOUD_EMAIL_SEND_PER_HOUR": "0"}).send_per_hour == 0

@@ -39,6 +39,10 @@ ON CONFLICT (trigger_id) DO UPDATE
 INSERT INTO pubsub_trigger_details (trigger_id, topic) VALUES (%(trigger_id)s, %(topic)s)
 ON CONFLICT (trigger_id) DO UPDATE SET topic = EXCLUDED.topic;
 
+-- upsert_email_details --
+INSERT INTO email_trigger_details (trigger_id, local_part) VALUES (%(trigger_id)s, %(local_part)s)
+ON CONFLICT (trigger_id) DO UPDATE SET local_part = EXCLUDED.local_part;
+
 -- upsert_queue_details --
 -- app_id is the trigger's own; the composite keys hold the queue to it.
 INSERT INTO queue_trigger_details (trigger_id, app_id, queue_id, batch_size, max_batch_wait_ms,
@@ -138,6 +142,25 @@ JOIN pubsub_trigger_details p ON p.trigger_id = c.id
 WHERE p.topic = '*'
    OR p.topic = %(topic)s
    OR (right(p.topic, 2) = ':*' AND starts_with(%(topic)s, left(p.topic, -1)))
+ORDER BY c.name COLLATE "C", c.id;
+
+-- list_matching_email --
+-- Asked at every RCPT TO and again when the message is stored: the same
+-- shape and rule as list_matching_kv, on the recipient's local part
+-- (lower-cased, without its +tag).
+WITH candidates AS MATERIALIZED (
+    SELECT * FROM triggers
+    WHERE app_id = %(app_id)s AND kind = 'email' AND enabled
+)
+SELECT c.*, e.local_part AS email_local_part,
+       NULL::text AS collection, NULL::text[] AS ops,
+       NULL::text AS dl_source_kind, NULL::uuid AS dl_source_trigger_id,
+       FALSE AS has_dead_letter_details
+FROM candidates c
+JOIN email_trigger_details e ON e.trigger_id = c.id
+WHERE e.local_part = '*'
+   OR e.local_part = %(local_part)s
+   OR (right(e.local_part, 2) = ':*' AND starts_with(%(local_part)s, left(e.local_part, -1)))
 ORDER BY c.name COLLATE "C", c.id;
 
 -- list_matching_dead_letter --

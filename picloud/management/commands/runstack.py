@@ -1,4 +1,5 @@
-"""Run the web server and the django-q2 cluster together in the foreground.
+"""Run the web server, the django-q2 cluster and the SMTP receiver together
+in the foreground.
 
 The web server is gunicorn with threads, as docs/api.md recommends for
 production: a synchronous invocation holds its request thread while it
@@ -20,7 +21,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from gunicorn.util import parse_address
 
-from picloud.config import ConfigError, StopConfig, build_all
+from picloud.config import ConfigError, EmailConfig, StopConfig, build_all
 from picloud.stopping import kill_all, process_group, wait_gone
 
 # Beyond the children's own grace (PICLOUD_STOP_GRACE_MS), before runstack
@@ -30,7 +31,10 @@ KILL_MARGIN = 3.0  # seconds
 
 
 class Command(BaseCommand):
-    help = "Start the web server and `manage.py qcluster` together; Ctrl-C stops both."
+    help = (
+        "Start the web server, `manage.py qcluster` and `manage.py smtpserver` together; "
+        "Ctrl-C stops them all."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--addr", default="127.0.0.1:8000", help="host:port to serve on")
@@ -61,6 +65,7 @@ class Command(BaseCommand):
         commands = {
             "web": web,
             "cluster": [sys.executable, manage, "qcluster"],
+            "smtp": [sys.executable, manage, "smtpserver"],
         }
         stopping = False
 
@@ -86,8 +91,10 @@ class Command(BaseCommand):
                 # still in its group.
                 children[name] = subprocess.Popen(cmd, start_new_session=True)
             if not stopping:
+                smtp = EmailConfig.current().smtp_addr
                 self.stdout.write(
-                    f"picloud: web on http://{addr}/admin/ and qcluster started; Ctrl-C stops both"
+                    f"picloud: web on http://{addr}/admin/, SMTP on {smtp}, qcluster started; "
+                    "Ctrl-C stops them all"
                 )
             while not stopping:
                 for name, proc in children.items():
