@@ -1,5 +1,5 @@
 """Demo data for `make run`: a superuser, a demo app with scripts and
-triggers, a topic and a queue with their triggers, an API token, and a few
+triggers, a topic and a queue with their triggers, an email trigger, an API token, and a few
 KV writes whose failing trigger produces dead letters within seconds of the
 cluster starting, a publish and some queue messages."""
 
@@ -28,7 +28,7 @@ from picloud.models import (
     principal_for,
 )
 from triggers.pg_repository import PgTriggerRepo
-from triggers.repository import KvSpec, NewTrigger, PubsubSpec, QueueSpec
+from triggers.repository import EmailSpec, KvSpec, NewTrigger, PubsubSpec, QueueSpec
 
 DEMO_USERNAME = "admin"
 DEMO_APP_SLUG = "demo"
@@ -39,6 +39,7 @@ DEMO_SCRIPTS = {  # name -> registered handler
     "notify": "picloud.echo",
     "flaky": "picloud.fail",
     "send-emails": "picloud.echo",
+    "ack-mail": "picloud.email_ack",
 }
 DEMO_TOPIC = "orders:created"
 DEMO_QUEUE = "emails"
@@ -134,6 +135,16 @@ def _ensure_triggers(app: App, scripts: dict[str, Script], principal: Principal)
             name="emails-worker",
             registered_by_principal=principal.pk,
             queue=QueueSpec(queue.pk, batch_size=10, max_batch_wait_ms=1000),
+        ),
+        # Mail to orders@demo.<PICLOUD_EMAIL_DOMAIN> is answered by ack-mail
+        # (the answer is printed by the cluster: EMAIL_URL's default backend).
+        NewTrigger(
+            app_id=app.pk,
+            kind="email",
+            script_id=scripts["ack-mail"].pk,
+            name="orders-mail",
+            registered_by_principal=principal.pk,
+            email=EmailSpec("orders"),
         ),
     ]
     repo = PgTriggerRepo()

@@ -3,9 +3,12 @@
 import pytest
 
 from outbox.models import OutboxEntry
+from picloud.config import EmailConfig
 from picloud.demo import DEMO_ORDERS, load_demo
 from picloud.domain import tokens
+from picloud.mail import inbound
 from picloud.models import ApiToken, App, Queue, Topic
+from tests.helpers import drain_outbox
 from triggers.models import Trigger
 
 pytestmark = pytest.mark.django_db
@@ -15,7 +18,7 @@ def test_demo_data_is_repeatable_and_feeds_a_failing_trigger():
     first = load_demo(password="pw-1")
     second = load_demo(password="pw-2")
     assert App.objects.filter(slug="demo").count() == 1
-    assert Trigger.objects.filter(app__slug="demo").count() == 4, "triggers are not duplicated"
+    assert Trigger.objects.filter(app__slug="demo").count() == 5, "triggers are not duplicated"
     assert tokens.authenticate(first.api_token) is None, "the last run's token is replaced"
     grant = tokens.authenticate(second.api_token)
     assert grant is not None and "script:invoke" in grant.scopes
@@ -41,3 +44,33 @@ def test_demo_data_has_a_topic_and_a_queue_with_their_triggers():
     published = OutboxEntry.objects.filter(source_kind="pubsub")
     assert published.count() == 2 * DEMO_ORDERS, "every order is published to its subscriber"
     assert queue.messages.count() == 2 * DEMO_ORDERS
+
+
+@pytest.mark.django_db(transaction=True)  # handlers run on a thread of their own
+def test_demo_mail_to_orders_is_acknowledged_by_its_email_trigger(override_config):
+    override_config(EmailConfig(domain="mail.test"))
+    load_demo(password="pw")
+    assert inbound.accepts("orders@demo.mail.test") is not None
+    assert inbound.accepts("sales@demo.mail.test") is None
+    raw = b"From: you@example.com\r\nSubject: hello\r\nMessage-ID: <q@example.com>\r\n\r\nHi!\r\n"
+    [stored] = inbound.receive("you@example.com", ["orders@demo.mail.test"], raw)
+    assert [f["name"] for f in stored.fired] == ["orders-mail"]
+    ran = drain_outbox()
+    [(_row, outcome)] = [(r, o) for r, o in ran if r.source_kind == "email"]
+    assert outcome.ok and outcome.result["replied"], outcome
+    [(send, delivered)] = [(r, o) for r, o in ran if r.source_kind == "email_send"]
+    assert delivered.ok, "printed by the demo's console backend"
+    reply = send.payload["email"]
+    assert (reply["to"], reply["from"]) == (["you@example.com"], "orders@demo.mail.test")
+    assert reply["in_reply_to"] == "<q@example.com>" and reply["subject"] == "Re: hello"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_demo_acknowledgement_never_answers_a_robot(override_config):
+    override_config(EmailConfig(domain="mail.test"))
+    load_demo(password="pw")
+    raw = b"From: bot@example.com\r\nAuto-Submitted: auto-replied\r\nSubject: Re: x\r\n\r\nok\r\n"
+    inbound.receive("bot@example.com", ["orders@demo.mail.test"], raw)
+    [(_row, outcome)] = [(r, o) for r, o in drain_outbox() if r.source_kind == "email"]
+    assert outcome.ok and outcome.result["replied"] is False
+    assert not OutboxEntry.objects.filter(source_kind="email_send").exists()

@@ -1,5 +1,6 @@
 from django.core.management.base import BaseCommand
 
+from picloud.config import EmailConfig
 from picloud.demo import load_demo
 
 
@@ -25,4 +26,10 @@ class Command(BaseCommand):
             f"  try: curl -X POST -H 'Authorization: Bearer {creds.api_token}' "
             f'-d \'{{"hello": "world"}}\' '
             f"http://127.0.0.1:8000/api/apps/{creds.app_slug}/scripts/hello/invoke"
+        )
+        mail = EmailConfig.current()
+        self.stdout.write(
+            f'  mail it (the answer is printed by the cluster): python3 -c "import smtplib; '
+            f"smtplib.SMTP('{mail.smtp_host}', {mail.smtp_port}).sendmail('you@example.com', "
+            f"['orders@{creds.app_slug}.{mail.domain}'], 'Subject: hello\\n\\nHi')\""
         )
