@@ -188,17 +188,22 @@ EMAIL_URL_FORM = "smtp://user:pass@host:port, smtp+tls://, smtp+ssl:// or consol
 
 
 def _email_settings() -> dict:
-    # The message never shows the URL: it may hold a password.
+    # Neither the message nor a warning shows the URL or the parser's words
+    # about it: either may quote a password.
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             url = os.environ.get("EMAIL_URL", "").strip() or "consolemail://"
-            return env.email_url_config(url)
-    except (ValueError, ImproperlyConfigured) as exc:
-        reason = "malformed" if "@" in str(exc) or "://" in str(exc) else str(exc)
+            email = env.email_url_config(url)
+    except (ValueError, ImproperlyConfigured):
         raise ConfigError(
-            f"EMAIL_URL is not valid ({reason}): allowed is {EMAIL_URL_FORM}"
+            f"EMAIL_URL is not valid (a scheme it does not know, or a malformed host, port "
+            f"or password: percent-encode '#', '/', '?' and '@' in it): allowed is {EMAIL_URL_FORM}"
         ) from None
+    if email["EMAIL_BACKEND"] == "django.core.mail.backends.smtp.EmailBackend":
+        # The same backend, keeping which recipients the server refused.
+        email["EMAIL_BACKEND"] = "picloud.mail.delivery.SmtpBackend"
+    return email
 
 
 globals().update(_email_settings())

@@ -6,8 +6,10 @@ refused at DATA (552, and advertised with SIZE beforehand). ``250`` is
 answered only after picloud.mail.inbound.receive committed the message
 and its outbox rows: a client that got it can forget the message. A
 database failure answers 451, which clients retry later. Database work runs
-on a few threads of its own (Django's connections are per thread), never on
-the event loop that serves every connection.
+on threads of its own (Django's connections are per thread), never on the
+event loop that serves every connection; recipients are checked on other
+threads than messages are parsed and stored on, so slow messages never
+hold up the RCPT of others.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from functools import partial
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 from django.db import close_old_connections, connection
 
 from picloud.config import EmailConfig
@@ -28,7 +31,11 @@ from picloud.mail import inbound
 
 logger = logging.getLogger("picloud.smtp")
 
-DB_THREADS = 4  # messages stored at once; each thread holds a database connection
+RCPT_THREADS = 2  # recipients checked at once; each thread holds a database connection
+DATA_THREADS = 2  # messages parsed and stored at once; each holds a connection too
+# Lines of a message up to this long are taken (RFC 5321 says 1,000, but
+# generated mail exceeds it, and refusing it would bounce the sender's mail).
+LINE_LIMIT = 65_536  # bytes
 IDLE_TIMEOUT = 300  # seconds a connection may sit silent (RFC 5321 § 4.5.3.2)
 
 ACCEPTED = "250 2.1.5 OK"
@@ -42,19 +49,22 @@ TRY_LATER = "451 4.3.0 Temporary failure storing the message; try again later"
 class MailHandler:
     """aiosmtpd's handler: what each SMTP command does with the database."""
 
-    def __init__(self, config: EmailConfig, threads: ThreadPoolExecutor) -> None:
-        self.config, self.threads = config, threads
+    def __init__(
+        self, config: EmailConfig, rcpt: ThreadPoolExecutor, data: ThreadPoolExecutor
+    ) -> None:
+        self.config, self.rcpt, self.data = config, rcpt, data
 
-    async def _db(self, fn, *args: Any, **kwargs: Any) -> Any:
+    @staticmethod
+    async def _db(threads: ThreadPoolExecutor, fn, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(
-            self.threads, partial(_with_fresh_connection, fn, *args, **kwargs)
+            threads, partial(_with_fresh_connection, fn, *args, **kwargs)
         )
 
     async def handle_RCPT(self, server, session, envelope, address: str, rcpt_options) -> str:
         if len(envelope.rcpt_tos) >= inbound.MAX_RECIPIENTS:
             return TOO_MANY
         try:
-            recipient = await self._db(inbound.accepts, address, config=self.config)
+            recipient = await self._db(self.rcpt, inbound.accepts, address, config=self.config)
         except Exception:
             logger.exception("smtp: checking a recipient failed; answered 451")
             return TRY_LATER
@@ -68,6 +78,7 @@ class MailHandler:
         peer = _peer(session.peer)
         try:
             stored = await self._db(
+                self.data,
                 inbound.receive,
                 _sender(envelope.mail_from),
                 list(envelope.rcpt_tos),
@@ -82,6 +93,9 @@ class MailHandler:
             # message and tries again.
             logger.exception("smtp: storing a message from %s failed; answered 451", peer)
             return TRY_LATER
+        if not stored:
+            # Its apps were deleted since RCPT TO: nothing was stored, so no 250.
+            return NO_MAILBOX
         logger.info(
             "smtp: stored %d bytes from %s for %s; %d trigger(s) fired",
             len(raw),
@@ -123,14 +137,26 @@ def tls_context(config: EmailConfig) -> ssl.SSLContext | None:
     return context
 
 
+class _Smtp(SMTP):
+    line_length_limit = LINE_LIMIT
+
+
+class _Controller(Controller):
+    def factory(self) -> SMTP:
+        return _Smtp(self.handler, **self.SMTP_kwargs)
+
+
 class SmtpReceiver:
     """The server, on its own thread and event loop: start(), then stop()."""
 
     def __init__(self, config: EmailConfig | None = None) -> None:
         self.config = config or EmailConfig.current()
-        self.threads = ThreadPoolExecutor(DB_THREADS, thread_name_prefix="smtp-db")
-        self.controller = Controller(
-            MailHandler(self.config, self.threads),
+        self.pools = {
+            "rcpt": ThreadPoolExecutor(RCPT_THREADS, thread_name_prefix="smtp-rcpt"),
+            "data": ThreadPoolExecutor(DATA_THREADS, thread_name_prefix="smtp-data"),
+        }
+        self.controller = _Controller(
+            MailHandler(self.config, self.pools["rcpt"], self.pools["data"]),
             hostname=self.config.smtp_host,
             port=self.config.smtp_port,
             server_hostname=self.config.domain,
@@ -152,16 +178,21 @@ class SmtpReceiver:
 
     def stop(self) -> None:
         self.controller.stop()
-        # Each thread closes its own connection (Django's are per thread):
-        # one job per thread, held at a barrier until all have one.
-        barrier = threading.Barrier(DB_THREADS)
+        _close_connections(self.pools["rcpt"], RCPT_THREADS)
+        _close_connections(self.pools["data"], DATA_THREADS)
 
-        def close() -> None:
-            try:
-                barrier.wait(timeout=5)
-            finally:
-                connection.close()
 
-        for _ in range(DB_THREADS):
-            self.threads.submit(close)
-        self.threads.shutdown(wait=True)
+def _close_connections(pool: ThreadPoolExecutor, threads: int) -> None:
+    """Each thread closes its own connection (Django's are per thread): one
+    job per thread, held at a barrier until all have one; then the pool ends."""
+    barrier = threading.Barrier(threads)
+
+    def close() -> None:
+        try:
+            barrier.wait(timeout=5)
+        finally:
+            connection.close()
+
+    for _ in range(threads):
+        pool.submit(close)
+    pool.shutdown(wait=True)

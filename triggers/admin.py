@@ -136,7 +136,10 @@ class KvDetailsInline(admin.StackedInline):
     verbose_name = verbose_name_plural = "KV trigger details (kind: KV write)"
 
     def get_extra(self, request, obj=None, **kwargs):
-        return 0 if obj is not None and hasattr(obj, "kv_details") else 1
+        # One details row per trigger: a blank form only until it has one
+        # (the one-to-one's related name, kv_details, cron_details...).
+        related = self.model._meta.get_field("trigger").remote_field.related_name
+        return 0 if obj is not None and hasattr(obj, related) else 1
 
     def get_max_num(self, request, obj=None, **kwargs):
         return 1
@@ -155,9 +158,6 @@ class DeadLetterDetailsInline(KvDetailsInline):
     formset = DeadLetterDetailsFormSet
     fields = ["source_kind", "source_trigger"]
     verbose_name = verbose_name_plural = "Dead-letter trigger details (kind: Dead letter)"
-
-    def get_extra(self, request, obj=None, **kwargs):
-        return 0 if obj is not None and hasattr(obj, "dead_letter_details") else 1
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         if db_field.name == "source_trigger":
@@ -208,9 +208,6 @@ class CronDetailsInline(KvDetailsInline):
     readonly_fields = ["next_fires", "missed_ticks"]
     verbose_name = verbose_name_plural = "Cron trigger details (kind: Cron)"
 
-    def get_extra(self, request, obj=None, **kwargs):
-        return 0 if obj is not None and hasattr(obj, "cron_details") else 1
-
     @admin.display(description="next five fires")
     def next_fires(self, details: CronTriggerDetails) -> str:
         if details.pk is None:
@@ -236,14 +233,27 @@ class CronDetailsInline(KvDetailsInline):
         )
 
 
-def _topic_rule_says(pattern: str) -> str:
-    """What rules.check_topic says of `pattern`: the form field's own checks
-    (required, NUL) run before the model's and must say the same."""
+def _rule_says(rule, field: str, value: str) -> str:
+    """What `rule` says of `value`, keyed by `field`: a form field's own
+    checks (required, NUL) run before the model's and must say the same."""
     try:
-        rules.check_topic(pattern)
+        rule(value)
     except ValidationError as e:
-        return e.message_dict["topic"][0]
-    raise AssertionError(f"{pattern!r} is a valid topic pattern")
+        return e.message_dict[field][0]
+    raise AssertionError(f"{value!r} passes {rule.__name__}")
+
+
+def ruled_pattern_field(model, field: str, rule) -> forms.CharField:
+    """A pattern's form field whose messages are the rule's. Not the
+    model's max_length: the rule says how long a pattern may be, in its words."""
+    return forms.CharField(
+        widget=forms.TextInput(attrs={"size": 40}),
+        help_text=model._meta.get_field(field).help_text,
+        error_messages={
+            "required": _rule_says(rule, field, ""),
+            "null_characters_not_allowed": _rule_says(rule, field, "\x00"),
+        },
+    )
 
 
 class PubsubDetailsFormSet(DetailsFormSet):
@@ -251,16 +261,7 @@ class PubsubDetailsFormSet(DetailsFormSet):
 
 
 class PubsubDetailsForm(forms.ModelForm):
-    # Not the model's max_length: rules.check_topic (the model's field rule)
-    # says how long a pattern may be, in its words.
-    topic = forms.CharField(
-        widget=forms.TextInput(attrs={"size": 40}),
-        help_text=PubsubTriggerDetails._meta.get_field("topic").help_text,
-        error_messages={
-            "required": _topic_rule_says(""),
-            "null_characters_not_allowed": _topic_rule_says("\x00"),
-        },
-    )
+    topic = ruled_pattern_field(PubsubTriggerDetails, "topic", rules.check_topic)
 
     class Meta:
         model = PubsubTriggerDetails
@@ -273,31 +274,13 @@ class PubsubDetailsInline(KvDetailsInline):
     formset = PubsubDetailsFormSet
     verbose_name = verbose_name_plural = "Pub/sub trigger details (kind: Pub/sub)"
 
-    def get_extra(self, request, obj=None, **kwargs):
-        return 0 if obj is not None and hasattr(obj, "pubsub_details") else 1
-
-
-def _local_part_rule_says(pattern: str) -> str:
-    try:
-        rules.check_local_part(pattern)
-    except ValidationError as e:
-        return e.message_dict["local_part"][0]
-    raise AssertionError(f"{pattern!r} is a valid local part pattern")
-
 
 class EmailDetailsFormSet(DetailsFormSet):
     details = "email"
 
 
 class EmailDetailsForm(forms.ModelForm):
-    local_part = forms.CharField(
-        widget=forms.TextInput(attrs={"size": 40}),
-        help_text=EmailTriggerDetails._meta.get_field("local_part").help_text,
-        error_messages={
-            "required": _local_part_rule_says(""),
-            "null_characters_not_allowed": _local_part_rule_says("\x00"),
-        },
-    )
+    local_part = ruled_pattern_field(EmailTriggerDetails, "local_part", rules.check_local_part)
 
     class Meta:
         model = EmailTriggerDetails
@@ -309,9 +292,6 @@ class EmailDetailsInline(KvDetailsInline):
     form = EmailDetailsForm
     formset = EmailDetailsFormSet
     verbose_name = verbose_name_plural = "Email trigger details (kind: Email)"
-
-    def get_extra(self, request, obj=None, **kwargs):
-        return 0 if obj is not None and hasattr(obj, "email_details") else 1
 
 
 class QueueDetailsFormSet(DetailsFormSet):
@@ -360,9 +340,6 @@ class QueueDetailsInline(KvDetailsInline):
     form = QueueDetailsForm
     formset = QueueDetailsFormSet
     verbose_name = verbose_name_plural = "Queue trigger details (kind: Queue)"
-
-    def get_extra(self, request, obj=None, **kwargs):
-        return 0 if obj is not None and hasattr(obj, "queue_details") else 1
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         if db_field.name == "queue":

@@ -80,9 +80,10 @@ MAX_LOCAL_PART_LENGTH = 64  # characters: RFC 5321's limit on a local part
 LOCAL_PART_CHARS = re.compile(r"[a-z0-9!#$%&'*/=?^_`{|}~.:-]+")
 LOCAL_PART_RULE = (
     "allowed: '*' (every recipient), 'prefix:*' (local parts starting with 'prefix:'), "
-    "or an exact local part such as 'orders'; lower-case letters, digits and "
-    "!#$%&'/=?^_`{|}~.:- only, at most 64 characters (the +tag of a recipient is not "
-    "matched: 'orders' fires for orders+anything too)"
+    "or an exact local part such as 'orders'; lower-case letters, digits, '.', '-', '_' "
+    "and the other characters an unquoted address allows, but not '+', at most 64 "
+    "characters (the +tag of a recipient is not matched: 'orders' fires for "
+    "orders+anything too)"
 )
 
 

@@ -155,25 +155,35 @@ class DispatcherHost:
         logger.info("dispatcher stopped")
 
 
+def postgres_dispatcher(
+    *, counters: Counters | None = None, config: DispatcherConfig | None = None, **kwargs
+) -> Dispatcher:
+    """A Dispatcher wired to the PostgreSQL repositories, as each worker
+    process builds it (tests and tools drive its run_once)."""
+    config = config or DispatcherConfig.current()
+    counters = counters or Counters()
+    return Dispatcher(
+        outbox=PgOutboxRepo(),
+        triggers=PgTriggerRepo(),
+        dead_letters=PgDeadLetterRepo(),
+        replies=InboxReplySink(PgReplyInbox(), PgAbandonedRepo(), counters),
+        atomic=transaction.atomic,
+        counters=counters,
+        circuits=PgCircuitRepo(),
+        overlaps=cron.overlaps,
+        batches=PgBatchStore(),
+        lease_margin=config.lease_margin_ms / 1000,
+        **kwargs,
+    )
+
+
 def postgres_host(config: DispatcherConfig | None = None) -> DispatcherHost:
     """A host wired to the PostgreSQL repositories."""
 
     config = config or DispatcherConfig.current()
 
     def make_dispatcher(*, counters: Counters, **kwargs) -> Dispatcher:
-        return Dispatcher(
-            outbox=PgOutboxRepo(),
-            triggers=PgTriggerRepo(),
-            dead_letters=PgDeadLetterRepo(),
-            replies=InboxReplySink(PgReplyInbox(), PgAbandonedRepo(), counters),
-            atomic=transaction.atomic,
-            counters=counters,
-            circuits=PgCircuitRepo(),
-            overlaps=cron.overlaps,
-            batches=PgBatchStore(),
-            lease_margin=config.lease_margin_ms / 1000,
-            **kwargs,
-        )
+        return postgres_dispatcher(counters=counters, config=config, **kwargs)
 
     return DispatcherHost(
         make_dispatcher=make_dispatcher,

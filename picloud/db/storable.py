@@ -173,3 +173,9 @@ def bounded_error(error: str) -> str:
     """An error message as it may be stored: at most MAX_ERROR_CHARS, with
     characters PostgreSQL refuses replaced (and said so)."""
     return storable_text(error, MAX_ERROR_CHARS)
+
+
+def jsonb_text_size(value: Any) -> int:
+    """Bytes of `value` as PostgreSQL writes a jsonb out (a space after each
+    ':' and ','; UTF-8): what the sandbox's payload cap measures of a row."""
+    return len(json.dumps(value, ensure_ascii=False, allow_nan=False).encode())

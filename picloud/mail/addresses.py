@@ -17,8 +17,9 @@ MAX_ADDRESS_LENGTH = 254  # characters of a whole address (RFC 5321's path limit
 MAX_LOCAL_PART_LENGTH = 64  # characters (RFC 5321)
 
 # A dot-atom local part (RFC 5322 atext and dots): what mail to an app uses.
-# Quoted local parts are refused: none is needed to reach a trigger, and
-# their escapes would give one mailbox many spellings.
+# Quoted local parts are no app's (the SMTP server unquotes a quoted
+# dot-atom before it gets here): their escapes would give one mailbox many
+# spellings.
 _LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 # An app's label in the domain: its slug as a host label.
 _APP_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?")
@@ -65,7 +66,15 @@ def route(address: str, domain: str) -> Recipient | None:
     return Recipient(f"{local}@{host}", slug, base, tag if plus else None)
 
 
+def mail_capable(app_slug: str) -> bool:
+    """Whether the app's slug can be a host label: a slug with capitals (or
+    another character a host name cannot hold) is no app's mail domain, so
+    its app neither receives nor sends mail; two slugs differing in case
+    would otherwise name one domain."""
+    return _APP_LABEL.fullmatch(app_slug) is not None
+
+
 def is_app_address(address: str, app_slug: str, domain: str) -> bool:
     """Whether `address` is one of the app's own (what its scripts may send from)."""
     parts = split(address)
-    return parts is not None and parts[1] == app_domain(app_slug, domain).lower()
+    return parts is not None and mail_capable(app_slug) and parts[1] == app_domain(app_slug, domain)

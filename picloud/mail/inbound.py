@@ -29,9 +29,9 @@ from picloud.config import EmailConfig, SandboxCeiling
 from picloud.db.batches import check_batch_size
 from picloud.db.sqlexec import execute, fetch_all, fetch_one, from_json, to_json
 from picloud.db.sqlfiles import load_queries
-from picloud.db.storable import storable_text
+from picloud.db.storable import jsonb_text_size, storable_text
 from picloud.domain.authz import Capability, require
-from picloud.domain.calls import resolve_app, resolve_principal
+from picloud.domain.calls import MAX_SLUG_LENGTH, resolve_app, resolve_principal
 from picloud.mail import hooks
 from picloud.mail.addresses import Recipient, route
 from picloud.mail.parse import Attachment, attachment, parse_message
@@ -41,12 +41,10 @@ Q = load_queries("picloud", "email.sql")
 MAX_RECIPIENTS = 100  # RCPT TO per message (RFC 5321 asks servers to take at least 100)
 MAX_MAIL_FROM_CHARS = 320  # an envelope sender as stored
 MAX_SUBJECT_CHARS = 1_000  # the admin's copy; the event has the whole subject
-# Room the event keeps beside the parsed message: its own fields, the
-# trigger's name and id (added per trigger; a name's JSON is at most 1,200
-# bytes) and slack.
-ENVELOPE_BYTES = 4_096
+TRIGGER_NAME_CHARS = 200  # a trigger's name at most (triggers.name is VARCHAR(200))
 MIN_MESSAGE_BYTES = 16_384  # the parser's smallest budget
-SEND_COUNT_KEEP = timedelta(days=1)  # hourly send counts outlive their hour this long
+SEND_COUNT_KEEP = timedelta(days=1)
+NO_APP = uuid.UUID(int=0)  # an id no app has  # hourly send counts outlive their hour this long
 
 
 class MessageTooLarge(ValidationError):
@@ -96,9 +94,10 @@ def accepts(address: str, *, config: EmailConfig | None = None) -> Recipient | N
     if recipient is None:
         return None
     app = fetch_one(Q["app_by_slug"], {"slug": recipient.app_slug})
-    if app is None or not hooks.wanted(app["id"], recipient.local_part):
-        return None
-    return recipient
+    # The same queries whether the app exists or not: how long the answer
+    # takes must not tell either.
+    wanted = hooks.wanted(app["id"] if app else NO_APP, recipient.local_part)
+    return recipient if app is not None and wanted else None
 
 
 def receive(
@@ -131,9 +130,10 @@ def receive(
             by_app.setdefault(recipient.app_slug, []).append(recipient)
     if not by_app:
         return []
-    message = parse_message(raw, max_event_bytes=_message_budget(ceiling, mail_from, rcpt_to))
     mail_from = storable_text(mail_from, MAX_MAIL_FROM_CHARS)
     peer = storable_text(peer, 200)
+    every = [r for recipients in by_app.values() for r in recipients]
+    message = parse_message(raw, max_event_bytes=_message_budget(ceiling, mail_from, every))
     stored = []
     with transaction.atomic():
         for slug, recipients in by_app.items():
@@ -156,14 +156,29 @@ def receive(
     return stored
 
 
-def _message_budget(ceiling: SandboxCeiling | None, mail_from: str, rcpt_to: Sequence[str]) -> int:
-    """Bytes the parsed message may take in an event under the sandbox's
-    payload cap. A cap too small for even the parser's minimum gives that
-    minimum: the row then fails its cap check and becomes a dead letter,
-    which keeps the message, rather than the receiver refusing it."""
+def _message_budget(
+    ceiling: SandboxCeiling | None, mail_from: str, recipients: list[Recipient]
+) -> int:
+    """Bytes (as jsonb) the parsed message may take so that every event of
+    it stays under the sandbox's payload cap: the cap less the largest
+    envelope a trigger's event can have (every recipient, the longest
+    trigger name escaped). A cap too small for even the parser's minimum
+    gives that minimum: the row then fails its cap check and becomes a dead
+    letter, which keeps the message, rather than the receiver refusing it."""
     ceiling = ceiling or SandboxCeiling.current()
-    envelope = ENVELOPE_BYTES + len(to_json([mail_from, *rcpt_to]).encode())
-    return max(MIN_MESSAGE_BYTES, ceiling.max_payload_bytes - envelope)
+    largest = hooks.Received(
+        email_id=NO_APP,
+        app_id=NO_APP,
+        app_slug="x" * MAX_SLUG_LENGTH,
+        mail_from=mail_from,
+        recipients=tuple(recipients),
+        received_at=timezone.now(),
+        size=2**31,
+        message={},
+    ).payload(recipients)
+    # A control character is the longest a name's character gets as JSON (\u0001).
+    largest |= {"trigger": "\x01" * TRIGGER_NAME_CHARS, "trigger_id": str(NO_APP)}
+    return max(MIN_MESSAGE_BYTES, ceiling.max_payload_bytes - jsonb_text_size(largest))
 
 
 def _row(event: hooks.Received, fired: list, peer: str, raw: bytes) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 
 from picloud.config import SandboxCeiling
-from picloud.db.storable import Unstorable, check_json
+from picloud.db.storable import Unstorable, check_json, jsonb_text_size
 
 MAX_NAME_LENGTH = 200
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}")
@@ -65,9 +65,7 @@ def check_message(message: Any) -> str:
     try:
         check_json(message)
         text = json.dumps(message, separators=(",", ":"), allow_nan=False)
-        # Sized as PostgreSQL writes it out (jsonb's text has a space after
-        # each ':' and ','; the sandbox's payload cap measures that text).
-        size = len(json.dumps(message, ensure_ascii=False, allow_nan=False).encode())
+        size = jsonb_text_size(message)  # what the sandbox's payload cap measures
     except (Unstorable, TypeError, ValueError) as exc:
         raise ValidationError(
             {

@@ -414,16 +414,11 @@ def delivers_mail(row: OutboxRow) -> bool:
     return row.source_kind == SourceKind.EMAIL_SEND
 
 
-def deliver_mail(payload: Any, ctx: ExecutionContext) -> Any:
-    """An ``email_send`` row's "handler": the delivery, within the sandbox's time."""
-    return outbound_mail.deliver(payload, timeout=ctx.remaining())
-
-
 def handler_of(prepared: Prepared) -> Callable | Failure:
     """What runs for the row: the registered handler its script names (or
     the mail delivery of an email_send row), or why it cannot run."""
     if delivers_mail(prepared.row):
-        return deliver_mail
+        return outbound_mail.deliver_row
     script = prepared.script
     fn = get_handler(script.handler)
     if fn is None:

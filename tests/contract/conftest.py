@@ -18,6 +18,7 @@ from picloud.models import Queue
 from tests.factories import AppFactory, ScriptFactory, UserFactory
 from triggers.memory_repository import MemoryTriggerRepo
 from triggers.pg_repository import PgTriggerRepo
+from triggers.repository import NewTrigger
 
 IMPLEMENTATIONS = ["memory", "postgres"]
 
@@ -62,6 +63,24 @@ def trigger_repo(request, world):
             {world.queue_id: world.app_id, world.other_queue_id: world.other_app_id},
         )
     return PgTriggerRepo()
+
+
+@pytest.fixture
+def new_trigger(world):
+    """new_trigger(kind, name="t", **details): a NewTrigger of the world's app,
+    script and principal."""
+
+    def make(kind, name="t", **details):
+        return NewTrigger(
+            app_id=world.app_id,
+            kind=kind,
+            script_id=world.script_id,
+            name=name,
+            registered_by_principal=world.principal_id,
+            **details,
+        )
+
+    return make
 
 
 @pytest.fixture(params=IMPLEMENTATIONS)

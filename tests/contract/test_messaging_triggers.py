@@ -9,22 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from triggers.matching import collection_matches
-from triggers.repository import KvSpec, NewTrigger, PubsubSpec, QueueSpec
-
-
-@pytest.fixture
-def new_trigger(world):
-    def make(kind, name="t", **details):
-        return NewTrigger(
-            app_id=world.app_id,
-            kind=kind,
-            script_id=world.script_id,
-            name=name,
-            registered_by_principal=world.principal_id,
-            **details,
-        )
-
-    return make
+from triggers.repository import KvSpec, PubsubSpec, QueueSpec
 
 
 def test_a_pubsub_trigger_round_trips(trigger_repo, new_trigger):

@@ -720,3 +720,35 @@ def test_deleting_a_queue_trigger_says_its_batches_messages_stay(client, world):
     )
     assert not Trigger.objects.filter(pk=a["queue_trigger"].pk).exists()
     assert QueueMessage.objects.filter(queue=a["queue"]).count() == 1
+
+
+# --- Email triggers ----------------------------------------------------------
+
+
+def add_email(client, world_app, local_part):
+    return add_trigger(
+        client,
+        world_app["app"],
+        world_app["script"],
+        "email",
+        {"email_forms": 1},
+        **{"email_details-0-local_part": local_part},
+    )
+
+
+def test_an_email_trigger_is_added_with_its_local_part(client, world):
+    client.force_login(world["alice"])
+    response = add_email(client, world["a"], "orders")
+    assert response.status_code == 302, errors_of(response)
+    trigger = Trigger.objects.get(name="new-email")
+    assert trigger.email_details.local_part == "orders"
+    listed = client.get(reverse("admin:triggers_trigger_changelist")).content.decode()
+    assert "mail to orders@" in listed
+
+
+@pytest.mark.parametrize("pattern", ["Orders", "a+b", "a*", "\x00", "a%b c"])
+def test_a_bad_local_part_is_refused_saying_what_is_allowed(client, world, pattern):
+    client.force_login(world["alice"])
+    errors = errors_of(add_email(client, world["a"], pattern))
+    assert "not a valid local part pattern" in errors and "lower-case" in errors, errors
+    assert not Trigger.objects.filter(name="new-email").exists()

@@ -280,3 +280,50 @@ def test_starttls_is_offered_when_a_certificate_is_configured(tmp_path, apps, mo
         finally:
             server.stop()
     assert len(stored()) == 1
+
+
+def test_no_250_when_the_app_was_deleted_between_rcpt_and_data(client, apps):
+    client.mail("ann@example.com")
+    assert client.rcpt("support@crm.mail.test")[0] == 250
+    apps["crm"].delete()
+    code, _ = client.data(message(["support@crm.mail.test"]))
+    assert code == 550, "nothing was stored: no 250"
+    assert stored() == []
+
+
+def test_long_lines_are_taken(client, apps):
+    raw = b"From: a@example.com\r\nSubject: wide\r\n\r\n" + b"x" * 5_000 + b"\r\n"
+    assert client.sendmail("a@example.com", ["orders@shop.mail.test"], raw) == {}
+    event = OutboxEntry.objects.get(trigger_id=apps["orders"].id).payload["message"]
+    assert event["text"] == "x" * 5_000 + "\n"
+
+
+def test_an_event_of_many_recipients_stays_under_the_payload_cap(apps, override_config):
+    from django.db import connection as db
+
+    from picloud.config import SandboxCeiling
+    from picloud.mail import inbound
+
+    override_config(EmailConfig(domain=DOMAIN), SandboxCeiling(max_payload_bytes=65_536))
+    to = ", ".join(f"person{i}@example.com" for i in range(3_000))
+    raw = f"From: a@example.com\r\nTo: {to}\r\nSubject: s\r\n\r\n".encode() + b"y" * 80_000
+    recipients = [f"orders+{'t' * 40}{i}@shop.mail.test" for i in range(100)]
+    inbound.receive("a@example.com", recipients, raw)
+    with db.cursor() as cursor:
+        cursor.execute("SELECT max(octet_length(payload::text)) FROM outbox")
+        (largest,) = cursor.fetchone()
+    assert largest <= 65_536, "measured as the dispatcher measures it: it runs"
+
+
+def test_refusals_cost_the_same_queries_whether_the_app_exists_or_not(apps, config):
+    from django.db import connection as db
+    from django.test.utils import CaptureQueriesContext
+
+    from picloud.mail import inbound
+
+    counts = []
+    for address in ("nobody@crm.mail.test", "nobody@ghost.mail.test"):
+        with CaptureQueriesContext(db) as queries:
+            assert inbound.accepts(address, config=config) is None
+        counts.append(len(queries))
+    assert counts[0] == counts[1]

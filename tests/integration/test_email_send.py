@@ -10,18 +10,13 @@ from email import policy
 import pytest
 from aiosmtpd.controller import Controller
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import transaction
 from django.utils import timezone
 
 from deadletters.models import DeadLetter
-from deadletters.pg_repository import PgAbandonedRepo, PgDeadLetterRepo
-from outbox.dispatch.dispatcher import Dispatcher
-from outbox.dispatch.metrics import Counters
-from outbox.dispatch.replies import InboxReplySink
+from outbox.dispatch.worker import postgres_dispatcher
 from outbox.models import OutboxEntry
-from outbox.storage.pg_repository import PgOutboxRepo, PgReplyInbox
 from picloud import kv
-from picloud.config import EmailConfig, RetryPolicy, TriggerConfig
+from picloud.config import CircuitConfig, EmailConfig, RetryPolicy, TriggerConfig
 from picloud.domain.authz import Role
 from picloud.domain.scripts import handler
 from picloud.runtime.outbound_mail import SendLimitReached
@@ -53,6 +48,13 @@ class Sink:
     def __init__(self) -> None:
         self.received: list = []
         self.refuse: str | None = None
+        self.refuse_rcpt: dict[str, str] = {}  # address -> the answer to its RCPT
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.refuse_rcpt:
+            return self.refuse_rcpt[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
         if self.refuse:
@@ -67,7 +69,7 @@ def sink(settings):
     port = free_port()
     controller = Controller(found, hostname="127.0.0.1", port=port)
     controller.start()
-    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_BACKEND = "picloud.mail.delivery.SmtpBackend"  # what EMAIL_URL=smtp:// sets
     settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", port
     settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
     try:
@@ -80,6 +82,9 @@ def sink(settings):
 def shop(transactional_db, override_config):
     override_config(
         EmailConfig(domain=DOMAIN, send_per_hour=3),
+        # Tests here make the script fail on purpose, more often than a
+        # circuit would let it.
+        CircuitConfig(failure_threshold=100),
         TriggerConfig(
             retry=RetryPolicy(max_attempts=2, base_delay_ms=1, max_delay_ms=1, jitter=0.0)
         ),
@@ -92,16 +97,6 @@ def shop(transactional_db, override_config):
     return app, member.principal
 
 
-def dispatcher():
-    return Dispatcher(
-        outbox=PgOutboxRepo(),
-        triggers=PgTriggerRepo(),
-        dead_letters=PgDeadLetterRepo(),
-        replies=InboxReplySink(PgReplyInbox(), PgAbandonedRepo(), Counters()),
-        atomic=transaction.atomic,
-    )
-
-
 def run_due():
     """Run what is due now (retries wait 1 ms) and settle it all."""
     wait_for(
@@ -109,7 +104,7 @@ def run_due():
         timeout=5,
         what="retries due (1 ms backoff)",
     )
-    running = dispatcher()
+    running = postgres_dispatcher()
     report = running.run_once(limit=50)
     running.flush_acks()
     return report
@@ -271,3 +266,51 @@ def test_a_reply_answers_the_sender_from_the_address_mailed_threaded(shop, sink)
     assert reply["References"] == "<m7@example.com>"
     assert reply["Auto-Submitted"] == "auto-replied"
     assert reply.get_content().strip() == "Got po.pdf, 12 bytes."
+
+
+def test_recipients_refused_for_now_get_a_follow_up_of_their_own(shop, sink):
+    app, principal = shop
+    sink.refuse_rcpt = {"later@example.com": "450 4.2.1 Mailbox busy"}
+    sent = send(app, principal, to=["now@example.com", "later@example.com"], subject="s", text="t")
+    run_due()
+    (first,) = sink.received
+    assert first.rcpt_tos == ["now@example.com"]
+    follow_up = OutboxEntry.objects.get(source_kind="email_send")
+    assert follow_up.id != sent.outbox_id
+    assert follow_up.payload["email"]["envelope_to"] == ["later@example.com"]
+    sink.refuse_rcpt = {}
+    run_due()
+    second = sink.received[1]
+    assert second.rcpt_tos == ["later@example.com"], "only those refused, once more"
+    resent = email.message_from_bytes(second.original_content, policy=policy.default)
+    assert resent["To"] == "now@example.com, later@example.com", "the headers name everyone"
+    assert resent["Message-ID"] == sent.message_id, "the same message, for the receiver to dedupe"
+    assert not OutboxEntry.objects.exists()
+
+
+def test_a_row_whose_message_cannot_be_built_dead_letters_at_once(shop, sink):
+    from outbox.storage.pg_repository import PgOutboxRepo
+    from outbox.storage.repository import NewOutboxRow
+    from picloud.models import Script
+
+    app, principal = shop
+    bad = {
+        "from": "noreply@shop.mail.test",
+        "to": ["b@example.com"],
+        "subject": "written by hand\x0bBcc : evil@example.com",
+        "text": "t",
+        "message_id": "<x@shop.mail.test>",
+    }
+    PgOutboxRepo().insert(
+        NewOutboxRow(
+            app_id=app.id,
+            source_kind="email_send",
+            script_id=Script.objects.get(name="mailer").id,
+            run_as_principal=principal.id,
+            payload={"email": bad},
+        )
+    )
+    run_due()
+    letter = DeadLetter.objects.get()
+    assert letter.attempts == 1 and "cannot be built" in letter.last_error
+    assert sink.received == []

@@ -101,3 +101,26 @@ def test_behind_a_tls_proxy_django_trusts_its_forwarded_proto():
     assert manage("shell", "-c", show).stdout.strip().endswith("None")
     proc = manage("shell", "-c", show, DJANGO_BEHIND_TLS_PROXY="true")
     assert proc.stdout.strip().endswith("('HTTP_X_FORWARDED_PROTO', 'https')"), proc.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "smtp://user:hunter2#x@mail.example.com:587",
+        "smtp://user:hunter2/x@mail.example.com:587",
+        "bogus://user:hunter2@mail.example.com",
+    ],
+)
+def test_a_bad_email_url_stops_start_up_without_showing_it(url):
+    proc = manage("check", EMAIL_URL=url)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "hunter2" not in proc.stderr + proc.stdout, "the password must not be shown"
+    assert proc.stderr.strip().startswith("picloud: configuration error: EMAIL_URL is not valid")
+    assert "allowed is smtp://" in proc.stderr
+
+
+def test_email_url_smtp_uses_the_backend_that_keeps_refused_recipients():
+    use = "from django.conf import settings; print(settings.EMAIL_BACKEND, settings.EMAIL_PORT)"
+    proc = manage("shell", "-c", use, EMAIL_URL="smtp+tls://u:p@mail.example.com:587")
+    assert proc.stdout.split()[-2:] == ["picloud.mail.delivery.SmtpBackend", "587"], proc.stderr
