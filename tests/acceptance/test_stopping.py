@@ -50,7 +50,12 @@ class Stack:
             self.proc = subprocess.Popen(
                 [sys.executable, "manage.py", *argv],
                 cwd=PROJECT_DIR,
-                env=subprocess_env(connection.settings_dict, **STOP_ENV),
+                # Its own SMTP port: runstack's receiver must not meet another's.
+                env=subprocess_env(
+                    connection.settings_dict,
+                    **STOP_ENV,
+                    PICLOUD_SMTP_ADDR=f"127.0.0.1:{free_port()}",
+                ),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its group is its own; pytest's is not touched
@@ -66,7 +71,7 @@ class Stack:
             if self.proc.poll() is not None:
                 raise AssertionError(f"exited with {self.proc.returncode}:\n{text}")
             return text.count("listening for outbox rows") >= listening and (
-                not web or "Booting worker" in text
+                not web or ("Booting worker" in text and "SMTP receiver on" in text)
             )
 
         wait_for(ready, timeout=60, what=f"the cluster's dispatcher (log: {self.log_path})")

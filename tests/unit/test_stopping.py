@@ -202,3 +202,24 @@ def test_a_subreaper_adopts_the_orphans_of_a_child_that_died():
         [sys.executable, "-c", ADOPTER], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=60
     )
     assert proc.stdout.strip() == "adopted", proc.stdout + proc.stderr
+
+
+def test_runstack_takes_a_child_ended_by_its_sigterm_as_stopped():
+    # A child still starting (no handler of its own yet) dies of the SIGTERM:
+    # nothing of its was running, so nothing to report.
+    starting = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True
+    )
+    handles = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(3))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(30)"
+    )
+    failing = subprocess.Popen(
+        [sys.executable, "-c", handles], start_new_session=True, stdout=subprocess.PIPE, text=True
+    )
+    assert failing.stdout.readline() == "ready\n", "its handler is in place"
+    problems = runstack.Command()._stop({"starting": starting, "failing": failing}, grace=5.0)
+    assert starting.returncode == -signal.SIGTERM
+    assert problems == ["failing exited with status 3 while stopping"], problems

@@ -127,8 +127,10 @@ class Command(BaseCommand):
                     f"{name} still running {grace + KILL_MARGIN:g} s after SIGTERM; "
                     f"killed with SIGKILL: {', '.join(killed)}"
                 )
-            elif name in running and proc.wait() != 0:
-                # qcluster exits 1 when it had to kill part of itself (it said what).
+            elif name in running and proc.wait() not in (0, -signal.SIGTERM):
+                # qcluster exits 1 when it had to kill part of itself (it said
+                # what). Ended by the SIGTERM itself is a child still starting,
+                # before it took over the signal: nothing of its was running.
                 problems.append(f"{name} exited with status {proc.returncode} while stopping")
             proc.wait()
         return problems
