@@ -1,5 +1,6 @@
 """Admin for the platform core: apps, memberships, scripts and API tokens;
-topics and queues are in admin_messaging.py, received mail in admin_email.py."""
+topics and queues are in admin_messaging.py, received mail in admin_email.py,
+the KV store in admin_kv.py."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from outbox.storage.pg_repository import PgOutboxRepo
-from picloud import admin_email, admin_messaging  # noqa: F401  (register their pages)
+from picloud import admin_email, admin_kv, admin_messaging  # noqa: F401  (register their pages)
 from picloud.admin_access import (
     ALL,
     AppFilter,

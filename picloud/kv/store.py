@@ -50,6 +50,30 @@ class KvItem:
     updated_at: datetime
 
 
+class VersionConflict(ValidationError):
+    """The entry is not at the version the caller read: written (or deleted,
+    or created) by someone else since. Nothing was written."""
+
+    def __init__(self, collection: str, key: str, expected: int, current: int | None):
+        now = "does not exist" if current is None else f"is at version {current}"
+        wanted = "not to exist" if expected == 0 else f"to be at version {expected}"
+        super().__init__(
+            f"{collection}/{key} {now}, expected {wanted}: it changed since it was read; "
+            "read it again and retry.",
+            code="version_conflict",
+        )
+
+
+def _check_version(collection, key, expected: int | None, current: int | None) -> None:
+    """`expected`: None, any; 0, the entry must not exist; N, at version N."""
+    if expected is None:
+        return
+    if type(expected) is not int or expected < 0:
+        raise ValidationError({"expected_version": "Give None, 0 (must not exist) or a version."})
+    if (current or 0) != expected:
+        raise VersionConflict(collection, key, expected, current)
+
+
 def _item(row: dict[str, Any]) -> KvItem:
     return KvItem(**{**row, "value": from_json(row["value"])})
 
@@ -116,11 +140,15 @@ def put(
     principal,
     depth: int = 0,
     cause: uuid.UUID | None = None,
+    expected_version: int | None = None,
 ) -> KvItem:
     """Insert or update the entry and fan out to matching triggers. Needs KvWrite.
 
-    `depth` and `cause` are set by the KV client a script receives (its row's
-    depth + 1 and the row's id); leave them alone elsewhere.
+    `expected_version` makes the write conditional: 0, only if the key does
+    not exist; N, only if it is at version N (what the caller read);
+    VersionConflict otherwise, and nothing is written. `depth` and `cause`
+    are set by the KV client a script receives (its row's depth + 1 and the
+    row's id); leave them alone elsewhere.
     """
     app = _app(app)
     require(_principal(principal), Capability.KvWrite(app.id))
@@ -129,8 +157,10 @@ def put(
         while True:
             old = fetch_one(Q["kv_lock"], params)
             if old is not None:
+                _check_version(collection, key, expected_version, old["version"])
                 row, op, old_value = fetch_one(Q["kv_update"], params), "update", old["value"]
                 break
+            _check_version(collection, key, expected_version, None)
             row = fetch_one(Q["kv_insert"], params)
             if row is not None:
                 op, old_value = "insert", None
@@ -142,13 +172,26 @@ def put(
 
 
 def delete(
-    app, collection: str, key: str, *, principal, depth: int = 0, cause: uuid.UUID | None = None
+    app,
+    collection: str,
+    key: str,
+    *,
+    principal,
+    depth: int = 0,
+    cause: uuid.UUID | None = None,
+    expected_version: int | None = None,
 ) -> bool:
-    """Delete the entry and fan out; a missing key is a no-op that fires nothing. Needs KvWrite."""
+    """Delete the entry and fan out; a missing key is a no-op that fires
+    nothing. Needs KvWrite. `expected_version` N deletes only the entry at
+    version N (VersionConflict otherwise, nothing deleted)."""
     app = _app(app)
     require(_principal(principal), Capability.KvWrite(app.id))
+    params = _params(app, collection, key)
     with transaction.atomic():
-        row = fetch_one(Q["kv_delete"], _params(app, collection, key))
+        if expected_version is not None:
+            old = fetch_one(Q["kv_lock"], params)
+            _check_version(collection, key, expected_version, old and old["version"])
+        row = fetch_one(Q["kv_delete"], params)
         if row is None:
             return False
         item = _item(row)

@@ -7,13 +7,19 @@ from django.utils import timezone
 
 from deadletters.models import AbandonedExecution, DeadLetter
 from outbox.models import OutboxEntry, ScriptCircuit
+from picloud import kv
 from picloud.domain.authz import Role
 from picloud.messaging import queues, topics
-from picloud.models import InboundEmail, Queue, Topic
+from picloud.models import InboundEmail, KvEntry, Queue, Topic
 from tests.factories import AppFactory, MembershipFactory, ScriptFactory, kv_trigger
 from triggers.models import Trigger
 from triggers.pg_repository import PgTriggerRepo
 from triggers.repository import NewTrigger, PubsubSpec, QueueSpec
+
+
+def _kv_entry(app, collection, principal) -> KvEntry:
+    kv.put(app, collection, "k", {"of": app.slug}, principal=principal)
+    return KvEntry.objects.get(app=app, collection=collection)
 
 
 @pytest.fixture
@@ -21,7 +27,7 @@ def world():
     """Two apps, each with a trigger, a dead letter, an outbox row, an
     abandoned execution, a script's circuit, a scheduled run, a topic with a
     pub/sub trigger subscribed, a queue with its queue trigger and a received
-    email; Alice
+    email and a KV entry; Alice
     administers app A only."""
     alice = MembershipFactory(role=Role.AppAdmin.value)
     app_a = alice.app
@@ -101,5 +107,6 @@ def world():
                 size=5,
                 raw=b"Subject: x\r\n\r\nhi\r\n",
             ),
+            "kv_entry": _kv_entry(app, f"notes-{key}", member.principal),
         }
     return {"alice": alice.principal.user, "bob": bob.principal.user, **objects}

@@ -26,6 +26,7 @@ PAGES = [
     ("deadletters", "abandonedexecution", "abandoned"),
     ("picloud", "script", "script"),
     ("picloud", "inboundemail", "inbound_email"),
+    ("picloud", "kventry", "kv_entry"),
 ]
 
 

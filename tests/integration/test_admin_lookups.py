@@ -27,6 +27,7 @@ ID_FILTERS = {
     "picloud_topic": ["app"],
     "picloud_queue": ["app"],
     "picloud_inboundemail": ["app"],
+    "picloud_kventry": ["app"],
 }
 CASES = [(page, param) for page, params in ID_FILTERS.items() for param in params]
 

@@ -181,3 +181,27 @@ def test_a_missing_key_is_refused_like_any_bad_key(app, writer, call):
 def test_a_principal_that_is_neither_a_principal_nor_a_user_is_refused(app):
     with pytest.raises(ValidationError, match="principal must be a Principal or a Django user"):
         kv.get(app, "c", "k", principal="admin")
+
+
+def test_a_conditional_put_writes_only_over_the_version_it_read(app, writer):
+    created = kv.put(app, "c", "k", 1, principal=writer, expected_version=0)
+    assert created.version == 1
+    with pytest.raises(kv.VersionConflict, match="c/k is at version 1, expected not to exist"):
+        kv.put(app, "c", "k", 2, principal=writer, expected_version=0)
+    assert kv.put(app, "c", "k", 2, principal=writer, expected_version=1).version == 2
+    with pytest.raises(kv.VersionConflict, match="is at version 2, expected to be at version 1"):
+        kv.put(app, "c", "k", 3, principal=writer, expected_version=1)
+    with pytest.raises(kv.VersionConflict, match="c/gone does not exist"):
+        kv.put(app, "c", "gone", 3, principal=writer, expected_version=4)
+    assert kv.get(app, "c", "k", principal=writer).value == 2, "nothing written on a conflict"
+    with pytest.raises(ValidationError, match="expected_version"):
+        kv.put(app, "c", "k", 3, principal=writer, expected_version=-1)
+
+
+def test_a_conditional_delete_deletes_only_the_version_it_read(app, writer):
+    kv.put(app, "c", "k", 1, principal=writer)
+    kv.put(app, "c", "k", 2, principal=writer)
+    with pytest.raises(kv.VersionConflict):
+        kv.delete(app, "c", "k", principal=writer, expected_version=1)
+    assert kv.delete(app, "c", "k", principal=writer, expected_version=2) is True
+    assert kv.get(app, "c", "k", principal=writer) is None
