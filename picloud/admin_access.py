@@ -54,6 +54,17 @@ def allowed_app_ids(
     return cache[capability]
 
 
+def holds_in(
+    request: HttpRequest, capability: type[_AppCapability], app_id: uuid.UUID | None = None
+) -> bool:
+    """Whether the request's user holds `capability` in app `app_id`; with
+    no app, in any app (whether the page may offer it at all)."""
+    ids = allowed_app_ids(request, capability)
+    if app_id is None:
+        return ids is ALL or bool(ids)
+    return ids is ALL or app_id in ids
+
+
 def scope(queryset: QuerySet, app_ids: frozenset[uuid.UUID] | None, app_path: str) -> QuerySet:
     return queryset if app_ids is ALL else queryset.filter(**{f"{app_path}__in": app_ids})
 
@@ -192,10 +203,7 @@ class AppScopedAdmin(ListedLookupsOnly, MissingIs404, admin.ModelAdmin):
         return getattr(obj, f"{last}_id", None) if obj is not None else None
 
     def _may(self, request, obj=None) -> bool:
-        ids = self.allowed_apps(request)
-        if obj is None:
-            return ids is ALL or bool(ids)
-        return ids is ALL or self.app_id_of(obj) in ids
+        return holds_in(request, self.app_capability, None if obj is None else self.app_id_of(obj))
 
     def has_module_permission(self, request):
         return self._may(request)

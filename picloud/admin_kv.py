@@ -21,7 +21,7 @@ from django.http import HttpResponseRedirect
 from django.utils.html import format_html
 
 from picloud import kv
-from picloud.admin_access import ALL, AppFilter, AppScopedAdmin, allowed_app_ids, scope
+from picloud.admin_access import AppFilter, AppScopedAdmin, allowed_app_ids, holds_in, scope
 from picloud.domain.authz import Capability
 from picloud.models import App, KvEntry
 from picloud.text import truncate
@@ -71,10 +71,7 @@ class KvEntryAdmin(AppScopedAdmin):
     ordering = ["app__slug", "collection", "key"]
 
     def writes(self, request, obj=None) -> bool:
-        ids = allowed_app_ids(request, self.write_capability)
-        if obj is None:
-            return ids is ALL or bool(ids)
-        return ids is ALL or obj.app_id in ids
+        return holds_in(request, self.write_capability, None if obj is None else obj.app_id)
 
     def has_add_permission(self, request):
         return self.writes(request)

@@ -34,7 +34,7 @@ from deadletters.models import DeadLetter
 from deadletters.resolve import postgres_resolver
 from outbox.models import OutboxEntry
 from outbox.storage.kinds import SourceKind
-from picloud.admin_access import ALL, AppFilter, AppScopedAdmin, allowed_app_ids, scope
+from picloud.admin_access import ALL, AppFilter, AppScopedAdmin, allowed_app_ids, holds_in, scope
 from picloud.domain.authz import Capability, _AppCapability
 from picloud.messaging import queues, topics
 from picloud.messaging.names import NAME_RULE, validate_name
@@ -167,10 +167,7 @@ class MessagingAdmin(AppScopedAdmin):
     )
 
     def manages(self, request, obj=None) -> bool:
-        ids = allowed_app_ids(request, self.manage_capability)
-        if obj is None:
-            return ids is ALL or bool(ids)
-        return ids is ALL or obj.app_id in ids
+        return holds_in(request, self.manage_capability, None if obj is None else obj.app_id)
 
     def has_add_permission(self, request):
         return self.manages(request)
