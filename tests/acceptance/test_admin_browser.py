@@ -23,6 +23,7 @@ from django.db import connection, connections
 from deadletters.models import DeadLetter
 from picloud import kv
 from picloud.domain.authz import Role
+from tests.acceptance import handlers  # noqa: F401 - registers the acc.* handlers here too
 from tests.factories import AppFactory, MembershipFactory, ScriptFactory, UserFactory
 from tests.helpers import PROJECT_DIR, free_port, subprocess_env, wait_for
 from triggers.models import Trigger
@@ -49,6 +50,8 @@ STACK_ENV = {
     "PICLOUD_TRIGGER_RETRY_JITTER": "0",
     "PICLOUD_QCLUSTER_WORKERS": "1",
     "PICLOUD_LOG_LEVEL": "INFO",
+    # The acceptance handlers (acc.record writes what it ran on to KV "runs").
+    "PICLOUD_EXTRA_APPS": "tests.acceptance",
 }
 
 
@@ -248,3 +251,53 @@ def test_an_app_admin_schedules_a_cron_trigger_pauses_it_and_runs_it_now(
 
     wait_for(last_fire_done, timeout=30, what="the run-now tick to run", interval=0.5)
     page.screenshot(path=shots / "cron-triggers.png", full_page=True)
+
+
+def test_an_app_admin_edits_a_kv_entry_and_its_trigger_fires(stack, browser, people, shots):
+    from triggers.pg_repository import PgTriggerRepo
+    from triggers.repository import KvSpec, NewTrigger
+
+    shop, alice = people["shop"], people["alice"]
+    recorder = ScriptFactory(app=shop, name="record", handler="acc.record")
+    PgTriggerRepo().create(
+        NewTrigger(
+            app_id=shop.id,
+            kind="kv",
+            script_id=recorder.id,
+            name="orders-updated",
+            registered_by_principal=alice.principal.id,
+            kv=KvSpec("orders", ("update",)),
+        )
+    )
+    kv.put(shop, "orders", "o-7", {"qty": 1, "item": "pi"}, principal=alice.principal)
+    entry = shop.kv_entries.get(key="o-7")
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    log_in(page, stack, alice)
+
+    page.goto(f"{stack}/admin/picloud/kventry/?q=orders/o-")
+    assert "o-7" in page.text_content("#result_list")
+    page.click("#result_list a:text('orders')")
+    value = page.input_value("#id_value")
+    assert '"qty": 1' in value, "indented JSON to edit"
+    page.fill("#id_value", value.replace('"qty": 1', '"qty": 3'))
+    page.screenshot(path=shots / "kv-entry.png", full_page=True)
+    page.click("input[name='_save']")
+    assert "was changed successfully" in page.text_content(".messagelist")
+    item = kv.get(shop, "orders", "o-7", principal=alice.principal)
+    assert (item.value["qty"], item.version) == (3, 2)
+
+    # The write went through the KV API: the trigger's script ran on it.
+    def recorded():
+        runs = kv.list(shop, "runs", principal=alice.principal)
+        return [r.value["event"] for r in runs]
+
+    (event,) = wait_for(recorded, timeout=30, what="the orders-updated trigger's script to run")
+    assert (event["key"], event["op"], event["new"]["qty"]) == ("o-7", "update", 3)
+
+    # Saving what the page showed after someone else wrote is refused.
+    page.goto(f"{stack}/admin/picloud/kventry/{entry.pk}/change/")
+    kv.put(shop, "orders", "o-7", {"qty": 9}, principal=alice.principal)  # a script, say
+    page.fill("#id_value", '{"qty": 4}')
+    page.click("input[name='_save']")
+    assert "is at version 3, expected to be at version 2" in page.text_content(".messagelist")
+    assert kv.get(shop, "orders", "o-7", principal=alice.principal).value == {"qty": 9}
