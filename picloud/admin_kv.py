@@ -27,6 +27,8 @@ from picloud.models import App, KvEntry
 from picloud.text import truncate
 
 SHORT_VALUE_CHARS = 80  # of a value shown in the list
+PLACE = ["app", "collection", "key"]  # where an entry is: fixed once it exists
+STATE = ["version", "updated_at"]  # what picloud.kv sets
 
 
 class PrettyJSONField(forms.JSONField):
@@ -82,19 +84,19 @@ class KvEntryAdmin(AppScopedAdmin):
     def has_delete_permission(self, request, obj=None):
         return self.writes(request, obj) and super().has_delete_permission(request, obj)
 
+    def get_fields(self, request, obj=None):
+        # Adding (which needs KvWrite) names the entry; an entry's page shows
+        # its place and state, and its value to edit or, read-only, to read.
+        shown = PLACE if obj is None else [*PLACE, *STATE]
+        if obj is not None and not self.writes(request, obj):
+            return [*shown, "pretty_value"]
+        return [*shown, "value", "read_version"]
+
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
-            return ["pretty_value"] if not self.writes(request) else []
+            return []
         # The entry's place never changes: a new key is a new entry.
-        fixed = ["app", "collection", "key", "version", "updated_at"]
-        return [*fixed, "pretty_value"] if not self.writes(request, obj) else fixed
-
-    def get_fields(self, request, obj=None):
-        if obj is not None and not self.writes(request, obj):
-            return ["app", "collection", "key", "version", "updated_at", "pretty_value"]
-        if obj is None:
-            return ["app", "collection", "key", "value", "read_version"]
-        return ["app", "collection", "key", "version", "updated_at", "value", "read_version"]
+        return [f for f in self.get_fields(request, obj) if f not in ("value", "read_version")]
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         field = super().formfield_for_foreignkey(db_field, request, **kwargs)

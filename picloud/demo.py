@@ -93,59 +93,43 @@ def load_demo(password: str | None = None) -> DemoCredentials:
 
 def _ensure_triggers(app: App, scripts: dict[str, Script], principal: Principal) -> None:
     """Through the repository, as admin and the Python API write triggers."""
-    wanted = [
-        NewTrigger(
+
+    def trigger(kind: str, script: str, name: str, **details) -> NewTrigger:
+        return NewTrigger(
             app_id=app.pk,
-            kind="kv",
-            script_id=scripts["notify"].pk,
-            name="orders-notify",
+            kind=kind,
+            script_id=scripts[script].pk,
+            name=name,
             registered_by_principal=principal.pk,
-            kv=KvSpec("orders:*", ("insert", "update")),
-        ),
+            **details,
+        )
+
+    queue = Queue.objects.get(app=app, name=DEMO_QUEUE)
+    wanted = [
+        trigger("kv", "notify", "orders-notify", kv=KvSpec("orders:*", ("insert", "update"))),
         # Always fails, and gives up after two quick attempts: dead letters
         # for the admin badge within seconds.
-        NewTrigger(
-            app_id=app.pk,
-            kind="kv",
-            script_id=scripts["flaky"].pk,
-            name="orders-audit",
-            registered_by_principal=principal.pk,
+        trigger(
+            "kv",
+            "flaky",
+            "orders-audit",
             kv=KvSpec("orders:*", ("insert",)),
             max_attempts=2,
             retry_base_delay_ms=1000,
             retry_max_delay_ms=1000,
         ),
-    ]
-    # Every publish to an orders:* topic runs notify; the emails queue is
-    # consumed by send-emails in batches of up to 10.
-    queue = Queue.objects.get(app=app, name=DEMO_QUEUE)
-    wanted += [
-        NewTrigger(
-            app_id=app.pk,
-            kind="pubsub",
-            script_id=scripts["notify"].pk,
-            name="orders-published",
-            registered_by_principal=principal.pk,
-            pubsub=PubsubSpec("orders:*"),
-        ),
-        NewTrigger(
-            app_id=app.pk,
-            kind="queue",
-            script_id=scripts["send-emails"].pk,
-            name="emails-worker",
-            registered_by_principal=principal.pk,
+        # Every publish to an orders:* topic runs notify; the emails queue is
+        # consumed by send-emails in batches of up to 10.
+        trigger("pubsub", "notify", "orders-published", pubsub=PubsubSpec("orders:*")),
+        trigger(
+            "queue",
+            "send-emails",
+            "emails-worker",
             queue=QueueSpec(queue.pk, batch_size=10, max_batch_wait_ms=1000),
         ),
         # Mail to orders@demo.<PICLOUD_EMAIL_DOMAIN> is answered by ack-mail
         # (the answer is printed by the cluster: EMAIL_URL's default backend).
-        NewTrigger(
-            app_id=app.pk,
-            kind="email",
-            script_id=scripts["ack-mail"].pk,
-            name="orders-mail",
-            registered_by_principal=principal.pk,
-            email=EmailSpec("orders"),
-        ),
+        trigger("email", "ack-mail", "orders-mail", email=EmailSpec("orders")),
     ]
     repo = PgTriggerRepo()
     existing = {t.name for t in repo.list_for_app(app.pk)}

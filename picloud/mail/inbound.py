@@ -43,8 +43,8 @@ MAX_MAIL_FROM_CHARS = 320  # an envelope sender as stored
 MAX_SUBJECT_CHARS = 1_000  # the admin's copy; the event has the whole subject
 TRIGGER_NAME_CHARS = 200  # a trigger's name at most (triggers.name is VARCHAR(200))
 MIN_MESSAGE_BYTES = 16_384  # the parser's smallest budget
-SEND_COUNT_KEEP = timedelta(days=1)
-NO_APP = uuid.UUID(int=0)  # an id no app has  # hourly send counts outlive their hour this long
+SEND_COUNT_KEEP = timedelta(days=1)  # hourly send counts outlive their hour this long
+NO_APP = uuid.UUID(int=0)  # an id no app has
 
 
 class MessageTooLarge(ValidationError):
@@ -195,7 +195,7 @@ def _row(event: hooks.Received, fired: list, peer: str, raw: bytes) -> dict[str,
         "rcpt_to": [r.address for r in event.recipients],
         "subject": (message.get("subject") or "")[:MAX_SUBJECT_CHARS],
         "from_header": (from_header or "")[:MAX_SUBJECT_CHARS],
-        "message_id": (message.get("message_id") or None) and message["message_id"][:1000],
+        "message_id": (message.get("message_id") or "")[:1000] or None,
         "size": event.size,
         "fired": to_json(fired),
         "peer": peer,
@@ -207,21 +207,24 @@ def _email(row: dict[str, Any]) -> InboundEmail:
     return InboundEmail(**{**row, "fired": from_json(row["fired"])})
 
 
-def _id(email_id: object) -> uuid.UUID | None:
+def _readable(query: str, app, email_id, principal) -> dict[str, Any]:
+    """The app's message `email_id` read by `query`, once the principal may
+    read the app's mail (EmailRead); EmailNotFound, also for a malformed id."""
+    app = resolve_app(app)
+    require(resolve_principal(principal), Capability.EmailRead(app.id))
     try:
-        return email_id if isinstance(email_id, uuid.UUID) else uuid.UUID(str(email_id))
+        found = email_id if isinstance(email_id, uuid.UUID) else uuid.UUID(str(email_id))
     except ValueError:
-        return None
+        found = None
+    row = found and fetch_one(Q[query], {"app_id": app.id, "id": found})
+    if not row:
+        raise EmailNotFound(f"no email {email_id} in app {app.slug!r}")
+    return row
 
 
 def get_email(app, email_id, *, principal) -> InboundEmail:
     """The message's record (not its raw bytes). Needs EmailRead; EmailNotFound."""
-    app = resolve_app(app)
-    require(resolve_principal(principal), Capability.EmailRead(app.id))
-    row = _id(email_id) and fetch_one(Q["email_get"], {"app_id": app.id, "id": _id(email_id)})
-    if not row:
-        raise EmailNotFound(f"no email {email_id} in app {app.slug!r}")
-    return _email(row)
+    return _email(_readable("email_get", app, email_id, principal))
 
 
 def list_emails(app, *, principal, limit: int = 50) -> list[InboundEmail]:
@@ -235,12 +238,7 @@ def list_emails(app, *, principal, limit: int = 50) -> list[InboundEmail]:
 
 def raw_message(app, email_id, *, principal) -> bytes:
     """The message as it arrived. Needs EmailRead; EmailNotFound."""
-    app = resolve_app(app)
-    require(resolve_principal(principal), Capability.EmailRead(app.id))
-    row = _id(email_id) and fetch_one(Q["email_raw"], {"app_id": app.id, "id": _id(email_id)})
-    if not row:
-        raise EmailNotFound(f"no email {email_id} in app {app.slug!r}")
-    return bytes(row["raw"])
+    return bytes(_readable("email_raw", app, email_id, principal)["raw"])
 
 
 def get_attachment(app, email_id, index: int, *, principal) -> Attachment:

@@ -22,10 +22,10 @@ from picloud.runtime.execution import (
     Outcome,
     Prepared,
     context_for,
-    delivers_mail,
     handler_failure,
     handler_of,
     handler_result,
+    posts_webhook,
     timed_out,
     webhook_failure,
     webhook_outcome,
@@ -74,7 +74,7 @@ class AsyncRunner:
         None for a plain handler (HandlerThreads.withdraw_all stops those).
         A plain handler that no thread starts by `start_by`
         (time.monotonic()) is not run: on_outcome(None)."""
-        if prepared.script.runtime != "webhook" or delivers_mail(prepared.row):
+        if not posts_webhook(prepared):
             fn = handler_of(prepared)
             if isinstance(fn, Failure):
                 on_outcome(fn)

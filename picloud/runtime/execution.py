@@ -395,7 +395,7 @@ def execute_row(
     if isinstance(prepared, Failure):
         return prepared
     timeout = ceiling.timeout_ms / 1000
-    if prepared.script.runtime == Runtime.WEBHOOK and not delivers_mail(row):
+    if posts_webhook(prepared):
         return _run_webhook(prepared.script, row, ceiling, timeout, webhook_config)
     return _run_python(prepared, ceiling, timeout, in_sandbox)
 
@@ -412,6 +412,13 @@ def timed_out(ceiling: SandboxCeiling) -> Failure:
 def delivers_mail(row: OutboxRow) -> bool:
     """Whether the row is mail a script sent: delivered, no script runs."""
     return row.source_kind == SourceKind.EMAIL_SEND
+
+
+def posts_webhook(prepared: Prepared) -> bool:
+    """Whether running the row is a POST to its script's webhook (else a
+    handler_of call: a Python handler, or the delivery of mail the script
+    sent, whatever runtime the script has since)."""
+    return prepared.script.runtime == Runtime.WEBHOOK and not delivers_mail(prepared.row)
 
 
 def handler_of(prepared: Prepared) -> Callable | Failure:
