@@ -100,3 +100,36 @@ class ScheduledRun(OutboxEntry):
 
     def __str__(self) -> str:
         return f"{self.script} at {self.due_at:%Y-%m-%d %H:%M:%S}"
+
+
+class DeliveryAttempt(models.Model):
+    """The delivery log (outbox/sql/0008_delivery_log.sql), for admin's pages:
+    SQL writes it and outbox/storage/delivery_reads.py reads it, never this
+    model's queries (a partitioned table of millions of rows wants the
+    reads shaped for its indexes). It names the pages and their scoping."""
+
+    # Not unique (one row per attempt): nothing looks an attempt up by it.
+    outbox_id = models.UUIDField(primary_key=True)
+    app = models.ForeignKey(App, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    started_at = models.DateTimeField()
+
+    class Meta:
+        managed = False
+        db_table = "delivery_log"
+        verbose_name = "delivery attempt"
+        verbose_name_plural = "delivery log"
+
+    def __str__(self) -> str:
+        return f"attempt of {self.outbox_id}"
+
+
+class DeliveryDashboard(DeliveryAttempt):
+    """Admin's dashboard: what the delivery log's rollups say, as charts."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "dashboard"
+        verbose_name_plural = "dashboard"
+
+    def __str__(self) -> str:
+        return "dashboard"

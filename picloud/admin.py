@@ -12,6 +12,7 @@ from django.http import HttpResponseRedirect
 from django.urls import reverse
 from django.utils import timezone
 
+from outbox import admin_log  # noqa: F401  (registers its pages)
 from outbox.storage.pg_repository import PgOutboxRepo
 from picloud import admin_email, admin_kv, admin_messaging  # noqa: F401  (register their pages)
 from picloud.admin_access import (

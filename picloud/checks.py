@@ -19,6 +19,7 @@ from picloud.config import (
     CircuitConfig,
     ConcurrencyConfig,
     ConfigError,
+    DeliveryLogConfig,
     DispatcherConfig,
     EmailConfig,
     EnvConfig,
@@ -42,6 +43,7 @@ CHECK_IDS: dict[type[EnvConfig], str] = {
     CircuitConfig: "picloud.E008",
     MetricsConfig: "picloud.E009",
     EmailConfig: "picloud.E011",  # E010 is the user model check (domain/user_model.py)
+    DeliveryLogConfig: "picloud.E012",
 }
 HINT = "Fix or unset the variable (unset means the default); see docs/configuration.md."
 # Variables that no longer do anything, and what replaced them: setting one

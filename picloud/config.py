@@ -492,6 +492,35 @@ class EmailConfig(EnvConfig):
         return f"{host}:{self.smtp_port}"
 
 
+@dataclass(frozen=True)
+class DeliveryLogConfig(EnvConfig):
+    """The delivery log: one row per attempt (docs/operations.md)."""
+
+    enabled: bool = True
+    retention_days: int = 7  # successful attempts kept this long
+    failure_retention_days: int = 30  # failed attempts kept this long
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> DeliveryLogConfig:
+        env = os.environ if env is None else env
+        d = cls()
+        retention = env_int(
+            env, "PICLOUD_DELIVERY_LOG_RETENTION_DAYS", d.retention_days, low=1, high=3650
+        )
+        failures = env_int(
+            env,
+            "PICLOUD_DELIVERY_LOG_FAILURE_RETENTION_DAYS",
+            d.failure_retention_days,
+            low=1,
+            high=3650,
+        )
+        return cls(
+            enabled=env_bool(env, "PICLOUD_DELIVERY_LOG", d.enabled),
+            retention_days=retention,
+            failure_retention_days=failures,
+        )
+
+
 # Around the dispatcher's own stop, the cluster wakes its guard, stops the
 # pusher and the monitor, and each worker closes its connections: about a
 # second, more on a loaded machine. The floor keeps a stop grace from cutting
@@ -540,6 +569,7 @@ CONFIGS: tuple[type[EnvConfig], ...] = (
     CircuitConfig,
     MetricsConfig,
     EmailConfig,
+    DeliveryLogConfig,
 )
 
 # The configs this process built (or a test put in place), by class. Read

@@ -81,6 +81,13 @@ class Trigger(RuledFields):
     max_attempts = models.IntegerField(null=True, blank=True)
     retry_base_delay_ms = models.IntegerField(null=True, blank=True)
     retry_max_delay_ms = models.IntegerField(null=True, blank=True)
+    log_failures_only = models.BooleanField(
+        default=False,
+        help_text=(
+            "Keep only failed attempts in the delivery log (for very hot "
+            "triggers); successes are still counted in its health figures."
+        ),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

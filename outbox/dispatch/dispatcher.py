@@ -32,18 +32,22 @@ from deadletters.repository import (
     DeadLetterRepo,
     NewDeadLetter,
 )
+from outbox.dispatch.attempts import Ran, acked_of, attempt_of
 from outbox.dispatch.backoff import policy_for, retry_delay
 from outbox.dispatch.metrics import (
     CLAIM_SECONDS,
     CRON_LATENESS_SECONDS,
     CRON_OVERLAP_DROPPED,
+    EXECUTION_SECONDS,
+    START_LATENCY_SECONDS,
     Counters,
 )
 from outbox.dispatch.queue_settle import QueueSettler
 from outbox.storage.circuits import CircuitRepo, summarize
+from outbox.storage.delivery_log import Acked, DeliveryLog, Rollups
 from outbox.storage.kinds import SourceKind
 from outbox.storage.repository import OutboxRepo, OutboxRow
-from picloud.config import CircuitConfig, SandboxCeiling, TriggerConfig
+from picloud.config import CircuitConfig, DeliveryLogConfig, SandboxCeiling, TriggerConfig
 from picloud.runtime.execution import Failure, Outcome, RowExecutor
 from picloud.runtime.sandbox import SandboxFull
 from triggers.cron import Overlaps
@@ -128,6 +132,10 @@ class Dispatcher:
         # and who to tell when one was (the batcher: its trigger has room again).
         batches: BatchStore | None = None,
         on_batch_settled: Callable[[], None] = lambda: None,
+        # Where attempts are logged and counted (None: nowhere; nor when
+        # PICLOUD_DELIVERY_LOG is off).
+        delivery_log: DeliveryLog | None = None,
+        log_config: DeliveryLogConfig | None = None,
     ) -> None:
         self.outbox, self.triggers, self.dead_letters = outbox, triggers, dead_letters
         self.config = config or TriggerConfig.current()
@@ -146,8 +154,14 @@ class Dispatcher:
         # Successes not yet deleted, and outcomes not yet settled because a
         # statement failed: both survive until a statement records them.
         self.pending_acks: list[uuid.UUID] = []
-        # (row, outcome, when its lease ends on self.monotonic's clock)
-        self.backlog: list[tuple[OutboxRow, Outcome, float]] = []
+        self.backlog: list[Ran] = []
+        # The delivery log: attempts of successes not yet acknowledged (they
+        # are written by the statement that acknowledges them), and what
+        # was settled since the rollups were last flushed.
+        enabled = (log_config or DeliveryLogConfig.current()).enabled
+        self.delivery_log = delivery_log if enabled else None
+        self.pending_log: list[Acked] = []
+        self.rollups = Rollups()
         self.lease_ends_at = 0.0
         self.settle_error: Exception | None = None
         self.tally: dict[str, int] = {}
@@ -183,10 +197,15 @@ class Dispatcher:
         self.settle_backlog()
         started = self.monotonic()
         rows = self.outbox.claim_due(
-            limit, self.lease, ack=self.pending_acks, after_app=self.claim_cursor
+            limit,
+            self.lease,
+            ack=self.pending_acks,
+            log=self.pending_log,
+            after_app=self.claim_cursor,
         )
         self.counters.observe(CLAIM_SECONDS, self.monotonic() - started)
-        self.pending_acks = []  # only once the statement that deleted them committed
+        # Only once the statement that deleted (and logged) them committed.
+        self.pending_acks, self.pending_log = [], []
         if rows:  # the next claim starts at the app after it (fair turns)
             self.claim_cursor = rows[-1].app_id
         # Our claim holds the rows until then (less a margin for the clocks
@@ -202,7 +221,7 @@ class Dispatcher:
                     status=504,
                     lost=True,
                 )
-                self._settle_or_keep(row, lost, self.lease_ends_at)
+                self._settle_or_keep(Ran(row, lost, self.lease_ends_at))
             else:
                 runnable.append(row)
         if self.overlaps is not None and runnable:
@@ -232,20 +251,22 @@ class Dispatcher:
         self.counters.inc(CRON_OVERLAP_DROPPED, len(said.drop))
         return [r for r in rows if r.id not in said.drop and r.id not in said.wait]
 
-    def settle(self, ran: Sequence[tuple[OutboxRow, Outcome, float]]) -> None:
-        """Settle the outcomes of rows that ran: (row, outcome, when the
-        row's lease ends on the monotonic clock). Successes wait for the next
-        claim (or flush_acks). Raises the first settling error after keeping
-        every outcome it could not record in the backlog."""
+    def settle(self, ran: Sequence[Ran | tuple]) -> None:
+        """Settle the outcomes of rows that ran (attempts.Ran: the row, its
+        outcome, when its lease ends on the monotonic clock, when it started
+        and for how long). Successes wait for the next claim (or
+        flush_acks). Raises the first settling error after keeping every
+        outcome it could not record in the backlog."""
+        ran = [r if isinstance(r, Ran) else Ran(*r) for r in ran]
         self.tally = {"dispatched": 0, "succeeded": 0}
         if self.circuits is not None:
             # The circuits first: a failed probe must reopen its circuit
             # before its reschedule ends its lease, or another claim could
             # take a second probe in between.
-            self.observed.extend(_observation(row, outcome) for row, outcome, _ in ran)
+            self.observed.extend(_observation(r.row, r.outcome) for r in ran)
             self._tell_circuits()
-        for row, outcome, lease_ends_at in ran:
-            self._settle_or_keep(row, outcome, lease_ends_at, observe=False)
+        for r in ran:
+            self._settle_or_keep(r, observe=False)
         self._end_tally()
 
     def _end_tally(self) -> None:
@@ -302,15 +323,16 @@ class Dispatcher:
                     # Run nothing more; still settle (or keep) what already ran.
                     run.cancel()
                     cancelled = True
-                started = self.monotonic()
+                started, started_at = self.monotonic(), self.clock().timestamp()
                 outcome = next(run, None)
                 if outcome is None:
                     break
-                report.execution_seconds += self.monotonic() - started
+                seconds = self.monotonic() - started
+                report.execution_seconds += seconds
                 report.executed += 1
                 report.outcomes.append((row.id, outcome))
                 del unsettled[row.id]
-                self._settle_or_keep(row, outcome, self.lease_ends_at)
+                self._settle_or_keep(Ran(row, outcome, self.lease_ends_at, started_at, seconds))
         finally:
             run.close()
             self._tell_circuits()
@@ -328,26 +350,36 @@ class Dispatcher:
         # stops claiming calls flush_acks().
         return report
 
-    def _settle_or_keep(
-        self, row: OutboxRow, outcome: Outcome, lease_ends_at: float, *, observe: bool = True
-    ) -> None:
+    def _settle_or_keep(self, ran: Ran, *, observe: bool = True) -> None:
         self.tally["dispatched"] += 1
         if observe and self.circuits is not None:
-            self.observed.append(_observation(row, outcome))
+            self.observed.append(_observation(ran.row, ran.outcome))
         if self.backlog:
             # A settling statement failed in this batch: keep the outcome for
             # the next attempt instead of running into the same failure.
-            self.backlog.append((row, outcome, lease_ends_at))
+            self.backlog.append(ran)
             return
         try:
-            if self._settle_one(row, outcome):
-                self.pending_acks.append(row.id)
+            self._settled(ran, self._settle_one(ran))
         except Exception as exc:
-            logger.warning("could not settle outbox row %s (%s); kept for later", row.id, exc)
-            self.backlog.append((row, outcome, lease_ends_at))
+            logger.warning("could not settle outbox row %s (%s); kept for later", ran.row.id, exc)
+            self.backlog.append(ran)
             self.settle_error = exc
-            return
-        self._count(outcome)
+
+    def _settled(self, ran: Ran, ack: bool) -> None:
+        """Record what settling a row left to do: its acknowledgement (and
+        its attempt's log entry, written with it), and the counts."""
+        if self.delivery_log is not None:
+            acked = acked_of(ran)
+            if ack:
+                self.pending_log.append(acked)
+            row = ran.row
+            self.rollups.add(
+                row.app_id, row.trigger_id, acked.started, acked.ms, acked.outcome != "success"
+            )
+        if ack:
+            self.pending_acks.append(ran.row.id)
+        self._count(ran)
 
     def hand_back(self, row_ids: Sequence[uuid.UUID]) -> int:
         """Give back claimed rows that did not start: due now, attempt uncounted."""
@@ -369,8 +401,9 @@ class Dispatcher:
         """Settle outcomes a failed statement left waiting; raises (keeping
         the rest) while the database still fails."""
         while self.backlog:
-            row, outcome, lease_ends_at = self.backlog[0]
-            if self.monotonic() >= lease_ends_at:
+            ran = self.backlog[0]
+            row = ran.row
+            if self.monotonic() >= ran.lease_ends_at:
                 # Another claimer may own the row by now: settling it would
                 # move or dead-letter a row running elsewhere. It runs again
                 # (at-least-once), as after a crash.
@@ -380,24 +413,22 @@ class Dispatcher:
                     row.id,
                 )
             else:
-                if self._settle_one(row, outcome):
-                    self.pending_acks.append(row.id)
-                self._count(outcome)
+                self._settled(ran, self._settle_one(ran))
             self.backlog.pop(0)
 
-    def _settle_one(self, row: OutboxRow, outcome: Outcome) -> bool:
+    def _settle_one(self, ran: Ran) -> bool:
         """_settle, and if that raises, once more with the outcome reduced to
         plain ASCII text: a row whose own data the database refuses must not
         hold up the rows behind it. Raises when even that fails."""
         try:
-            return self._settle(row, outcome)
+            return self._settle(ran)
         except (DataError, ValueError) as exc:
             # The database refused a value of this row's; anything else (a
             # lost connection, a deadlock) goes to the backlog as it is.
             logger.warning(
-                "settling outbox row %s failed (%s); retrying as plain text", row.id, exc
+                "settling outbox row %s failed (%s); retrying as plain text", ran.row.id, exc
             )
-            return self._settle(row, _plain(row, outcome, exc))
+            return self._settle(ran._replace(outcome=_plain(ran.row, ran.outcome, exc)))
 
     def _tell_circuits(self) -> None:
         """Record what this batch saw of each script's health. Advisory: a
@@ -428,20 +459,39 @@ class Dispatcher:
         except Exception as exc:
             logger.warning("could not record circuit breaker outcomes (%s)", exc)
 
-    def _count(self, outcome: Outcome) -> None:
+    def _count(self, ran: Ran) -> None:
         """Count a settled outcome (once, however many tries settling took)."""
+        outcome = ran.outcome
         if outcome.ok:
             self.tally["succeeded"] += 1
         elif outcome.unauthorized:
             self.counters.inc("authorization_failures")
+        if ran.started is not None:
+            kind = ran.row.source_kind
+            self.counters.observe(EXECUTION_SECONDS[kind], ran.seconds)
+            # From when the row was due (the claim returns that) to its start.
+            late = ran.started - ran.row.due_at.timestamp()
+            self.counters.observe(START_LATENCY_SECONDS[kind], late)
+
+    def flush_rollups(self) -> None:
+        """Add what was settled since the last flush to the shared rollups;
+        kept for the next flush when the statement fails."""
+        if self.delivery_log is None or not self.rollups:
+            return
+        taken = self.rollups.take()
+        try:
+            self.delivery_log.add_rollups(taken)
+        except Exception:
+            self.rollups.merge(taken)
+            raise
 
     def flush_acks(self) -> None:
         """Settle any backlog and acknowledge successes still waiting for the
         next claim; what a failing statement could not settle stays kept."""
         self.settle_backlog()
         if self.pending_acks:
-            self.outbox.delete(self.pending_acks)
-            self.pending_acks = []
+            self.outbox.delete(self.pending_acks, log=self.pending_log)
+            self.pending_acks, self.pending_log = [], []
 
     def _lease_too_short(self, claimed_at: float) -> bool:
         # Would the next row, if it ran to the timeout, outlive the claim?
@@ -451,15 +501,21 @@ class Dispatcher:
         limit = self.max_batch_seconds
         return limit is not None and self.monotonic() - claimed_at >= limit
 
-    def _settle(self, row: OutboxRow, outcome: Outcome) -> bool:
-        """Record the outcome; True when the row is done and may be deleted."""
+    def _settle(self, ran: Ran) -> bool:
+        """Record the outcome; True when the row is done and may be deleted
+        (its attempt is logged by the statement that deletes it). Any other
+        row has its attempt logged here, in the transaction that records
+        its outcome."""
+        row, outcome = ran.row, ran.outcome
         if row.reply_to is not None:
             # No retry, no dead letter: the caller is told the outcome.
             self.replies.deliver(row, outcome)
             return True
         if row.source_kind == SourceKind.QUEUE:
             # Settled message by message; the row goes in the same transaction.
-            dead = self.queue_settler.settle(row, outcome)
+            with self.atomic():
+                dead = self.queue_settler.settle(row, outcome)
+                self._log(ran, "done" if outcome.ok else "dead_letter" if dead else "retry")
             if dead:
                 self.counters.inc("dead_lettered", dead)
             return False
@@ -475,22 +531,34 @@ class Dispatcher:
                 # The endpoint said when to come back: not sooner, and not
                 # later than the policy's longest delay.
                 delay = max(delay, min(outcome.retry_after, policy.max_delay_ms / 1000))
-            self.outbox.reschedule(row.id, self.clock() + timedelta(seconds=delay), outcome.error)
+            with self.atomic():
+                due_at = self.clock() + timedelta(seconds=delay)
+                if self.outbox.reschedule(row.id, due_at, outcome.error):
+                    self._log(ran, "retry")
             self.counters.inc("retried")
             return False
-        self._give_up(row, outcome)
+        self._give_up(ran)
         return False
 
-    def _give_up(self, row: OutboxRow, outcome: Failure) -> None:
+    def _log(self, ran: Ran, disposition: str) -> None:
+        """Log the attempt now (in the caller's transaction)."""
+        if self.delivery_log is not None:
+            self.delivery_log.write([attempt_of(ran, disposition)])
+
+    def _give_up(self, ran: Ran) -> None:
+        row, outcome = ran.row, ran.outcome
+        assert isinstance(outcome, Failure)
         with self.atomic():
             if not self.outbox.delete([row.id]):
                 # Already settled (a retried statement that had committed):
-                # one row, one dead letter.
+                # one row, one dead letter, one log entry.
                 return
             if row.source_kind == SourceKind.DEAD_LETTER:
                 # Never a dead letter about a dead-letter handler.
                 self._resolve_handled(row, Resolution.HANDLER_FAILED, note=outcome.error)
+                self._log(ran, "given_up")
                 return
+            self._log(ran, "dead_letter")
             self.fan_out.dead_letter(
                 NewDeadLetter(
                     app_id=row.app_id,

@@ -28,6 +28,7 @@ from datetime import datetime
 from django.db import DatabaseError, InterfaceError
 from django.utils import timezone
 
+from outbox.dispatch.attempts import Ran
 from outbox.dispatch.dispatcher import DEFER_ACKS_MIN_LEASE, Dispatcher
 from outbox.dispatch.metrics import Counters, CounterStore
 from outbox.storage.repository import OutboxRow
@@ -80,7 +81,7 @@ def idle_timeout(next_due: datetime | None, now: datetime) -> float:
 class Hop:
     """One trip to the database thread: what to settle, what to hand back, how many to claim."""
 
-    ran: list[tuple[OutboxRow, Outcome, float]] = field(default_factory=list)
+    ran: list[Ran] = field(default_factory=list)
     hand_back: list[uuid.UUID] = field(default_factory=list)
     claim: int = 0
     flush_acks: bool = False
@@ -141,7 +142,7 @@ class Engine:
         # async handlers, jobs on the handler threads for plain ones).
         self.in_flight = 0
         self.tasks: set[asyncio.Task] = set()
-        self.ran: list[tuple[OutboxRow, Outcome, float]] = []
+        self.ran: list[Ran] = []
         self.not_started: list[uuid.UUID] = []
         self.ran_since = 0.0  # when the oldest outcome in `ran` came in
         # Claimed, checked rows waiting for a free slot (at most `prefetch`).
@@ -297,7 +298,7 @@ class Engine:
         lease_ends_at = result.lease_ends_at
         for row, prepared in result.claimed:
             if isinstance(prepared, Failure):
-                self.ran.append((row, prepared, lease_ends_at))
+                self.ran.append(Ran(row, prepared, lease_ends_at))
             else:
                 self.queued.append((row, prepared, lease_ends_at, time.monotonic()))
         self._fill()
@@ -311,13 +312,16 @@ class Engine:
                 prepared,
                 # A run that starts later than this could outlive the lease.
                 start_by=lease_ends_at - self.timeout,
-                on_outcome=self._on_outcome(row, lease_ends_at),
+                on_outcome=self._on_outcome(row, lease_ends_at, time.time(), time.monotonic()),
             )
             if task is not None:
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
 
-    def _on_outcome(self, row: OutboxRow, lease_ends_at: float):
+    def _on_outcome(self, row: OutboxRow, lease_ends_at: float, started: float, clock: float):
+        """What to do when the row's execution ends; it started at `started`
+        (epoch seconds), `clock` on the monotonic clock."""
+
         def on_outcome(outcome: Outcome | None) -> None:
             self.in_flight -= 1
             self.finished += 1
@@ -329,7 +333,8 @@ class Engine:
             else:
                 if not self.ran:
                     self.ran_since = time.monotonic()
-                self.ran.append((row, outcome, lease_ends_at))
+                seconds = time.monotonic() - clock
+                self.ran.append(Ran(row, outcome, lease_ends_at, started, seconds))
             self.changed.set()  # type: ignore[union-attr]
             if not self.stopping.is_set():
                 self._fill()  # the freed slot takes a claimed row at once
@@ -358,6 +363,7 @@ class Engine:
     def _flush_counters(self) -> None:
         try:
             self.counters.flush(self.counter_store)
+            self.dispatcher.flush_rollups()
         except (DatabaseError, InterfaceError) as exc:
             logger.warning("could not flush dispatcher counters (%s); will retry", exc)
 

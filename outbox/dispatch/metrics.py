@@ -6,6 +6,8 @@ import threading
 from dataclasses import dataclass
 from typing import Protocol
 
+from outbox.storage.kinds import SourceKind
+
 COUNTERS = (
     "dispatched",
     "succeeded",
@@ -64,6 +66,24 @@ CLAIM_SECONDS = Histogram(
 CRON_LATENESS_SECONDS = Histogram(
     "cron_tick_lateness_seconds", (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0)
 )
+# How long each execution ran, and how late it started after its row was
+# due (a fresh event's insert, a retry's backoff, a cron tick's time), per
+# source kind: the histograms behind picloud_execution_seconds and
+# picloud_start_latency_seconds.
+EXECUTION_SECONDS = {
+    kind: Histogram(
+        f"execution_seconds_{kind}",
+        (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    )
+    for kind in SourceKind.values
+}
+START_LATENCY_SECONDS = {
+    kind: Histogram(
+        f"start_latency_seconds_{kind}",
+        (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+    )
+    for kind in SourceKind.values
+}
 # Ticks given up by each catch-up policy (triggers/ticks.py).
 CRON_MISSED = {policy: f"cron_missed_{policy}" for policy in ("skip", "latest", "all")}
 # Ticks not run because the trigger's previous tick still ran (overlap policies).
@@ -72,9 +92,14 @@ KNOWN = (
     *COUNTERS,
     *CLAIM_SECONDS.names,
     *CRON_LATENESS_SECONDS.names,
+    *(name for h in EXECUTION_SECONDS.values() for name in h.names),
+    *(name for h in START_LATENCY_SECONDS.values() for name in h.names),
     *CRON_MISSED.values(),
     CRON_OVERLAP_DROPPED,
 )
+
+
+_KNOWN_NAMES = frozenset(KNOWN)
 
 
 class CounterStore(Protocol):
@@ -100,7 +125,7 @@ class Counters:
 
     def add(self, increments: dict[str, int]) -> None:
         """Several increments under one lock (the dispatcher adds a batch's)."""
-        unknown = set(increments) - set(self._pending)
+        unknown = increments.keys() - _KNOWN_NAMES
         if unknown:
             raise KeyError(f"unknown counters {sorted(unknown)}; known: {', '.join(KNOWN)}")
         with self._lock:

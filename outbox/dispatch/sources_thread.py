@@ -2,7 +2,9 @@
 ticks every TICK_EVERY seconds, and queue triggers' batches whenever
 messages arrive (LISTEN picloud_queue), a batch of this process settles (its
 trigger has room again), a waiting partial batch or a delayed message falls
-due, or at least every MAX_IDLE seconds. One thread with a connection of its
+due, or at least every MAX_IDLE seconds. Beside them, the housekeeping the
+admin's pages read: a sample of the backlog each minute, and the delivery
+log's day partitions each hour. One thread with a connection of its
 own, so neither holds up the engine's claims and settles, and a process
 keeps a fixed number of connections.
 
@@ -24,6 +26,8 @@ from django.db import connection, connections
 from django.utils import timezone
 
 from outbox.dispatch.metrics import CRON_MISSED, Counters
+from outbox.storage.pg_delivery_log import PgDeliveryLog
+from picloud.config import DeliveryLogConfig
 from triggers import queue_batches
 from triggers.cron import TICK_EVERY, CronTicker
 
@@ -33,6 +37,10 @@ QUEUE_CHANNEL = "picloud_queue"  # picloud/sql/0005_topics_and_queues.sql sends 
 MAX_IDLE = 1.0  # seconds between looks at the queues when nothing wakes the thread
 ORPHANS_EVERY = 10.0  # seconds between sweeps for batches whose row is gone
 ERROR_DELAY = 1.0  # seconds before the queues are looked at again after an error
+SAMPLE_EVERY = 60.0  # seconds between samples of the backlog (one per minute is kept)
+# Seconds between rounds of the delivery log's partitions (days made ahead,
+# expired days dropped); the first round runs at start.
+PARTITIONS_EVERY = 3600.0
 
 
 def _prepare_connection() -> None:
@@ -55,12 +63,14 @@ class SourcesThread:
         counters: Counters,
         *,
         ticker: CronTicker | None = None,
+        delivery_log: PgDeliveryLog | None = None,
         every: float = TICK_EVERY,
         max_idle: float = MAX_IDLE,
     ) -> None:
         self.stopping, self.every, self.max_idle = stopping, every, max_idle
         self.counters = counters  # flushed with the engine's
         self.ticker = ticker or CronTicker()
+        self.delivery_log = delivery_log or PgDeliveryLog()
         self.woken = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="picloud-sources", daemon=True)
 
@@ -77,7 +87,7 @@ class SourcesThread:
 
     def _loop(self) -> None:
         next_tick = time.monotonic()  # at once: ticks owed since the last run first
-        swept_at = float("-inf")
+        swept_at = sampled_at = partitioned_at = float("-inf")
         while not self.stopping.is_set():
             # Cleared before looking: a wake while working makes another round.
             self.woken.clear()
@@ -89,8 +99,27 @@ class SourcesThread:
             if time.monotonic() - swept_at >= ORPHANS_EVERY:
                 self._guarded("releasing orphaned queue batches", queue_batches.release_orphans)
                 swept_at = time.monotonic()
+            if time.monotonic() - sampled_at >= SAMPLE_EVERY:
+                self._guarded("sampling the backlog", self.delivery_log.sample_backlog)
+                sampled_at = time.monotonic()
+            if time.monotonic() - partitioned_at >= PARTITIONS_EVERY:
+                self._guarded("keeping the delivery log's partitions", self._partitions)
+                partitioned_at = time.monotonic()
             self.woken.wait(max(0.0, min(wait, next_tick - time.monotonic())))
         connections.close_all()  # this thread's own
+
+    def _partitions(self) -> None:
+        config = DeliveryLogConfig.current()
+        made = self.delivery_log.make_partitions()
+        dropped = self.delivery_log.drop_expired(
+            config.retention_days, config.failure_retention_days
+        )
+        if made or dropped:
+            logger.info(
+                "delivery log: partitions made %s, dropped %s",
+                ", ".join(made) or "none",
+                ", ".join(dropped) or "none",
+            )
 
     def _tick(self) -> None:
         report = self._guarded("cron ticker", self.ticker.run_once)

@@ -26,6 +26,7 @@ from outbox.dispatch.replies import InboxReplySink
 from outbox.dispatch.sources_thread import QUEUE_CHANNEL, SourcesThread
 from outbox.dispatch.wakeup import CHANNEL
 from outbox.storage.pg_circuits import PgCircuitRepo
+from outbox.storage.pg_delivery_log import PgDeliveryLog
 from outbox.storage.pg_repository import PgCounterStore, PgOutboxRepo, PgReplyInbox
 from picloud.config import DispatcherConfig, SandboxCeiling
 from picloud.db.dbthreads import DbThreads
@@ -173,7 +174,7 @@ def postgres_dispatcher(
         overlaps=cron.overlaps,
         batches=PgBatchStore(),
         lease_margin=config.lease_margin_ms / 1000,
-        **kwargs,
+        **{"delivery_log": PgDeliveryLog(), **kwargs},
     )
 
 

@@ -21,8 +21,23 @@ SELECT * FROM outbox WHERE id = %(id)s;
 SELECT * FROM outbox_claim(%(limit)s, %(lease)s, %(ack)s::uuid[], %(after_app)s::uuid,
                            %(default_cap)s, %(quantum)s);
 
+-- claim_due_logged --
+-- The claim, acknowledging the last batch with its attempts written to the
+-- delivery log in the same statement (outbox_claim_logged,
+-- 0009_claim_due_at.sql): a row goes exactly when its attempt is logged.
+SELECT * FROM outbox_claim_logged(
+    %(limit)s, %(lease)s, %(after_app)s::uuid, %(default_cap)s, %(quantum)s,
+    %(ack)s::uuid[], %(started)s::float8[], %(ms)s::integer[],
+    %(outcomes)s::text[], %(statuses)s::integer[], %(details)s::text[]);
+
 -- delete --
 DELETE FROM outbox WHERE id = ANY (%(ids)s::uuid[]);
+
+-- delete_logged --
+-- Acknowledge rows and log their attempts in one statement.
+SELECT delivery_log_ack(%(ack)s::uuid[], %(started)s::float8[], %(ms)s::integer[],
+                        %(outcomes)s::text[], %(statuses)s::integer[], %(details)s::text[])
+       AS deleted;
 
 -- reschedule --
 -- Keeps the newest %(max_errors)s errors: slice the appended array from the end.

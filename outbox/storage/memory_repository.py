@@ -7,10 +7,11 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.utils import timezone
 
+from outbox.storage.delivery_log import Acked, Attempt, MemoryDeliveryLog, event_key
 from outbox.storage.memory_circuits import MemoryCircuitRepo
 from outbox.storage.repository import (
     CLAIM_QUANTUM,
@@ -41,6 +42,8 @@ class MemoryOutboxRepo:
         # The script circuits the claim reads (outbox/storage/memory_circuits.py);
         # None: every circuit closed.
         self.circuits: MemoryCircuitRepo | None = None
+        # Where attempts acknowledged with a claim or a delete are logged.
+        self.delivery_log = MemoryDeliveryLog()
         self._lock = threading.Lock()
 
     def reset(self) -> None:
@@ -81,10 +84,11 @@ class MemoryOutboxRepo:
         lease: float,
         *,
         ack: Sequence[uuid.UUID] = (),
+        log: Sequence[Acked] = (),
         after_app: uuid.UUID | None = None,
     ) -> list[OutboxRow]:
         check_claim_args(limit, lease)
-        self.delete(ack)
+        self.delete(ack, log=log)
         with self._lock:
             now = self.clock()
             lease_end = now + timedelta(seconds=lease)
@@ -100,10 +104,11 @@ class MemoryOutboxRepo:
                     if len(claimed) >= limit:
                         break
                     for row in self._take(app_id, limit - len(claimed), now):
-                        row = replace(row, attempts=row.attempts + 1, due_at=lease_end)
-                        self.rows[row.id] = row
+                        leased = replace(row, attempts=row.attempts + 1, due_at=lease_end)
+                        self.rows[row.id] = leased
                         self.leased_until[row.id] = lease_end
-                        claimed.append(row)
+                        # Returned with when it was due (see OutboxRepo.claim_due).
+                        claimed.append(replace(leased, due_at=row.due_at))
                 if len(claimed) == before:
                     break
         return claimed
@@ -145,7 +150,15 @@ class MemoryOutboxRepo:
     def _in_flight(self, now: datetime) -> list[OutboxRow]:
         return [self.rows[i] for i, end in self.leased_until.items() if end > now]
 
-    def delete(self, row_ids: Sequence[uuid.UUID]) -> int:
+    def delete(self, row_ids: Sequence[uuid.UUID], *, log: Sequence[Acked] = ()) -> int:
+        if log:
+            self.delivery_log.write(
+                [
+                    _acked(self.rows[i], a)
+                    for i, a in zip(row_ids, log, strict=True)
+                    if i in self.rows
+                ]
+            )
         with self._lock:
             for row_id in row_ids:
                 self.leased_until.pop(row_id, None)
@@ -262,3 +275,22 @@ class MemoryReplyInbox:
             for inbox_id in old:
                 del self.inboxes[inbox_id]
             return len(old)
+
+
+def _acked(row: OutboxRow, acked: Acked) -> Attempt:
+    """An acknowledged row's attempt, as delivery_log_ack writes it."""
+    return Attempt(
+        outbox_id=row.id,
+        app_id=row.app_id,
+        trigger_id=row.trigger_id,
+        script_id=row.script_id,
+        source_kind=row.source_kind,
+        attempt=row.attempts,
+        started_at=datetime.fromtimestamp(acked.started, UTC),
+        duration_ms=acked.ms,
+        outcome=acked.outcome,
+        disposition="done",
+        status_code=acked.status,
+        event_key=event_key(row.source_kind, row.payload),
+        detail=acked.detail,
+    )

@@ -10,6 +10,7 @@ from typing import Any
 from django.db import connection
 from psycopg.types.datetime import TimestamptzLoader
 
+from outbox.storage.delivery_log import Acked, ack_params
 from outbox.storage.repository import (
     CLAIM_QUANTUM,
     MAX_ERRORS_KEPT,
@@ -67,6 +68,7 @@ class PgOutboxRepo:
         lease: float,
         *,
         ack: Sequence[uuid.UUID] = (),
+        log: Sequence[Acked] = (),
         after_app: uuid.UUID | None = None,
     ) -> list[OutboxRow]:
         check_claim_args(limit, lease)
@@ -82,12 +84,18 @@ class PgOutboxRepo:
             "default_cap": ConcurrencyConfig.current().app_max_concurrency,
             "quantum": CLAIM_QUANTUM,
         }
+        query = Q["claim_due"]
+        if log:
+            params.update(ack_params(ack, log))
+            query = Q["claim_due_logged"]
         with connection.cursor() as cursor:
             cursor.cursor.adapters.register_loader("timestamptz", TimestamptzLoader)
-            cursor.execute(Q["claim_due"], params)
+            cursor.execute(query, params)
             return [_claimed(values) for values in cursor.fetchall()]
 
-    def delete(self, row_ids: Sequence[uuid.UUID]) -> int:
+    def delete(self, row_ids: Sequence[uuid.UUID], *, log: Sequence[Acked] = ()) -> int:
+        if log:
+            return fetch_one(Q["delete_logged"], ack_params(row_ids, log))["deleted"]  # type: ignore[index]
         if not row_ids:
             return 0
         return execute(Q["delete"], {"ids": list(row_ids)})

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Protocol
 
+from outbox.storage.delivery_log import Acked
 from outbox.storage.kinds import SourceKind
 
 MAX_ERRORS_KEPT = 100  # attempts whose errors are kept (= the highest max_attempts)
@@ -89,13 +90,19 @@ class OutboxRepo(Protocol):
         lease: float,
         *,
         ack: Sequence[uuid.UUID] = (),
+        log: Sequence[Acked] = (),
         after_app: uuid.UUID | None = None,
     ) -> list[OutboxRow]:
         """Atomically take up to `limit` due rows, fairly across apps and
-        under the concurrency caps: bump their attempts and push due_at
-        `lease` seconds ahead (the visibility timeout; the rows are in flight
-        until then), and return them as updated. Rows in `ack` are deleted in
-        the same statement (acknowledging the last batch).
+        under the concurrency caps: bump their attempts and push their
+        lease `lease` seconds ahead (the visibility timeout; the rows are in
+        flight until then), and return them as updated, except for due_at,
+        which is when each row was due before this claim (how late it
+        starts is measured from it). Rows in `ack` are deleted in the same
+        statement (acknowledging the last batch); `log`, when given, holds
+        their attempts in the same order, which go to the delivery log in
+        that statement (each row's ids, kind, attempt and event key come
+        from the row as it is deleted).
 
         Fairness: the apps that have rows take turns in app_id order,
         starting after `after_app` (the app of the last row this claimer got;
@@ -116,8 +123,9 @@ class OutboxRepo(Protocol):
         called outside a transaction so the claim commits before execution.
         """
 
-    def delete(self, row_ids: Sequence[uuid.UUID]) -> int:
-        """Acknowledge rows: delete them in one statement; returns how many existed."""
+    def delete(self, row_ids: Sequence[uuid.UUID], *, log: Sequence[Acked] = ()) -> int:
+        """Acknowledge rows: delete them in one statement, which also logs
+        their attempts when `log` holds them (as claim_due); returns how many existed."""
 
     def reschedule(self, row_id: uuid.UUID, due_at: datetime, error: str) -> bool:
         """Make the row due at `due_at` (no longer in flight), record `error` as last_error and append

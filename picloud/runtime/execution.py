@@ -58,6 +58,8 @@ QUERIES = load_queries("picloud")
 @dataclass(frozen=True)
 class Success:
     result: Any
+    # The endpoint's HTTP status, for a webhook (the delivery log shows it).
+    status: int | None = None
     ok = True
 
 
@@ -536,7 +538,7 @@ def webhook_failure(exc: Exception, ceiling: SandboxCeiling) -> Failure | None:
 def webhook_outcome(response: webhooks.WebhookResponse) -> Outcome:
     """The outcome of an endpoint's answer."""
     if 200 <= response.status < 300:
-        return Success(webhooks.decode_result(response))
+        return Success(webhooks.decode_result(response), status=response.status)
     body_text = truncate(
         response.body.decode("utf-8", errors="replace"), webhooks.MAX_ERROR_BODY_CHARS
     )

@@ -14,6 +14,7 @@ from picloud.config import (
     CONFIGS,
     CircuitConfig,
     ConcurrencyConfig,
+    DeliveryLogConfig,
     DispatcherConfig,
     EmailConfig,
     MetricsConfig,
@@ -46,6 +47,11 @@ BAD = {
         "one of true, false, 1, 0, yes, no, on, off",
     ),
     EmailConfig: ("PICLOUD_EMAIL_MAX_BYTES", "10", "an integer from 1024 to 104857600"),
+    DeliveryLogConfig: (
+        "PICLOUD_DELIVERY_LOG_FAILURE_RETENTION_DAYS",
+        "0",
+        "an integer from 1 to 3650",
+    ),
 }
 
 
@@ -54,6 +60,7 @@ def test_every_config_has_its_own_check_id():
     assert sorted(CHECK_IDS.values()) == [
         *(f"picloud.E00{n}" for n in range(1, 10)),
         "picloud.E011",  # E010 is the user model's check (test_user_model_check.py)
+        "picloud.E012",
     ]
 
 
@@ -85,6 +92,7 @@ def test_every_bad_config_is_reported_at_once():
         "picloud.E008",
         "picloud.E009",
         "picloud.E011",
+        "picloud.E012",
     ]
 
 

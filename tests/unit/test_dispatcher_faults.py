@@ -46,13 +46,13 @@ class FaultyOutbox(MemoryOutboxRepo):
         if self.down:
             raise DatabaseGone("connection lost")
 
-    def claim_due(self, limit, lease, *, ack=(), after_app=None):
+    def claim_due(self, limit, lease, *, ack=(), log=(), after_app=None):
         self._check()
-        return super().claim_due(limit, lease, ack=ack, after_app=after_app)
+        return super().claim_due(limit, lease, ack=ack, log=log, after_app=after_app)
 
-    def delete(self, row_ids):
+    def delete(self, row_ids, *, log=()):
         self._check()
-        return super().delete(row_ids)
+        return super().delete(row_ids, log=log)
 
     def release(self, row_ids):
         self._check()

@@ -57,6 +57,8 @@ RELEASED_MIGRATION_SQL = {
     "outbox/sql/0005_circuit_breaker.sql": "b2d5d4040adbb3adce26dd2ef2aa5a9d69eeece2624afcc058cc2ed630153eff",
     "outbox/sql/0006_claim_waits.sql": "3fe0ff2454ef2011ad0eea004a698fe0021a4a109f75eb9a4f820fba05c9393b",
     "outbox/sql/0007_email_send.sql": "377a3b1058eb4556cce2d19e18f33a186f864775118161395a74df80b5d64380",
+    "outbox/sql/0008_delivery_log.sql": "2bdc9bb2ce643c2bbadf1c06721d772990ea65f4a9262f0747f1e6e8995a766c",
+    "outbox/sql/0009_claim_due_at.sql": "116241dfa6a2be9fe7eca7bdf0d1d2b16e12c6975593cf598acd82f7a5b997e4",
     "picloud/sql/0001_core.sql": "dbd30827f9eff6be097e26c580efd6c66d40a1c45860d65a669b12670d6837f3",
     "picloud/sql/0002_kv_and_runtimes.sql": "b0f38c7b32c56779f5fc6ca45b180508191783f6699f49914f255d4b3f66d282",
     "picloud/sql/0003_api_tokens.sql": "d1dbec3c1227f5709f1ef39dde8861fe5cd7fe62fa6c4ef0ca0c011002657829",
@@ -68,6 +70,7 @@ RELEASED_MIGRATION_SQL = {
     "triggers/sql/0003_cron.sql": "84c628745d072ee0b62aff45ef53ef1e35aedb4fe19b6534361bc2b1d4d3a5a5",
     "triggers/sql/0004_pubsub_and_queues.sql": "83b4d2fa2106c15b4303e56e9e9eb8fa52d7f132c04057b67f9b0a7fd97e5046",
     "triggers/sql/0005_email.sql": "99a138b97022f801f496c1a85edd3b5bb3ce8de8c2b21fd9434203527c147598",
+    "triggers/sql/0006_log_failures_only.sql": "8d30b0fcd9323201d4ac8c2b43537c4b66db4faf47542b38015f0fec1ad4824e",
 }
 
 

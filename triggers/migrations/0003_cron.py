@@ -28,7 +28,12 @@ REVERSE_SQL = [
 
 
 class Migration(migrations.Migration):
-    dependencies = [("triggers", "0002_dead_letter_source_same_app")]
+    dependencies = [
+        ("triggers", "0002_dead_letter_source_same_app"),
+        # Its SQL functions read the outbox's lease columns. (Left implicit
+        # until a later migration reordered the plan and showed it.)
+        ("outbox", "0006_claim_waits"),
+    ]
 
     operations = [
         sql_migration(

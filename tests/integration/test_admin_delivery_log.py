@@ -1,0 +1,171 @@
+"""Admin's delivery log and dashboard: scoped per app like every page (another
+app's attempts unreachable by URL, filter or search), paged newest first,
+bad filters refused with what is allowed."""
+
+import time
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.contrib.messages import get_messages
+from django.db import connection
+from django.urls import reverse
+from django.utils import timezone
+
+from outbox.storage.delivery_log import Attempt, Rollups
+from outbox.storage.pg_delivery_log import PgDeliveryLog
+from picloud.domain.authz import Role
+from tests.factories import AppFactory, MembershipFactory, ScriptFactory, kv_trigger
+
+pytestmark = pytest.mark.django_db
+
+LOG = reverse("admin:outbox_deliveryattempt_changelist")
+DASHBOARD = reverse("admin:outbox_deliverydashboard_changelist")
+
+
+@pytest.fixture(autouse=True)
+def _empty_log(db):
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE delivery_log, delivery_minutes, trigger_hours, outbox_samples")
+
+
+def _tenant(slug):
+    app = AppFactory(slug=slug)
+    admin = MembershipFactory(app=app, role=Role.AppAdmin.value).principal
+    script = ScriptFactory(app=app, name=f"{slug}-script")
+    trigger = kv_trigger(app, script, admin, name=f"{slug}-orders", collection="orders")
+    return app, admin, trigger
+
+
+def _attempt(app, trigger, *, outcome="success", key="orders/o-1", at=None, detail=""):
+    return Attempt(
+        outbox_id=uuid.uuid4(),
+        app_id=app.id,
+        trigger_id=trigger.id,
+        script_id=trigger.script_id,
+        source_kind="kv",
+        attempt=1,
+        started_at=at or timezone.now(),
+        duration_ms=12,
+        outcome=outcome,
+        disposition="done" if outcome == "success" else "dead_letter",
+        status_code=None,
+        event_key=key,
+        detail=detail,
+    )
+
+
+@pytest.fixture
+def tenants():
+    shop, shop_admin, shop_trigger = _tenant("shop")
+    other, _, other_trigger = _tenant("other-secret")
+    mine = [_attempt(shop, shop_trigger), _attempt(shop, shop_trigger, outcome="error")]
+    theirs = _attempt(other, other_trigger, outcome="error", key="orders/secret", detail="s3cr3t")
+    PgDeliveryLog().write([*mine, theirs])
+    rollups = Rollups()
+    for a in [*mine, theirs]:
+        rollups.add(a.app_id, a.trigger_id, time.time(), a.duration_ms, a.failed)
+    PgDeliveryLog().add_rollups(rollups)
+    return {
+        "shop": shop,
+        "admin": shop_admin.user,
+        "mine": mine,
+        "theirs": theirs,
+        "shop_trigger": shop_trigger,
+        "other": other,
+        "other_trigger": other_trigger,
+    }
+
+
+def _ids(response):
+    return {r["outbox_id"] for r in response.context["rows"]}
+
+
+def test_an_app_admin_sees_its_attempts_and_never_another_apps(client, tenants):
+    client.force_login(tenants["admin"])
+    theirs = tenants["theirs"]
+    response = client.get(LOG)
+    assert response.status_code == 200
+    assert _ids(response) == {a.outbox_id for a in tenants["mine"]}
+    assert b"s3cr3t" not in response.content and b"other-secret" not in response.content
+    # Not by filter, search or the outbox row's own page either.
+    for query in (
+        {"app": str(tenants["other"].id)},
+        {"trigger": str(tenants["other_trigger"].id)},
+        {"q": str(theirs.outbox_id)},
+        {"q": "orders/secret"},
+    ):
+        assert _ids(client.get(LOG, query)) == set(), query
+    follow = client.get(reverse("admin:outbox_deliveryattempt_change", args=[theirs.outbox_id]))
+    assert _ids(client.get(follow.url)) == set()
+
+
+def test_filters_and_search(client, tenants):
+    client.force_login(tenants["admin"])
+    ok, failed = tenants["mine"]
+    assert _ids(client.get(LOG, {"result": "failed"})) == {failed.outbox_id}
+    assert _ids(client.get(LOG, {"outcome": "success"})) == {ok.outbox_id}
+    assert _ids(client.get(LOG, {"q": str(ok.outbox_id)})) == {ok.outbox_id}
+    assert _ids(client.get(LOG, {"q": "orders/o-1"})) == {ok.outbox_id, failed.outbox_id}
+    trigger = tenants["shop_trigger"]
+    assert len(_ids(client.get(LOG, {"trigger": str(trigger.id), "result": "failed"}))) == 1
+
+
+@pytest.mark.parametrize(
+    "query, says",
+    [
+        ({"result": "maybe"}, "result 'maybe' is not one of: succeeded, failed"),
+        ({"trigger": "12"}, "trigger takes an id"),
+        ({"app": "x\u0660"}, "app takes an id"),
+        ({"before": "yesterday"}, "before takes the link"),
+        ({"kind": "sms"}, "kind 'sms' is not one of: kv, cron"),
+        ({"q": "a\x00b"}, "NUL"),
+    ],
+)
+def test_a_bad_filter_is_refused_saying_what_is_allowed(client, tenants, query, says):
+    client.force_login(tenants["admin"])
+    response = client.get(LOG, query)
+    assert response.status_code == 302 and response.url == LOG
+    [message] = [str(m) for m in get_messages(response.wsgi_request)]
+    assert says in message
+
+
+def test_pages_go_back_in_time_without_counting(client, tenants):
+    app, trigger = tenants["shop"], tenants["shop_trigger"]
+    base = timezone.now() - timedelta(hours=1)
+    PgDeliveryLog().write(
+        [_attempt(app, trigger, at=base - timedelta(seconds=i)) for i in range(60)]
+    )
+    client.force_login(tenants["admin"])
+    first = client.get(LOG)
+    assert len(first.context["rows"]) == 50 and first.context["older"]
+    second = client.get(LOG + first.context["older"])
+    assert len(second.context["rows"]) == 12 and second.context["older"] is None
+    assert not _ids(first) & _ids(second)
+    times = [r["started_at"] for r in first.context["rows"] + second.context["rows"]]
+    assert times == sorted(times, reverse=True)
+
+
+def test_who_may_not_see_the_outbox_sees_no_log(client, tenants):
+    developer = MembershipFactory(app=tenants["shop"], role=Role.Developer.value).principal.user
+    client.force_login(developer)
+    assert client.get(LOG).status_code == 403
+    assert client.get(DASHBOARD).status_code == 403
+
+
+def test_the_dashboard_charts_only_the_users_apps(client, tenants):
+    client.force_login(tenants["admin"])
+    response = client.get(DASHBOARD)
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert body.count("class=\"picloud-chart\"") == 4, "totals, backlog, oldest age, one app"
+    assert "Attempts per minute of shop" in body and "other-secret" not in body
+    [failing] = response.context["failing"]
+    assert failing["trigger_name"] == "shop-orders" and failing["failed"] == 1
+    assert client.get(DASHBOARD, {"app": str(tenants["other"].id)}).context["failing"] == []
+
+
+def test_a_superuser_sees_every_app(admin_client, tenants):
+    rows = admin_client.get(LOG).context["rows"]
+    assert {r["app_slug"] for r in rows} == {"shop", "other-secret"}
+    assert len(admin_client.get(DASHBOARD).context["failing"]) == 2
