@@ -26,6 +26,8 @@ from outbox.dispatch.metrics import (
     CRON_LATENESS_SECONDS,
     CRON_MISSED,
     CRON_OVERLAP_DROPPED,
+    EXECUTION_SECONDS,
+    START_LATENCY_SECONDS,
     Histogram,
 )
 from outbox.storage.circuits import OPEN, PROBING
@@ -44,18 +46,29 @@ HELP = {
 }
 
 
+def _buckets(histogram: Histogram, totals: dict[str, int]) -> tuple[list, float]:
+    count = totals.get(histogram.count, 0)
+    buckets = [(f"{b:g}", totals.get(histogram.bucket(b), 0)) for b in histogram.buckets]
+    return [*buckets, ("+Inf", count)], totals.get(histogram.sum_us, 0) / 1_000_000
+
+
 def histogram_family(
     name: str, documentation: str, histogram: Histogram, totals: dict[str, int]
 ) -> HistogramMetricFamily:
     """A histogram kept as counters (outbox/dispatch/metrics.py), for Prometheus."""
-    count = totals.get(histogram.count, 0)
-    buckets = [(f"{b:g}", totals.get(histogram.bucket(b), 0)) for b in histogram.buckets]
-    return HistogramMetricFamily(
-        name,
-        documentation,
-        buckets=[*buckets, ("+Inf", count)],
-        sum_value=totals.get(histogram.sum_us, 0) / 1_000_000,
-    )
+    buckets, total = _buckets(histogram, totals)
+    return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=total)
+
+
+def per_kind_family(
+    name: str, documentation: str, histograms: dict[str, Histogram], totals: dict[str, int]
+) -> HistogramMetricFamily:
+    """One histogram per source kind, as one family labelled source_kind."""
+    family = HistogramMetricFamily(name, documentation, labels=["source_kind"])
+    for kind, histogram in histograms.items():
+        buckets, total = _buckets(histogram, totals)
+        family.add_metric([kind], buckets, total)
+    return family
 
 
 class PicloudCollector:
@@ -78,6 +91,19 @@ class PicloudCollector:
             "picloud_cron_tick_lateness_seconds",
             "How late each cron tick's first run started after its scheduled time, in seconds.",
             CRON_LATENESS_SECONDS,
+            totals,
+        )
+        yield per_kind_family(
+            "picloud_execution_seconds",
+            "How long each execution ran, in seconds, by source kind.",
+            EXECUTION_SECONDS,
+            totals,
+        )
+        yield per_kind_family(
+            "picloud_start_latency_seconds",
+            "How late each execution started after its row was due (a new event's "
+            "insert, a retry's backoff, a tick's time), in seconds, by source kind.",
+            START_LATENCY_SECONDS,
             totals,
         )
         missed = CounterMetricFamily(

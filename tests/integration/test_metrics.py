@@ -5,7 +5,14 @@ from django.db import connection
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from outbox.dispatch.metrics import CLAIM_SECONDS, CRON_LATENESS_SECONDS, CRON_MISSED, Counters
+from outbox.dispatch.metrics import (
+    CLAIM_SECONDS,
+    CRON_LATENESS_SECONDS,
+    CRON_MISSED,
+    EXECUTION_SECONDS,
+    START_LATENCY_SECONDS,
+    Counters,
+)
 from outbox.models import ScriptCircuit
 from outbox.storage.circuits import ScriptOutcomes
 from outbox.storage.pg_circuits import PgCircuitRepo
@@ -218,3 +225,25 @@ def test_cron_lateness_and_missed_ticks_by_policy(client):
     assert grew('picloud_cron_missed_ticks_total{policy="all"}') == 3
     assert grew('picloud_cron_missed_ticks_total{policy="skip"}') == 1
     assert grew('picloud_cron_missed_ticks_total{policy="latest"}') == 0
+
+
+def test_execution_and_start_latency_are_histograms_per_source_kind(client):
+    before = _scrape(client)
+    counters = Counters()
+    counters.observe(EXECUTION_SECONDS["kv"], 0.02)
+    counters.observe(EXECUTION_SECONDS["kv"], 0.3)
+    counters.observe(EXECUTION_SECONDS["cron"], 2.0)
+    counters.observe(START_LATENCY_SECONDS["email"], 0.007)
+    counters.flush(PgCounterStore())
+    after = _scrape(client)
+
+    def delta(name):
+        return after[name] - before.get(name, 0)
+
+    assert delta('picloud_execution_seconds_count{source_kind="kv"}') == 2
+    assert delta('picloud_execution_seconds_sum{source_kind="kv"}') == pytest.approx(0.32)
+    assert delta('picloud_execution_seconds_bucket{le="0.025",source_kind="kv"}') == 1
+    assert delta('picloud_execution_seconds_bucket{le="0.5",source_kind="kv"}') == 2
+    assert delta('picloud_execution_seconds_count{source_kind="cron"}') == 1
+    assert delta('picloud_start_latency_seconds_bucket{le="0.01",source_kind="email"}') == 1
+    assert delta('picloud_start_latency_seconds_count{source_kind="kv"}') == 0
