@@ -21,6 +21,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import urlencode
 
+from deadletters.models import DeadLetter
 from outbox.models import DeliveryAttempt, DeliveryDashboard
 from outbox.storage import delivery_reads as reads
 from outbox.storage.kinds import SourceKind
@@ -125,6 +126,7 @@ class DeliveryLogAdmin(_ReadOnlyPage):
             cursor = f"{last['started_at'].isoformat()}~{last['outbox_id']}~{last['attempt']}"
             kept = {k: v for k, v in params.items() if k in FILTER_PARAMS and v}
             older = "?" + urlencode({**kept, "before": cursor})
+        _link_dead_letters(rows)
         apps = App.objects.order_by("slug")
         allowed = self.allowed_apps(request)
         if allowed is not None:
@@ -176,6 +178,19 @@ class DeliveryLogAdmin(_ReadOnlyPage):
         if not _ID.fullmatch(object_id):
             raise Http404("no such outbox row")
         return HttpResponseRedirect(attempts_url(outbox_id=object_id))
+
+
+def _link_dead_letters(rows: list[dict]) -> None:
+    """Each attempt that ended in a dead letter links to it (one indexed
+    query for the page; the letter may be gone, swept after resolution)."""
+    ended = [r["outbox_id"] for r in rows if r["disposition"] == "dead_letter"]
+    if not ended:
+        return
+    letters = dict(DeadLetter.objects.filter(outbox_id__in=ended).values_list("outbox_id", "id"))
+    for r in rows:
+        letter = letters.get(r["outbox_id"]) if r["disposition"] == "dead_letter" else None
+        if letter is not None:
+            r["dead_letter_url"] = reverse("admin:deadletters_deadletter_change", args=[letter])
 
 
 def attempts_url(**filters) -> str:

@@ -11,7 +11,9 @@ REVERSE_SQL = [
     "DROP FUNCTION delivery_log_expired(INTEGER, INTEGER)",
     "DROP FUNCTION delivery_log_make_partitions(INTEGER)",
     "DROP FUNCTION delivery_log_partition(BOOLEAN, DATE)",
+    "DROP FUNCTION delivery_log_ack(UUID[], DOUBLE PRECISION[], INTEGER[], TEXT[], INTEGER[], TEXT[])",
     "DROP FUNCTION delivery_log_write(JSON)",
+    "DROP FUNCTION delivery_log_event_key(TEXT, JSONB)",
     "DROP TABLE delivery_log",
 ]
 

@@ -112,7 +112,7 @@ def deliver(app, override_config, webhook_post):
 
 def test_delivery_is_signed_and_verifies_with_the_documented_recipe(receiver, deliver):
     script, row, outcome = deliver(receiver + "/ok")
-    assert outcome == Success({"received": {"key": "k1", "op": "insert"}})
+    assert outcome == Success({"received": {"key": "k1", "op": "insert"}}, status=200)
     ((path, headers, body),) = Receiver.requests
     assert path == "/ok"
     assert headers["X-PiCloud-Delivery"] == str(row.id)
@@ -124,7 +124,7 @@ def test_delivery_is_signed_and_verifies_with_the_documented_recipe(receiver, de
 
 
 def test_a_non_json_2xx_answer_is_text(receiver, deliver):
-    assert deliver(receiver + "/text")[2] == Success("thanks")
+    assert deliver(receiver + "/text")[2] == Success("thanks", status=201)
 
 
 def test_a_500_is_a_retryable_failure_with_status_and_truncated_body(receiver, deliver):
