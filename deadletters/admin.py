@@ -9,7 +9,9 @@ from datetime import timedelta
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import ValidationError
+from django.db.models import F
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html
@@ -17,6 +19,7 @@ from django.utils.html import format_html
 from deadletters.models import AbandonedExecution, DeadLetter, Resolution
 from deadletters.resolve import MAX_NOTE_CHARS, postgres_resolver
 from picloud.admin_access import AppFilter, AppScopedAdmin, IdFilter, WrittenBySystem, scope
+from picloud.db.search import matching, words_of
 from picloud.db.storable import clean_text
 from picloud.domain.authz import Capability
 from picloud.text import truncate
@@ -95,8 +98,13 @@ class DeadLetterAdmin(WrittenBySystem, AppScopedAdmin):
         "resolved_by",
     ]
     list_filter = [ResolutionFilter, AppFilter, "source_kind", TriggerFilter, AgeFilter]
-    search_fields = ["last_error", "errors", "note"]
-    list_select_related = ["app", "trigger", "script", "resolved_by__user"]
+    search_fields = ["last_error", "errors", "note"]  # searched by get_search_results
+    search_help_text = (
+        "words that start words of any attempt's error or the note "
+        "(time 503 finds “TimeoutError … HTTP 503”)"
+    )
+    # A trigger and a script name their app: theirs too, or a query per row.
+    list_select_related = ["app", "trigger__app", "script__app", "resolved_by__user"]
     date_hierarchy = None
     actions = ["replay", "ignore"]
     fieldsets = [
@@ -124,6 +132,14 @@ class DeadLetterAdmin(WrittenBySystem, AppScopedAdmin):
         "cause_outbox_id",
         "created_at",
     ]
+
+    def get_search_results(self, request, queryset, search_term):
+        """The letters whose words (dead_letter_words: every attempt's error
+        and the note) start with each word of the search: an index search
+        (dead_letters_words_idx), where Django's substring search read every
+        letter, seconds at 1,000,000 of them."""
+        words = words_of("dead_letter_words", F("last_error"), F("note"), F("errors"))
+        return matching(queryset, words, search_term), False
 
     # Changed only by the resolutions below; GC (not a button) deletes them.
     def has_change_permission(self, request, obj=None):
@@ -213,11 +229,38 @@ class DeadLetterAdmin(WrittenBySystem, AppScopedAdmin):
         )
 
 
+class StatusFilter(admin.SimpleListFilter):
+    """By the answer's status: a class offered (2xx…), or one code in the
+    URL. Django's own filter on the column would offer every code found,
+    found by a DISTINCT over the whole table at each page load."""
+
+    title = "status"
+    parameter_name = "status_code"
+    CLASSES = {"2xx": (200, 300), "3xx": (300, 400), "4xx": (400, 500), "5xx": (500, 600)}
+
+    def lookups(self, request, model_admin):
+        return [(name, name) for name in self.CLASSES]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value is None:
+            return queryset
+        if value in self.CLASSES:
+            low, high = self.CLASSES[value]
+            return queryset.filter(status_code__gte=low, status_code__lt=high)
+        if value.isascii() and value.isdigit() and len(value) == 3:
+            return queryset.filter(status_code=int(value))
+        raise IncorrectLookupParameters(
+            f"The status filter takes a class ({', '.join(self.CLASSES)}) or a "
+            f"three-digit code; {truncate(value, 40)!r} is neither."
+        )
+
+
 @admin.register(AbandonedExecution)
 class AbandonedExecutionAdmin(WrittenBySystem, AppScopedAdmin):
     app_capability = Capability.AppDeadLetterManage
     list_display = ["created_at", "app", "status_code", "script_id", "outbox_id", "summary"]
-    list_filter = [AppFilter, "status_code"]
+    list_filter = [AppFilter, StatusFilter]
     search_fields = ["result_summary", "outbox_id", "inbox_id"]
     list_select_related = ["app"]
     readonly_fields = [

@@ -5,7 +5,7 @@ runs with "cancel"."""
 from __future__ import annotations
 
 from django.contrib import admin, messages
-from django.db.models import Count, Min, Q
+from django.db.models import F
 from django.utils import timezone
 
 from outbox import scheduled
@@ -14,8 +14,16 @@ from outbox.storage.circuits import CircuitState
 from outbox.storage.pg_circuits import PgCircuitRepo
 from outbox.storage.pg_repository import PgOutboxRepo
 from picloud.admin_access import AppFilter, AppScopedAdmin, WrittenBySystem
+from picloud.admin_counts import FIGURE_EXACT_UP_TO, figure
+from picloud.db.search import matching, words_of
+from picloud.db.sqlexec import fetch_all
+from picloud.db.sqlfiles import load_queries
 from picloud.domain.authz import Capability
 from picloud.text import truncate
+
+Q = load_queries("outbox", "admin.sql")
+
+BACKLOG_APPS = 20  # apps the backlog above the outbox list shows, longest waiting first
 
 
 class DueFilter(admin.SimpleListFilter):
@@ -49,8 +57,12 @@ class OutboxEntryAdmin(WrittenBySystem, AppScopedAdmin):
         "sync",
     ]
     list_filter = [AppFilter, DueFilter, "source_kind"]
-    list_select_related = ["app", "trigger", "script"]
-    search_fields = ["last_error"]
+    # A trigger and a script name their app: theirs too, or a query per row.
+    list_select_related = ["app", "trigger__app", "script__app"]
+    search_fields = ["last_error"]  # searched by get_search_results
+    search_help_text = (
+        "words that start words of the last error (time 503 finds “TimeoutError … HTTP 503”)"
+    )
     ordering = ["due_at"]
     actions = ["run_now"]
     readonly_fields = [
@@ -79,6 +91,14 @@ class OutboxEntryAdmin(WrittenBySystem, AppScopedAdmin):
     def short_error(self, obj):
         return truncate(obj.last_error or "", 80)
 
+    def get_search_results(self, request, queryset, search_term):
+        """The rows whose last error's words start with each word of the
+        search: an index search (outbox_error_words_idx, which holds only
+        rows with an error, hence the first filter), where Django's
+        substring search read the whole outbox."""
+        with_error = queryset.filter(last_error__isnull=False) if search_term.strip() else queryset
+        return matching(with_error, words_of("search_words", F("last_error")), search_term), False
+
     @admin.display(description="sync", boolean=True)
     def sync(self, obj):
         return obj.reply_to is not None
@@ -94,20 +114,42 @@ class OutboxEntryAdmin(WrittenBySystem, AppScopedAdmin):
         self.message_user(request, message, messages.SUCCESS)
 
     def changelist_view(self, request, extra_context=None):
-        # The backlog by app, over the apps this user may see.
-        now = timezone.now()
-        backlog = (
-            self.get_queryset(request)
-            .values("app__slug")
-            .annotate(
-                total=Count("id"),
-                due=Count("id", filter=Q(due_at__lte=now)),
-                oldest_due=Min("due_at", filter=Q(due_at__lte=now)),
-            )
-            .order_by("-due", "app__slug")
-        )
-        extra_context = {**(extra_context or {}), "backlog": list(backlog), "now": now}
+        apps, backlog = backlog_by_app(self.allowed_apps(request))
+        extra_context = {
+            **(extra_context or {}),
+            "backlog": backlog,
+            "backlog_more_apps": apps - len(backlog),
+            "now": timezone.now(),
+        }
         return super().changelist_view(request, extra_context)
+
+
+def backlog_by_app(app_ids) -> tuple[int, list[dict]]:
+    """How many of `app_ids` (None: every app) have rows, and the backlog of
+    the BACKLOG_APPS of them whose oldest due row has waited longest: their
+    rows and due rows (Counted: exact up to FIGURE_EXACT_UP_TO, else the
+    planner's estimate) and when the oldest due row became due."""
+    now = timezone.now()
+    rows = fetch_all(
+        Q["backlog_by_app"],
+        {
+            "app_ids": None if app_ids is None else list(app_ids),
+            "top": BACKLOG_APPS,
+            "cap": FIGURE_EXACT_UP_TO + 1,
+        },
+    )
+    backlog = []
+    for row in rows:
+        of_app = OutboxEntry.objects.filter(app_id=row["app_id"])
+        backlog.append(
+            {
+                "app__slug": row["slug"],
+                "total": figure(row["total"], of_app),
+                "due": figure(row["due"], of_app.filter(due_at__lte=now)),
+                "oldest_due": row["oldest_due"],
+            }
+        )
+    return (rows[0]["apps"] if rows else 0), backlog
 
 
 class CircuitStateFilter(admin.SimpleListFilter):
@@ -137,7 +179,7 @@ class ScriptCircuitAdmin(WrittenBySystem, AppScopedAdmin):
     app_capability = Capability.AppManageTriggers
     list_display = ["script", "app", "state", "failures", "open_until", "short_error", "updated_at"]
     list_filter = [AppFilter, CircuitStateFilter]
-    list_select_related = ["app", "script"]
+    list_select_related = ["app", "script__app"]
     ordering = ["-updated_at"]
     actions = ["close_now"]
     readonly_fields = [
@@ -188,7 +230,7 @@ class ScheduledRunAdmin(WrittenBySystem, AppScopedAdmin):
     app_capability = Capability.ScriptInvoke
     list_display = ["due_at", "app", "script", "run_as_principal", "short_payload", "created_at"]
     list_filter = [AppFilter]
-    list_select_related = ["app", "script", "run_as_principal__user"]
+    list_select_related = ["app", "script__app", "run_as_principal__user"]
     ordering = ["due_at"]
     actions = ["cancel"]
     readonly_fields = ["id", "app", "script", "run_as_principal", "payload", "due_at", "created_at"]

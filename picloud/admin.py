@@ -13,7 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from outbox import admin_log  # noqa: F401  (registers its pages)
-from outbox.storage.pg_repository import PgOutboxRepo
+from outbox.models import OutboxEntry
 from picloud import admin_email, admin_kv, admin_messaging  # noqa: F401  (register their pages)
 from picloud.admin_access import (
     ALL,
@@ -24,6 +24,7 @@ from picloud.admin_access import (
     allowed_app_ids,
     scope,
 )
+from picloud.admin_counts import EXACT_UP_TO, Counted, count_or_estimate
 from picloud.config import ConcurrencyConfig
 from picloud.domain import tokens
 from picloud.domain.authz import Capability, Scope, has_capability
@@ -41,25 +42,36 @@ from picloud.models import (
 
 
 class ShowsLoad:
-    """Read-only "in flight" and "backlog" beside a cap (rows of the outbox)."""
+    """Read-only "in flight" and "backlog" beside a cap (rows of the outbox),
+    each counted by the outbox's app or script indexes up to EXACT_UP_TO
+    rows, and past that the planner's estimate: an app's backlog can be
+    hundreds of thousands of rows, too many to count for a page."""
 
-    def _load(self, obj) -> tuple[int, int] | None:
+    def _load(self, obj) -> tuple[Counted, Counted] | None:
         if obj is None or obj._state.adding:
             return None
-        if not hasattr(obj, "_picloud_load"):  # both columns, one query
-            app_id, script_id = (obj.pk, None) if isinstance(obj, App) else (obj.app_id, obj.pk)
-            obj._picloud_load = PgOutboxRepo().load(app_id, script_id)
+        if not hasattr(obj, "_picloud_load"):  # both columns, counted once
+            rows = (
+                OutboxEntry.objects.filter(app_id=obj.pk)
+                if isinstance(obj, App)
+                else OutboxEntry.objects.filter(app_id=obj.app_id, script_id=obj.pk)
+            )
+            now = timezone.now()
+            obj._picloud_load = (
+                count_or_estimate(rows.filter(leased_until__gt=now), EXACT_UP_TO),
+                count_or_estimate(rows.filter(due_at__lte=now), EXACT_UP_TO),
+            )
         return obj._picloud_load
 
     @admin.display(description="in flight")
     def in_flight(self, obj):
         load = self._load(obj)
-        return "—" if load is None else load[0]
+        return "—" if load is None else load[0].display()
 
     @admin.display(description="backlog (rows due)")
     def backlog(self, obj):
         load = self._load(obj)
-        return "—" if load is None else load[1]
+        return "—" if load is None else load[1].display()
 
 
 def platform_app_cap() -> int:

@@ -24,6 +24,7 @@ from django.contrib.admin.views.main import ERROR_FLAG
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest
 
+from picloud.admin_counts import ScaledChangeList
 from picloud.domain.authz import Capability, _AppCapability, role_satisfies
 from picloud.models import App, AppMembership, Script, principal_for
 from picloud.text import truncate
@@ -170,10 +171,11 @@ class MissingIs404:
         return obj
 
 
-class AppScopedAdmin(ListedLookupsOnly, MissingIs404, admin.ModelAdmin):
+class AppScopedAdmin(ScaledChangeList, ListedLookupsOnly, MissingIs404, admin.ModelAdmin):
     """A ModelAdmin whose every page is limited to the apps where the user
     holds ``app_capability``. Subclasses narrow further (read-only pages
-    return False from has_add/change/delete_permission)."""
+    return False from has_add/change/delete_permission). Its lists count
+    exactly only up to admin_counts.EXACT_UP_TO rows, and estimate past it."""
 
     app_capability: type[_AppCapability] = Capability.AppManageTriggers
     app_path = "app"  # ORM path from this model to its App

@@ -19,11 +19,22 @@ from collections.abc import Iterable
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
+from django.contrib.postgres.expressions import ArraySubquery
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import BooleanField, Case, Count, OuterRef, Subquery, TextField, Value, When
+from django.db.models import (
+    BooleanField,
+    Case,
+    Count,
+    Func,
+    IntegerField,
+    OuterRef,
+    TextField,
+    Value,
+    When,
+)
 from django.db.models.fields.json import KeyTextTransform
-from django.db.models.functions import Cast, Coalesce
+from django.db.models.functions import Cast
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -35,6 +46,7 @@ from deadletters.resolve import postgres_resolver
 from outbox.models import OutboxEntry
 from outbox.storage.kinds import SourceKind
 from picloud.admin_access import ALL, AppFilter, AppScopedAdmin, allowed_app_ids, holds_in, scope
+from picloud.admin_counts import FIGURE_EXACT_UP_TO, bounded
 from picloud.domain.authz import Capability, _AppCapability
 from picloud.messaging import queues, topics
 from picloud.messaging.names import NAME_RULE, validate_name
@@ -61,25 +73,52 @@ def holds(request, capability: type[_AppCapability]):
     )
 
 
-def count_of(rows) -> Coalesce:
-    """`rows` (filtered on one app by an OuterRef) counted, as a column."""
-    counted = rows.order_by().values("app_id").annotate(n=Count("pk")).values("n")
-    return Coalesce(Subquery(counted), 0)
+def count_of(rows) -> Func:
+    """`rows` (filtered on one topic or queue by an OuterRef) counted up to
+    FIGURE_EXACT_UP_TO + 1, as a column: each count one index range, read
+    no further (dead_letters_unresolved_topic_idx and _queue_idx,
+    outbox_pubsub_topic_idx)."""
+    capped = ArraySubquery(rows.order_by().values("pk")[: FIGURE_EXACT_UP_TO + 1])
+    return Func(capped, function="cardinality", output_field=IntegerField())
+
+
+def shown(counted: int) -> int | str:
+    """A count_of column as shown: exact, or "more than FIGURE_EXACT_UP_TO".
+    Not the planner's estimate: it has no statistics on a payload key that
+    only a partial index holds, and guesses a fixed share of the rows."""
+    return bounded(counted).display()
 
 
 def with_payload_key(rows, key: str):
     return rows.annotate(payload_key=KeyTextTransform(key, "payload"))
 
 
-def unresolved_letters_of_queue(queue: Queue):
-    """The unresolved dead letters of `queue`'s messages (the settle writes
-    the queue's id in each letter's payload)."""
+def deliveries_of_topic(app_id, name):
+    """The outbox rows of a topic's publishes (`app_id` and `name` values or OuterRefs)."""
+    return with_payload_key(
+        OutboxEntry.objects.filter(app_id=app_id, source_kind=SourceKind.PUBSUB), "topic"
+    ).filter(payload_key=name)
+
+
+def unresolved_letters_of_topic(app_id, name):
+    """The unresolved dead letters of a topic's deliveries (its payload names the topic)."""
     return with_payload_key(
         DeadLetter.objects.filter(
-            app_id=queue.app_id, source_kind=SourceKind.QUEUE, resolution__isnull=True
+            app_id=app_id, source_kind=SourceKind.PUBSUB, resolution__isnull=True
+        ),
+        "topic",
+    ).filter(payload_key=name)
+
+
+def unresolved_letters_of_queue(app_id, queue_id):
+    """The unresolved dead letters of a queue's messages (the settle writes
+    the queue's id in each letter's payload), `queue_id` as text."""
+    return with_payload_key(
+        DeadLetter.objects.filter(
+            app_id=app_id, source_kind=SourceKind.QUEUE, resolution__isnull=True
         ),
         "queue_id",
-    ).filter(payload_key=str(queue.pk))
+    ).filter(payload_key=queue_id)
 
 
 def age(seconds: float) -> str:
@@ -310,18 +349,8 @@ class TopicAdmin(MessagingAdmin):
         ]
 
     def get_queryset(self, request):
-        deliveries = with_payload_key(
-            OutboxEntry.objects.filter(app_id=OuterRef("app_id"), source_kind=SourceKind.PUBSUB),
-            "topic",
-        ).filter(payload_key=OuterRef("name"))
-        letters = with_payload_key(
-            DeadLetter.objects.filter(
-                app_id=OuterRef("app_id"),
-                source_kind=SourceKind.PUBSUB,
-                resolution__isnull=True,
-            ),
-            "topic",
-        ).filter(payload_key=OuterRef("name"))
+        deliveries = deliveries_of_topic(OuterRef("app_id"), OuterRef("name"))
+        letters = unresolved_letters_of_topic(OuterRef("app_id"), OuterRef("name"))
         return (
             super()
             .get_queryset(request)
@@ -353,15 +382,16 @@ class TopicAdmin(MessagingAdmin):
         )
 
     @admin.display(description="deliveries pending", ordering="pending_count")
-    def pending_deliveries(self, obj: Topic) -> int:
-        return obj.pending_count
+    def pending_deliveries(self, obj: Topic) -> int | str:
+        return shown(obj.pending_count)
 
     @admin.display(description="unresolved dead letters", ordering="letter_count")
-    def unresolved_dead_letters(self, obj: Topic) -> int:
-        return obj.letter_count
+    def unresolved_dead_letters(self, obj: Topic) -> int | str:
+        return shown(obj.letter_count)
 
     def delete_notice(self, objs):
-        pending = sum(t.pending_count for t in objs)
+        # Counted to the last row: the operator is about to delete.
+        pending = sum(deliveries_of_topic(t.app_id, t.name).count() for t in objs)
         notice = f"{pending} pending delivery row(s) of it will still run." if pending else ""
         found = subscribers_by_topic(objs)
         names = sorted({t.name for topic in objs for t in found[topic.pk]})
@@ -426,12 +456,7 @@ class QueueAdmin(MessagingAdmin):
         ]
 
     def get_queryset(self, request):
-        letters = with_payload_key(
-            DeadLetter.objects.filter(
-                app_id=OuterRef("app_id"), source_kind=SourceKind.QUEUE, resolution__isnull=True
-            ),
-            "queue_id",
-        ).filter(payload_key=Cast(OuterRef("pk"), TextField()))
+        letters = unresolved_letters_of_queue(OuterRef("app_id"), Cast(OuterRef("pk"), TextField()))
         return super().get_queryset(request).annotate(letter_count=count_of(letters))
 
     # The counts: queue_stats, once per row for all five columns.
@@ -466,7 +491,7 @@ class QueueAdmin(MessagingAdmin):
 
     @admin.display(description="unresolved dead letters", ordering="letter_count")
     def unresolved_dead_letters(self, obj):
-        return obj.letter_count
+        return shown(obj.letter_count)
 
     @admin.display(description="consumer trigger")
     def consumer_trigger(self, obj):
@@ -478,7 +503,8 @@ class QueueAdmin(MessagingAdmin):
     # Deleting.
 
     def delete_notice(self, objs):
-        letters = sum(obj.letter_count for obj in objs)
+        # Counted to the last letter: the operator is about to delete.
+        letters = sum(unresolved_letters_of_queue(q.app_id, str(q.pk)).count() for q in objs)
         if not letters:
             return ""
         return (
@@ -587,7 +613,7 @@ class QueueAdmin(MessagingAdmin):
         queue = self.get_object(request, unquote(object_id))
         if not self.may_move_back(request, queue):
             raise PermissionDenied
-        letters = unresolved_letters_of_queue(queue)
+        letters = unresolved_letters_of_queue(queue.app_id, str(queue.pk))
         if request.method == "POST" and request.POST.get("confirm") == "yes":
             ids = list(letters.order_by("created_at").values_list("pk", flat=True))
             report = postgres_resolver().replay_all(ids, self.principal(request).pk)

@@ -15,7 +15,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Count, OuterRef, Subquery
+from django.db.models import OuterRef, Subquery
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -24,6 +24,9 @@ from deadletters.models import DeadLetter
 from outbox.models import OutboxEntry
 from outbox.storage.kinds import SourceKind
 from picloud.admin_access import AppFilter, AppScopedAdmin, allowed_app_ids, scope
+from picloud.admin_counts import FIGURE_EXACT_UP_TO, figure
+from picloud.db.sqlexec import fetch_all
+from picloud.db.sqlfiles import load_queries
 from picloud.domain.authz import Capability
 from picloud.models import Queue
 from triggers import cron, rules
@@ -53,6 +56,8 @@ from triggers.repository import (
     TriggerRepo,
 )
 from triggers.schedule import Schedule, ScheduleError
+
+Q = load_queries("triggers", "admin.sql")
 
 EDITABLE_KINDS = rules.CREATABLE_KINDS
 # The trigger's form fields the repository takes under another name.
@@ -429,13 +434,14 @@ class TriggerAdmin(AppScopedAdmin):
     ]
     list_select_related = [
         "app",
-        "script",
+        "script__app",
         "registered_by_principal__user",
         "kv_details",
         "cron_details",
         "pubsub_details",
         "queue_details__queue",
         "email_details",
+        "dead_letter_details",
     ]
     readonly_fields = ["registered_by_principal", "created_at", "updated_at"]
     fieldsets = [
@@ -452,16 +458,29 @@ class TriggerAdmin(AppScopedAdmin):
     actions = ["enable", "disable", "pause", "resume", "run_now"]
 
     def get_queryset(self, request):
+        # A cron trigger's latest tick: one descent of cron_ticks' primary key.
         last = CronTick.objects.filter(trigger=OuterRef("pk")).order_by("-scheduled_at")
         return (
             super()
             .get_queryset(request)
             .annotate(
-                pending_rows=Count("outbox_entries", distinct=True),
                 last_tick_at=Subquery(last.values("scheduled_at")[:1]),
                 last_tick_row=Subquery(last.values("outbox_id")[:1]),
             )
         )
+
+    def get_changelist_instance(self, request):
+        cl = super().get_changelist_instance(request)
+        # The page's triggers only, a few queries for all of them: counting
+        # every trigger's rows over the whole outbox took seconds at
+        # 1,000,000 rows. (The template iterates the same, now cached, rows.)
+        triggers = list(cl.result_list)
+        pending = pending_rows([t.pk for t in triggers])
+        fates = last_tick_fates(triggers)
+        for trigger in triggers:
+            trigger.pending_count = pending[trigger.pk]
+            trigger.last_tick_fate = fates.get(trigger.pk)
+        return cl
 
     @admin.display(description="collection / topic / queue / mail / source")
     def pattern(self, obj: Trigger) -> str:
@@ -486,20 +505,16 @@ class TriggerAdmin(AppScopedAdmin):
         at = getattr(obj, "last_tick_at", None)
         if at is None:
             return "—"
-        row = obj.last_tick_row
-        if at > timezone.now():
-            state = "due"
-        elif OutboxEntry.objects.filter(pk=row).exists():
-            state = "running or retrying"
-        elif DeadLetter.objects.filter(outbox_id=row).exists():
-            state = "failed (dead letter)"
-        else:
-            state = "done"
-        return f"{at:%Y-%m-%d %H:%M:%S} UTC: {state}"
+        fate = getattr(obj, "last_tick_fate", None) or last_tick_fates([obj]).get(obj.pk)
+        return f"{at:%Y-%m-%d %H:%M:%S} UTC: {fate}"
 
-    @admin.display(description="pending rows", ordering="pending_rows")
-    def pending(self, obj: Trigger) -> int:
-        return obj.pending_rows
+    @admin.display(description="pending rows")
+    def pending(self, obj: Trigger) -> int | str:
+        # Not sortable: sorting by it would count every trigger's rows.
+        count = getattr(obj, "pending_count", None)
+        if count is None:
+            count = pending_rows([obj.pk])[obj.pk]
+        return count.display()
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         form = super().get_form(request, obj, change, **kwargs)
@@ -689,6 +704,42 @@ def blocking_filters(triggers: list[Trigger]) -> list[str]:
         )
         for d in filters
     ]
+
+
+def pending_rows(trigger_ids: list) -> dict:
+    """Each trigger's pending outbox rows (a Counted): exact up to
+    FIGURE_EXACT_UP_TO, else the planner's estimate."""
+    counted = fetch_all(Q["pending_rows"], {"ids": trigger_ids, "cap": FIGURE_EXACT_UP_TO + 1})
+    return {
+        row["trigger_id"]: figure(
+            row["pending"], OutboxEntry.objects.filter(trigger_id=row["trigger_id"])
+        )
+        for row in counted
+    }
+
+
+def last_tick_fates(triggers) -> dict:
+    """What became of each cron trigger's latest tick (annotated by
+    TriggerAdmin.get_queryset): due, running or retrying, failed or done.
+    Two queries for all of them, each by index (the outbox's primary key,
+    dead_letters_outbox_id_idx); none when no tick is past."""
+    now = timezone.now()
+    ticked = [t for t in triggers if getattr(t, "last_tick_at", None) is not None]
+    past = [t.last_tick_row for t in ticked if t.last_tick_at <= now]
+    running = set(OutboxEntry.objects.filter(pk__in=past).values_list("pk", flat=True))
+    failed = set(DeadLetter.objects.filter(outbox_id__in=past).values_list("outbox_id", flat=True))
+    fates = {}
+    for trigger in ticked:
+        row = trigger.last_tick_row
+        if trigger.last_tick_at > now:
+            fates[trigger.pk] = "due"
+        elif row in running:
+            fates[trigger.pk] = "running or retrying"
+        elif row in failed:
+            fates[trigger.pk] = "failed (dead letter)"
+        else:
+            fates[trigger.pk] = "done"
+    return fates
 
 
 def pending_rows_notice(triggers) -> str:

@@ -158,7 +158,7 @@ def test_the_dashboard_charts_only_the_users_apps(client, tenants):
     response = client.get(DASHBOARD)
     assert response.status_code == 200
     body = response.content.decode()
-    assert body.count("class=\"picloud-chart\"") == 4, "totals, backlog, oldest age, one app"
+    assert body.count('class="picloud-chart"') == 4, "totals, backlog, oldest age, one app"
     assert "Attempts per minute of shop" in body and "other-secret" not in body
     [failing] = response.context["failing"]
     assert failing["trigger_name"] == "shop-orders" and failing["failed"] == 1
