@@ -18,6 +18,7 @@ from django.utils.html import format_html
 
 from deadletters.models import AbandonedExecution, DeadLetter, Resolution
 from deadletters.resolve import MAX_NOTE_CHARS, postgres_resolver
+from outbox.admin_log import attempts_url
 from picloud.admin_access import AppFilter, AppScopedAdmin, IdFilter, WrittenBySystem, scope
 from picloud.db.search import matching, words_of
 from picloud.db.storable import clean_text
@@ -109,7 +110,10 @@ class DeadLetterAdmin(WrittenBySystem, AppScopedAdmin):
     actions = ["replay", "ignore"]
     fieldsets = [
         (None, {"fields": ["app", "source_kind", "trigger", "script", "run_as_principal"]}),
-        ("What failed", {"fields": ["pretty_payload", "attempts", "depth", "all_errors"]}),
+        (
+            "What failed",
+            {"fields": ["pretty_payload", "attempts", "attempts_logged", "depth", "all_errors"]},
+        ),
         ("Resolution", {"fields": ["resolution", "resolved_at", "resolved_by", "note"]}),
         ("Identifiers", {"fields": ["id", "outbox_id", "cause_outbox_id", "created_at"]}),
     ]
@@ -121,6 +125,7 @@ class DeadLetterAdmin(WrittenBySystem, AppScopedAdmin):
         "run_as_principal",
         "pretty_payload",
         "attempts",
+        "attempts_logged",
         "depth",
         "all_errors",
         "resolution",
@@ -146,6 +151,18 @@ class DeadLetterAdmin(WrittenBySystem, AppScopedAdmin):
         # Needed for the actions; a resolved letter is never changeable.
         return super().has_change_permission(request, obj) and (
             obj is None or obj.resolution is None
+        )
+
+    @admin.display(description="delivery log")
+    def attempts_logged(self, obj):
+        """The attempts of the row that became this letter (the delivery log
+        keeps failures PICLOUD_DELIVERY_LOG_FAILURE_RETENTION_DAYS)."""
+        if obj.outbox_id is None:
+            return "—"
+        return format_html(
+            '<a href="{}" id="dead-letter-attempts">the attempts of outbox row {}</a>',
+            attempts_url(outbox_id=obj.outbox_id),
+            obj.outbox_id,
         )
 
     @admin.display(description="payload")

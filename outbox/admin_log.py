@@ -219,22 +219,33 @@ class DashboardAdmin(_ReadOnlyPage):
         per_app = reads.app_deliveries([a for a, _, _ in busiest], since)
         queue = reads.backlog(apps, since)
         charts = [
-            line_chart(
-                "Attempts per minute, all apps shown",
-                total.minutes,
-                [
-                    Line("succeeded", SUCCEEDED, total.values["succeeded"]),
-                    Line("failed", FAILED, total.values["failed"]),
-                ],
+            (
+                "Attempts per minute",
+                line_chart(
+                    "Attempts per minute, all apps shown",
+                    total.minutes,
+                    [
+                        Line("succeeded", SUCCEEDED, total.values["succeeded"]),
+                        Line("failed", FAILED, total.values["failed"]),
+                    ],
+                ),
             ),
-            line_chart(
-                "Rows due (backlog)", queue.minutes, [Line("rows due", DUE, queue.values["due"])]
+            (
+                "Backlog: rows due",
+                line_chart(
+                    "Rows due (backlog)",
+                    queue.minutes,
+                    [Line("rows due", DUE, queue.values["due"])],
+                ),
             ),
-            line_chart(
+            (
                 "Oldest due row's age",
-                queue.minutes,
-                [Line("oldest due row, seconds", AGE, queue.values["oldest_age_s"])],
-                unit="s",
+                line_chart(
+                    "Oldest due row's age",
+                    queue.minutes,
+                    [Line("oldest due row, seconds", AGE, queue.values["oldest_age_s"])],
+                    unit="s",
+                ),
             ),
         ]
         app_charts = [

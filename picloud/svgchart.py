@@ -18,7 +18,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
 WIDTH, HEIGHT = 720, 180
-LEFT, RIGHT, TOP, BOTTOM = 56, 12, 12, 40  # margins: axis labels and legend
+LEFT, RIGHT, TOP, BOTTOM = 56, 24, 12, 40  # margins: axis labels and legend
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from picloud.db.sqlfiles import load_queries
 from picloud.domain.authz import Capability
 from picloud.models import Queue
 from triggers import cron, rules
+from triggers.admin_health import TriggerHealthColumns, attach_health
 from triggers.kinds import TriggerKind
 from triggers.matching import EMPTY_PATTERN, NO_OPS, NUL_IN_PATTERN, PATTERN_TOO_LONG
 from triggers.models import (
@@ -62,6 +63,8 @@ Q = load_queries("triggers", "admin.sql")
 EDITABLE_KINDS = rules.CREATABLE_KINDS
 # The trigger's form fields the repository takes under another name.
 REPOSITORY_FIELDS = {"script": "script_id"}
+# Fields of the form the repository does not write (save_related does).
+LOGGING_FIELDS = {"log_failures_only"}
 
 
 class DetailsFormSet(forms.BaseInlineFormSet):
@@ -381,6 +384,7 @@ class TriggerForm(forms.ModelForm):
             "max_attempts",
             "retry_base_delay_ms",
             "retry_max_delay_ms",
+            "log_failures_only",
         ]
         # The form's own checks run first: they say what the rules say.
         error_messages = {
@@ -400,7 +404,7 @@ class TriggerForm(forms.ModelForm):
 
 
 @admin.register(Trigger)
-class TriggerAdmin(AppScopedAdmin):
+class TriggerAdmin(TriggerHealthColumns, AppScopedAdmin):
     app_capability = Capability.AppManageTriggers
     repository: TriggerRepo = PgTriggerRepo()  # every write of this page goes through it
     form = TriggerForm
@@ -422,6 +426,11 @@ class TriggerAdmin(AppScopedAdmin):
         "registered_by_principal",
         "pending",
         "last_fire",
+        "last_success",
+        "last_failure",
+        "success_rate",
+        "p95",
+        "circuit",
     ]
     list_filter = [AppFilter, "kind", "enabled"]
     search_fields = [
@@ -443,7 +452,7 @@ class TriggerAdmin(AppScopedAdmin):
         "email_details",
         "dead_letter_details",
     ]
-    readonly_fields = ["registered_by_principal", "created_at", "updated_at"]
+    readonly_fields = ["registered_by_principal", "created_at", "updated_at", "recent_attempts"]
     fieldsets = [
         (None, {"fields": ["app", "name", "kind", "script", "enabled"]}),
         (
@@ -453,6 +462,7 @@ class TriggerAdmin(AppScopedAdmin):
                 "classes": ["collapse"],
             },
         ),
+        ("Delivery log", {"fields": ["log_failures_only", "recent_attempts"]}),
         ("Registration", {"fields": ["registered_by_principal", "created_at", "updated_at"]}),
     ]
     actions = ["enable", "disable", "pause", "resume", "run_now"]
@@ -480,6 +490,7 @@ class TriggerAdmin(AppScopedAdmin):
         for trigger in triggers:
             trigger.pending_count = pending[trigger.pk]
             trigger.last_tick_fate = fates.get(trigger.pk)
+        attach_health(triggers)
         return cl
 
     @admin.display(description="collection / topic / queue / mail / source")
@@ -537,7 +548,9 @@ class TriggerAdmin(AppScopedAdmin):
         trigger = form.instance
         details = details_changes(formsets)
         if change:
-            names = [REPOSITORY_FIELDS.get(f, f) for f in form.changed_data]
+            names = [
+                REPOSITORY_FIELDS.get(f, f) for f in form.changed_data if f not in LOGGING_FIELDS
+            ]
             changes = {name: getattr(trigger, name) for name in names}
             record = self.repository.update(trigger.pk, **changes, **details)
         else:
@@ -556,6 +569,10 @@ class TriggerAdmin(AppScopedAdmin):
                     **details,
                 )
             )
+        # How much of it the delivery log keeps is not the dispatcher's
+        # concern (no rule, nothing in TriggerRecord): written beside it, in
+        # the page's transaction.
+        Trigger.objects.filter(pk=record.id).update(log_failures_only=trigger.log_failures_only)
         # Django goes on with this object (the log entry, the redirect, the
         # message): make it the stored trigger.
         trigger.pk = record.id

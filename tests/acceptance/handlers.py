@@ -77,3 +77,13 @@ def queue_batch(event, ctx):
         },
     )
     return {"failed": []}
+
+
+@handler("acc.fail_until_fixed")
+def fail_until_fixed(event, ctx):
+    """Fails until the app's KV entry config/fixed exists: an operator's fix,
+    after which a replay succeeds."""
+    if ctx.kv.get("config", "fixed") is None:
+        raise RuntimeError("acc.fail_until_fixed: config/fixed is not set yet")
+    _record(event, ctx)
+    return {"fixed": True}

@@ -301,3 +301,83 @@ def test_an_app_admin_edits_a_kv_entry_and_its_trigger_fires(stack, browser, peo
     page.click("input[name='_save']")
     assert "is at version 3, expected to be at version 2" in page.text_content(".messagelist")
     assert kv.get(shop, "orders", "o-7", principal=alice.principal).value == {"qty": 9}
+
+
+def test_an_operator_follows_a_failing_trigger_to_its_dead_letter_and_replays_it(
+    stack, browser, people, shots
+):
+    """Dashboard → the failing trigger → its attempts → the dead letter →
+    replay → the new successful attempt."""
+    from triggers.pg_repository import PgTriggerRepo
+    from triggers.repository import KvSpec, NewTrigger
+
+    shop, alice = people["shop"], people["alice"]
+    picky = ScriptFactory(app=shop, name="picky", handler="acc.fail_until_fixed")
+    PgTriggerRepo().create(
+        NewTrigger(
+            app_id=shop.id,
+            kind="kv",
+            script_id=picky.id,
+            name="orders-picky",
+            registered_by_principal=alice.principal.id,
+            kv=KvSpec("orders", ("insert",)),
+        )
+    )
+    kv.put(shop, "orders", "o-42", {"qty": 1}, principal=alice.principal)
+    wait_for(
+        lambda: DeadLetter.objects.filter(script=picky).exists(),
+        timeout=30,
+        what="two failed attempts and a dead letter",
+    )
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    log_in(page, stack, alice)
+
+    # The dashboard names the failing trigger (its counts arrive within a second or two).
+    def dashboard_names_it():
+        page.goto(f"{stack}/admin/outbox/deliverydashboard/")
+        return "orders-picky" in page.text_content("#failing-triggers")
+
+    wait_for(dashboard_names_it, timeout=30, what="the dashboard to list the trigger", interval=0.5)
+    assert page.locator("svg.picloud-chart").count() >= 4
+    page.screenshot(path=shots / "dashboard.png", full_page=True)
+
+    # To the trigger: its health and recent attempts.
+    page.click("#failing-triggers a:text('orders-picky')")
+    page.wait_for_selector(".recent-attempts")
+    assert page.locator(".recent-attempts tbody tr").count() == 2
+    assert "dead_letter" in page.text_content(".recent-attempts tbody tr:first-child")
+    page.screenshot(path=shots / "trigger-health.png", full_page=True)
+
+    # To its attempts in the delivery log: a retry, then the dead letter.
+    page.click("#trigger-attempts")
+    page.wait_for_selector("#attempts")
+    rows = page.locator("#attempts tbody tr")
+    assert rows.count() == 2
+    assert "retry" in rows.nth(1).text_content() and "not set yet" in rows.nth(1).text_content()
+    page.screenshot(path=shots / "delivery-log.png", full_page=True)
+
+    # To the dead letter; the operator fixes the cause, and replays it.
+    page.click("#attempts a.dead-letter-link")
+    page.wait_for_selector(".field-all_errors")
+    assert "acc.fail_until_fixed: config/fixed is not set yet" in page.text_content("#content")
+    kv.put(shop, "config", "fixed", True, principal=alice.principal)
+    (letter,) = DeadLetter.objects.filter(script=picky)
+    page.goto(f"{stack}/admin/deadletters/deadletter/")
+    page.check(f"input[name='_selected_action'][value='{letter.pk}']")
+    page.select_option("select[name='action']", "replay")
+    page.click("button[name='index']")
+    page.wait_for_selector("#resolution-count")
+    page.click("input[type=submit][value='Yes, replay 1']")
+    assert "1 dead letter(s) replayed" in page.text_content(".messagelist")
+
+    # The trigger's attempts now start with the replay's success.
+    def newest_succeeded():
+        page.goto(f"{stack}/admin/triggers/trigger/")
+        page.click("#result_list a:text('orders-picky')")
+        page.wait_for_selector("#trigger-attempts")
+        page.click("#trigger-attempts")
+        page.wait_for_selector("#attempts")
+        return "success" in page.locator("#attempts tbody tr").first.text_content()
+
+    wait_for(newest_succeeded, timeout=30, what="the replay's attempt", interval=0.5)
+    assert page.locator("#attempts tbody tr").count() == 3

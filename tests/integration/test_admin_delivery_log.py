@@ -169,3 +169,48 @@ def test_a_superuser_sees_every_app(admin_client, tenants):
     rows = admin_client.get(LOG).context["rows"]
     assert {r["app_slug"] for r in rows} == {"shop", "other-secret"}
     assert len(admin_client.get(DASHBOARD).context["failing"]) == 2
+
+
+def test_the_trigger_list_shows_each_triggers_health(client, tenants):
+    client.force_login(tenants["admin"])
+    response = client.get(reverse("admin:triggers_trigger_changelist"))
+    body = response.content.decode()
+    assert "50.0% of 2" in body, "one success and one failure in 24 hours"
+    assert "≤ 25 ms" in body, "both took 12 ms: the bucket ending at 25 ms"
+    failed = f"?trigger={tenants['shop_trigger'].id}&amp;result=failed"
+    assert failed in body, "the last failure links to the failed attempts"
+    assert "other-secret" not in body
+
+
+def test_a_triggers_page_lists_its_recent_attempts(client, tenants):
+    client.force_login(tenants["admin"])
+    url = reverse("admin:triggers_trigger_change", args=[tenants["shop_trigger"].id])
+    page = client.get(url).content.decode()
+    table = page[page.index("recent-attempts") :]
+    assert table.count("<tr><td>") == 2 and "dead_letter" in table
+    assert 'id="trigger-attempts"' in page and 'id="trigger-failed-attempts"' in page
+
+
+def test_a_dead_letters_page_links_to_its_rows_attempts(client, tenants):
+    from deadletters.models import DeadLetter
+
+    shop, trigger = tenants["shop"], tenants["shop_trigger"]
+    failed = tenants["mine"][1]
+    letter = DeadLetter.objects.create(
+        app=shop,
+        source_kind="kv",
+        trigger_id=trigger.id,
+        script_id=trigger.script_id,
+        outbox_id=failed.outbox_id,
+        payload={},
+        last_error="boom",
+        errors=["boom"],
+        attempts=1,
+        depth=0,
+    )
+    client.force_login(tenants["admin"])
+    page = client.get(reverse("admin:deadletters_deadletter_change", args=[letter.pk]))
+    assert f"?q={failed.outbox_id}" in page.content.decode()
+    log = client.get(LOG, {"q": str(failed.outbox_id)})
+    [row] = log.context["rows"]
+    assert row["dead_letter_url"].endswith(f"/{letter.pk}/change/")

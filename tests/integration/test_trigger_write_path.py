@@ -221,3 +221,18 @@ def test_editing_a_trigger_refuses_the_other_kinds_details(client, member, calls
         ]
         assert said == [message]
     assert not KvTriggerDetails.objects.exists()
+
+
+def test_the_log_switch_is_saved_beside_the_repositorys_write(client, member, calls):
+    """Log failures only is the delivery log's business, not a rule of the
+    trigger: admin writes it itself, and the repository's update never sees it."""
+    script = ScriptFactory(app=member.app)
+    trigger = kv_trigger(member.app, script, member.principal, collection="orders")
+    trigger = Trigger.objects.get(pk=trigger.id)
+    url = reverse("admin:triggers_trigger_change", args=[trigger.pk])
+    changed = client.post(url, change_form(trigger, log_failures_only="on"))
+    assert changed.status_code == 302
+    assert Trigger.objects.get(pk=trigger.pk).log_failures_only
+    assert all("log_failures_only" not in changes for _, _, changes in calls)
+    client.post(url, change_form(trigger))  # unticked
+    assert not Trigger.objects.get(pk=trigger.pk).log_failures_only
