@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.requirements-installed
 
-.PHONY: run test browser screenshots lint format check-migrations bench bench-invoke bench-fairness bench-cron bench-queues bench-admin db-stop clean
+.PHONY: run test browser screenshots lint format check-migrations bench bench-invoke bench-fairness bench-cron bench-queues bench-admin bench-log db-stop clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/claim_fair.py
 	$(PY) benchmarks/cron_lateness.py
 	$(PY) benchmarks/queues.py
+	$(PY) benchmarks/delivery_log.py
 	$(PY) benchmarks/admin_pages.py
 
 # Fairness across apps (B's latency while A is loaded; C's throughput while A hangs).
@@ -74,8 +75,13 @@ bench-cron: $(STAMP)
 bench-queues: $(STAMP)
 	$(PY) benchmarks/queues.py $(BENCH_ARGS)
 
+# The delivery log's disk use per million attempts.
+bench-log: $(STAMP)
+	$(PY) benchmarks/delivery_log.py $(BENCH_ARGS)
+
 # Admin pages (every list, change page and common filter) on 1,000,000 waiting
-# outbox rows and 1,000,000 dead letters, as a superuser and as an app admin.
+# outbox rows, 1,000,000 dead letters and 10,000,000 delivery log rows, as a
+# superuser and as an app admin.
 bench-admin: $(STAMP)
 	$(PY) benchmarks/admin_pages.py $(BENCH_ARGS)
 

@@ -309,6 +309,76 @@ def fill_dead_letters(w: World) -> None:
     )
 
 
+LOG_ROWS = 10_000_000
+LOG_DAYS = 7  # the log's rows spread over the last week, as the default retention keeps
+
+
+def fill_delivery_log(w: World) -> None:
+    # The days before yesterday have no partition yet (the migration makes
+    # today's and the days ahead): made here, as a week of running would have.
+    for back in range(2, LOG_DAYS + 1):
+        for half in ("ok", "failed"):
+            w.sql(
+                f"""
+                DO $$ DECLARE d DATE := (now() AT TIME ZONE 'UTC')::date - {back}; BEGIN
+                EXECUTE format('CREATE TABLE %I PARTITION OF delivery_log_{half} FOR VALUES FROM (%L) TO (%L)',
+                               delivery_log_partition({half == "failed"}, d),
+                               d::timestamp AT TIME ZONE 'UTC', (d + 1)::timestamp AT TIME ZONE 'UTC');
+                END $$
+                """
+            )
+    # One attempt in ten failed (the error of its dead letter or its retry);
+    # a KV attempt carries its entry's key, as the dispatcher logs it.
+    w.sql(
+        f"""
+        INSERT INTO delivery_log (outbox_id, app_id, trigger_id, script_id, source_kind, attempt,
+                                  started_at, duration_ms, outcome, disposition, failed,
+                                  status_code, event_key, detail)
+        SELECT gen_random_uuid(), t.app_id, t.trigger_id, t.script_id, t.source_kind,
+               CASE WHEN f THEN 1 + g %% 4 ELSE 1 END,
+               now() - make_interval(secs => random() * %(days)s * 86400),
+               (random() ^ 3 * 2000)::int,
+               CASE WHEN NOT f THEN 'success' WHEN g %% 7 = 0 THEN 'timeout' ELSE 'error' END,
+               CASE WHEN NOT f THEN 'done' WHEN g %% 4 = 3 THEN 'dead_letter' ELSE 'retry' END,
+               f, CASE WHEN f THEN 503 ELSE 200 END,
+               CASE t.source_kind WHEN 'kv' THEN 'orders/o-' || g
+                                  WHEN 'pubsub' THEN (%(topics)s::text[])[1 + g %% 5] END,
+               CASE WHEN f THEN {_errors_sql("g")} ELSE '' END
+        FROM (
+            SELECT g, random() < 0.1 AS f,
+                   1 + floor(random() ^ 2 * (SELECT count(*) FROM bench_targets))::int AS n
+            FROM generate_series(1, %(rows)s) g
+        ) x
+        JOIN bench_targets t USING (n)
+        """,
+        {"rows": LOG_ROWS, "days": LOG_DAYS, "topics": list(TOPICS)},
+    )
+    # What the dispatchers' rollups would hold: per app and minute for a day,
+    # per trigger and hour for the failures' 30 days, a backlog sample a minute.
+    w.sql(
+        "INSERT INTO delivery_minutes (app_id, minute, succeeded, failed) "
+        "SELECT a.id, date_trunc('minute', now()) - make_interval(mins => m), "
+        "(random() * 600)::int, (random() * 30)::int "
+        "FROM apps a CROSS JOIN generate_series(0, 1439) m"
+    )
+    w.sql(
+        "INSERT INTO trigger_hours (trigger_id, hour, app_id, succeeded, failed, "
+        "last_success_at, last_failure_at, durations) "
+        "SELECT t.id, date_trunc('hour', now()) - make_interval(hours => h), t.app_id, "
+        "(random() * 2000)::int, (random() * 100)::int, "
+        "date_trunc('hour', now()) - make_interval(hours => h, secs => -1800), "
+        "date_trunc('hour', now()) - make_interval(hours => h, secs => -900), "
+        "ARRAY(SELECT (random() * 200)::int FROM generate_series(1, 13)) "
+        "FROM triggers t CROSS JOIN generate_series(0, 719) h"
+    )
+    w.sql(
+        "INSERT INTO outbox_samples (app_id, minute, due, oldest_due_at) "
+        "SELECT a.id, date_trunc('minute', now()) - make_interval(mins => m), "
+        "(random() * 80000)::int, now() - make_interval(mins => m + 120) "
+        "FROM apps a CROSS JOIN generate_series(0, 1439) m"
+    )
+
+
 def fill_the_rest(w: World) -> None:
     w.sql(
         "INSERT INTO abandoned_executions (app_id, outbox_id, script_id, inbox_id, status_code, "
@@ -345,6 +415,7 @@ FILL: list[Callable[[World], None]] = [
     fill_triggers,
     fill_outbox,
     fill_dead_letters,
+    fill_delivery_log,
     fill_the_rest,
     analyze,
 ]
@@ -371,6 +442,13 @@ SAMPLES = {
     "kv_entry": "SELECT id FROM kv_entries WHERE app_id = %(app)s LIMIT 1",
     "inbound_email": "SELECT id FROM inbound_emails WHERE app_id = %(app)s LIMIT 1",
     "membership": "SELECT id FROM app_memberships WHERE app_id = %(app)s LIMIT 1",
+    "log_outbox": "SELECT outbox_id FROM delivery_log WHERE app_id = %(app)s "
+    "AND started_at > now() - interval '1 hour' LIMIT 1",
+    # The "older" link of a page an hour back.
+    "log_cursor": "SELECT to_char(started_at AT TIME ZONE 'UTC', "
+    "'YYYY-MM-DD\"T\"HH24:MI:SS.US') || '+00:00~' || outbox_id || '~' || attempt "
+    "FROM delivery_log WHERE app_id = %(app)s AND started_at < now() - interval '1 hour' "
+    "AND started_at > now() - interval '2 hours' LIMIT 1",
 }
 
 
@@ -415,6 +493,8 @@ def _change(label: str, model: str, sample: str) -> Page:
 
 
 TRIGGERS, OUTBOX, LETTERS = "triggers_trigger", "outbox_outboxentry", "deadletters_deadletter"
+LOG = "outbox_deliveryattempt"
+SEARCH_RARE_KEY = "orders/o-424242"  # one KV entry's attempts
 
 # Timed in this order. A page another feature adds (the delivery log, the
 # dashboard) is one more entry here: its admin URL name, its query, and for
@@ -476,6 +556,18 @@ PAGES: list[Page] = [
     _list("inbound emails", "picloud_inboundemail"),
     _change("inbound email", "picloud_inboundemail", "inbound_email"),
     _list("API tokens", "picloud_apitoken"),
+    _list("delivery log", LOG),
+    _list("delivery log by app", LOG, app="{app}"),
+    _list("delivery log failed", LOG, result="failed"),
+    _list("delivery log timeouts", LOG, outcome="timeout"),
+    _list("delivery log by trigger", LOG, trigger="{trigger}"),
+    _list("delivery log by trigger, failed", LOG, trigger="{trigger}", result="failed"),
+    _list("delivery log by source", LOG, kind="pubsub"),
+    _list("delivery log search (outbox id)", LOG, q="{log_outbox}"),
+    _list("delivery log search (key)", LOG, q=SEARCH_RARE_KEY),
+    _list("delivery log, an hour back", LOG, before="{log_cursor}"),
+    _list("dashboard", "outbox_deliverydashboard"),
+    _list("dashboard of an app", "outbox_deliverydashboard", app="{app}"),
 ]
 
 
@@ -548,6 +640,7 @@ def render(w: World, results: dict, command: str) -> str:
             "SELECT 'dead letters', count(*) FROM dead_letters UNION ALL "
             "SELECT 'unresolved', count(*) FROM dead_letters WHERE resolution IS NULL UNION ALL "
             "SELECT 'triggers', count(*) FROM triggers UNION ALL "
+            "SELECT 'log', count(*) FROM delivery_log UNION ALL "
             "SELECT 'scripts', count(*) FROM scripts"
         )
     )
@@ -566,7 +659,8 @@ def render(w: World, results: dict, command: str) -> str:
         f"- PostgreSQL {version}; a scratch database `{BENCH_DB}` holding {APPS} apps, "
         f"{counts['scripts']:,} scripts, {counts['triggers']:,} triggers, "
         f"{counts['outbox']:,} waiting outbox rows and {counts['dead letters']:,} dead letters "
-        f"({counts['unresolved']:,} unresolved), after VACUUM ANALYZE"
+        f"({counts['unresolved']:,} unresolved), {counts['log']:,} delivery log rows over "
+        f"{LOG_DAYS} days, after VACUUM ANALYZE"
         + (f"; filled in {sum(w.fill_seconds.values()):.0f} s." if w.fill_seconds else "."),
         f"- Server time: Django's test client in the benchmark's process (middleware, "
         f"queries, templates), best of {RUNS}; the superuser sees every app, the member "
