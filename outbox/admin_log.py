@@ -118,12 +118,11 @@ class DeliveryLogAdmin(_ReadOnlyPage):
             f = self._filter(request, params)
         except BadFilter as exc:
             return self._refuse(request, exc)
-        rows = reads.attempts(f, limit=reads.PAGE + 1)
-        older = None
-        if len(rows) > reads.PAGE:
-            rows = rows[: reads.PAGE]
-            last = rows[-1]
-            cursor = f"{last['started_at'].isoformat()}~{last['outbox_id']}~{last['attempt']}"
+        page = reads.attempts(f)
+        rows, older = page.rows, None
+        if page.older is not None:
+            at, outbox_id, attempt = page.older
+            cursor = f"{at.isoformat()}~{outbox_id}~{attempt}"
             kept = {k: v for k, v in params.items() if k in FILTER_PARAMS and v}
             older = "?" + urlencode({**kept, "before": cursor})
         _link_dead_letters(rows)
@@ -144,6 +143,8 @@ class DeliveryLogAdmin(_ReadOnlyPage):
             "kinds": SourceKind.choices,
             "page_size": reads.PAGE,
             "paged": "before" in params,
+            "windowed": page.windowed,
+            "window": reads.WINDOW,
             **(extra_context or {}),
         }
         return TemplateResponse(request, "admin/outbox/deliveryattempt/attempts.html", context)

@@ -95,7 +95,7 @@ class TriggerHealthColumns:
     def recent_attempts(self, obj: Trigger) -> str:
         if obj.pk is None:
             return "—"
-        rows = reads.attempts(reads.AttemptFilter(apps=None, trigger_id=obj.pk), limit=RECENT)
+        rows = reads.attempts(reads.AttemptFilter(apps=None, trigger_id=obj.pk), limit=RECENT).rows
         links = format_html(
             '<p><a href="{}" id="trigger-attempts">all attempts</a> · '
             '<a href="{}" id="trigger-failed-attempts">failed attempts</a></p>',

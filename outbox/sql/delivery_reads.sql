@@ -35,6 +35,53 @@ WHERE %(apps)s::uuid[] IS NULL OR a.id = ANY (%(apps)s::uuid[])
 ORDER BY l.started_at DESC, l.outbox_id DESC, l.attempt DESC
 LIMIT %(limit)s;
 
+-- attempts_direct_window --
+-- As attempts_direct, with filters no index serves (/*post*/): only the
+-- newest %(window)s attempts are looked at; the matching ones come back
+-- (at most %(limit)s), and the last one looked at, marked window_end, says
+-- where the next page goes on.
+SELECT w.*, a.slug AS app_slug, t.name AS trigger_name, s.name AS script_name
+FROM (
+    SELECT x.*, sum(x.matches::int) OVER o AS match_n, row_number() OVER o = %(window)s AS window_end
+    FROM (
+        SELECT d.*, (/*post*/ TRUE) AS matches
+        FROM (
+            SELECT d.* FROM delivery_log d
+            WHERE /*where*/ TRUE
+            ORDER BY d.started_at DESC, d.outbox_id DESC, d.attempt DESC
+            LIMIT %(window)s
+        ) d
+    ) x
+    WINDOW o AS (ORDER BY x.started_at DESC, x.outbox_id DESC, x.attempt DESC)
+) w
+JOIN apps a ON a.id = w.app_id
+LEFT JOIN triggers t ON t.id = w.trigger_id
+LEFT JOIN scripts s ON s.id = w.script_id
+WHERE (w.matches AND w.match_n <= %(limit)s) OR w.window_end;
+
+-- attempts_per_app_window --
+-- As attempts_per_app, with filters no index serves: per app, the newest
+-- %(window)s attempts looked at, as in attempts_direct_window.
+SELECT w.*, a.slug AS app_slug, t.name AS trigger_name, s.name AS script_name
+FROM apps a
+CROSS JOIN LATERAL (
+    SELECT x.*, sum(x.matches::int) OVER o AS match_n, row_number() OVER o = %(window)s AS window_end
+    FROM (
+        SELECT d.*, (/*post*/ TRUE) AS matches
+        FROM (
+            SELECT d.* FROM delivery_log d
+            WHERE d.app_id = a.id AND /*where*/ TRUE
+            ORDER BY d.started_at DESC, d.outbox_id DESC, d.attempt DESC
+            LIMIT %(window)s
+        ) d
+    ) x
+    WINDOW o AS (ORDER BY x.started_at DESC, x.outbox_id DESC, x.attempt DESC)
+) w
+LEFT JOIN triggers t ON t.id = w.trigger_id
+LEFT JOIN scripts s ON s.id = w.script_id
+WHERE (%(apps)s::uuid[] IS NULL OR a.id = ANY (%(apps)s::uuid[]))
+  AND ((w.matches AND w.match_n <= %(limit)s) OR w.window_end);
+
 -- trigger_last --
 -- When each trigger last succeeded and failed, over the rollups kept.
 SELECT trigger_id, max(last_success_at) AS last_success_at,

@@ -45,43 +45,91 @@ class AttemptFilter:
     before: tuple[datetime, uuid.UUID, int] | None = None
 
 
-def attempts(f: AttemptFilter, limit: int = PAGE) -> list[dict[str, Any]]:
-    """Up to `limit` attempts matching `f`, newest first."""
-    where, params = ["TRUE"], {"limit": limit}
-    if f.result is not None:
-        # The partition key: a filter on it reads only that half of the log.
+# Filters no index serves (outcome, disposition, source) examine at most
+# this many of the newest attempts per page, across the apps in scope (at
+# least WINDOW_MIN per app): a rare value costs a bounded walk per page,
+# not a scan of millions of rows, and "older" goes on from where it stopped.
+WINDOW = 20_000
+WINDOW_MIN = 500
+
+
+@dataclass(frozen=True)
+class AttemptsPage:
+    rows: list[dict[str, Any]]
+    # The cursor of the next page ("older"), None when nothing older is left.
+    older: tuple[datetime, uuid.UUID, int] | None
+    # True when filters no index serves limited the attempts looked at.
+    windowed: bool = False
+
+
+def _key(row: dict[str, Any]) -> tuple[datetime, uuid.UUID, int]:
+    return row["started_at"], row["outbox_id"], row["attempt"]
+
+
+def attempts(f: AttemptFilter, limit: int = PAGE) -> AttemptsPage:
+    """A page of attempts matching `f`, newest first."""
+    if f.apps is not None and not f.apps:
+        return AttemptsPage([], None)
+    where, post, params = ["TRUE"], ["TRUE"], {"limit": limit + 1}
+    failed = {"succeeded": False, "failed": True}.get(f.result or "")
+    # The partition key: what an outcome or a disposition implies of it
+    # reads only that half of the log.
+    if f.outcome is not None:
+        failed = f.outcome != "success" if failed is None else failed
+    if f.disposition in ("retry", "dead_letter", "given_up"):
+        failed = True if failed is None else failed
+    if failed is not None:
         where.append("d.failed = %(failed)s")
-        params["failed"] = f.result == "failed"
+        params["failed"] = failed
     for name in ("outcome", "disposition", "source_kind"):
         value = getattr(f, name)
         if value is not None:
-            where.append(f"d.{name} = %({name})s")
+            post.append(f"d.{name} = %({name})s")
             params[name] = value
     if f.before is not None:
         where.append("(d.started_at, d.outbox_id, d.attempt) < (%(b_at)s, %(b_id)s, %(b_n)s)")
         params.update(b_at=f.before[0], b_id=f.before[1], b_n=f.before[2])
-    scoped = f.apps is None or bool(f.apps)
-    if not scoped:
-        return []
     params["apps"] = None if f.apps is None else list(f.apps)
-    if f.outbox_id is not None or f.trigger_id is not None:
+    direct = f.outbox_id is not None or f.trigger_id is not None
+    if f.outbox_id is not None:
+        where.append("d.outbox_id = %(outbox_id)s")
+        params["outbox_id"] = f.outbox_id
+    if f.trigger_id is not None:
+        where.append("d.trigger_id = %(trigger_id)s")
+        params["trigger_id"] = f.trigger_id
+    if direct:
         # One row's attempts, or one trigger's: their own indexes, then the scope.
-        if f.outbox_id is not None:
-            where.append("d.outbox_id = %(outbox_id)s")
-            params["outbox_id"] = f.outbox_id
-        if f.trigger_id is not None:
-            where.append("d.trigger_id = %(trigger_id)s")
-            params["trigger_id"] = f.trigger_id
         where.append("(%(apps)s::uuid[] IS NULL OR d.app_id = ANY (%(apps)s::uuid[]))")
-        sql = Q["attempts_direct"]
+    elif f.event_key is not None:
+        where.append("d.event_key = %(event_key)s")
+        params["event_key"] = f.event_key
+    windowed = len(post) > 1 and f.outbox_id is None and f.event_key is None
+    name = ("attempts_direct" if direct else "attempts_per_app") + ("_window" if windowed else "")
+    if windowed:
+        apps = 1 if direct else _app_count() if f.apps is None else len(f.apps)
+        params["window"] = max(WINDOW_MIN, WINDOW // max(1, apps))
     else:
-        if f.event_key is not None:
-            where.append("d.event_key = %(event_key)s")
-            params["event_key"] = f.event_key
-        # Per app, newest first by (app_id, started_at), merged: an ordered
-        # index walk per app that stops at the page's end.
-        sql = Q["attempts_per_app"]
-    return fetch_all(sql.replace("/*where*/ TRUE", " AND ".join(where)), params)
+        where.extend(post[1:])
+    sql = Q[name].replace("/*where*/ TRUE", " AND ".join(where))
+    rows = fetch_all(sql.replace("/*post*/ TRUE", " AND ".join(post)), params)
+    if not windowed:
+        page = rows[:limit]
+        return AttemptsPage(page, _key(page[-1]) if len(rows) > limit else None)
+    # A row marked `window_end` closes its app's window (more may be older).
+    ends = [_key(r) for r in rows if r["window_end"]]
+    end = max(ends) if ends else None
+    matched = sorted((r for r in rows if r["matches"]), key=_key, reverse=True)
+    if end is not None:
+        # Older than the newest window's end was not looked at in every app:
+        # those rows come on the next page, from that end on.
+        matched = [r for r in matched if _key(r) >= end]
+    page = matched[:limit]
+    older = _key(page[-1]) if len(matched) > limit else end
+    return AttemptsPage(page, older, windowed=True)
+
+
+def _app_count() -> int:
+    return fetch_all("SELECT count(*) AS n FROM apps")[0]["n"]
 
 
 @dataclass(frozen=True)

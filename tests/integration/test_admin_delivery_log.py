@@ -4,6 +4,7 @@ bad filters refused with what is allowed."""
 
 import time
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -214,3 +215,47 @@ def test_a_dead_letters_page_links_to_its_rows_attempts(client, tenants):
     log = client.get(LOG, {"q": str(failed.outbox_id)})
     [row] = log.context["rows"]
     assert row["dead_letter_url"].endswith(f"/{letter.pk}/change/")
+
+
+def test_filters_no_index_serves_walk_back_a_bounded_window_at_a_time(tenants, monkeypatch):
+    """A rare source is found by walking back page after page, each
+    looking at a bounded number of attempts; nothing is skipped or repeated."""
+    from outbox.storage import delivery_reads as reads
+
+    monkeypatch.setattr(reads, "WINDOW", 40)
+    monkeypatch.setattr(reads, "WINDOW_MIN", 10)
+    shop, other = tenants["shop"], tenants["other"]
+    base = timezone.now() - timedelta(hours=2)
+    # The other app's attempts come three times as often: its window spans
+    # less time, so a page must not show the shop's older ones yet.
+    rows = [
+        *(
+            _attempt(shop, tenants["shop_trigger"], at=base - timedelta(seconds=i))
+            for i in range(150)
+        ),
+        *(
+            _attempt(other, tenants["other_trigger"], at=base - timedelta(seconds=i / 3))
+            for i in range(450)
+        ),
+    ]
+    rare = [
+        replace(
+            _attempt(shop, tenants["shop_trigger"], at=base - timedelta(seconds=s)),
+            source_kind="pubsub",
+        )
+        for s in (30.5, 120.5, 149.5)
+    ]
+    PgDeliveryLog().write([*rows, *rare])
+    seen, cursor, pages = [], None, 0
+    while True:
+        page = reads.attempts(
+            reads.AttemptFilter(apps=None, source_kind="pubsub", before=cursor), limit=2
+        )
+        pages += 1
+        assert page.windowed and all(r["source_kind"] == "pubsub" for r in page.rows)
+        seen += [r["outbox_id"] for r in page.rows]
+        if page.older is None:
+            break
+        cursor = page.older
+    assert seen == [a.outbox_id for a in rare], "each once, newest first"
+    assert pages > 3, "the window bounded each page"
