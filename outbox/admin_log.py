@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
@@ -62,6 +62,10 @@ class _ReadOnlyPage(WrittenBySystem, AppScopedAdmin):
             return frozenset()  # as if it had no attempts: another app's are not ours to show
         return frozenset({app_id})
 
+    def get_object(self, request, object_id, from_field=None):
+        # Pages over many rows, not of one: no object page (history, delete) exists.
+        raise Http404("no such page")
+
     def context(self, request, title: str) -> dict:
         return {
             **self.admin_site.each_context(request),
@@ -95,8 +99,12 @@ def _cursor(value: str | None) -> tuple[datetime, uuid.UUID, int] | None:
     try:
         if m is None:
             raise ValueError
-        return datetime.fromisoformat(m["at"]), uuid.UUID(m["id"]), int(m["n"])
-    except ValueError:
+        at = datetime.fromisoformat(m["at"])
+        if at.tzinfo is None:
+            raise ValueError
+        # In UTC: PostgreSQL refuses offsets Python takes (+20:00, seconds).
+        return at.astimezone(UTC), uuid.UUID(m["id"]), int(m["n"])
+    except (ValueError, OverflowError):
         raise BadFilter("before takes the link of the page's 'older' button") from None
 
 

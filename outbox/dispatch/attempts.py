@@ -10,7 +10,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from outbox.storage.delivery_log import Acked, Attempt, event_key, storable_detail
+from outbox.storage.delivery_log import DETAIL_CHARS, Acked, Attempt, event_key, storable_detail
 from outbox.storage.repository import OutboxRow
 from picloud.runtime.execution import Failure, Outcome
 
@@ -87,8 +87,18 @@ def _answer(result: Any) -> str:
         return ""
     if isinstance(result, str):
         return storable_detail(result)
+    # Encoded piece by piece, up to what is kept: a 1 MB result must not
+    # cost a 1 MB encoding on the dispatcher's database thread.
+    pieces, size = [], 0
     try:
-        text = json.dumps(result, ensure_ascii=False, default=str)
+        for piece in _ENCODER.iterencode(result):
+            pieces.append(piece)
+            size += len(piece)
+            if size > DETAIL_CHARS:
+                break
     except (TypeError, ValueError):
-        text = repr(result)
-    return storable_detail(text)
+        return storable_detail(repr(result)[: DETAIL_CHARS + 1])
+    return storable_detail("".join(pieces))
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)

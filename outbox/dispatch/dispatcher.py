@@ -360,13 +360,13 @@ class Dispatcher:
             self.backlog.append(ran)
             return
         try:
-            self._settled(ran, self._settle_one(ran))
+            self._settled(*self._settle_one(ran))
         except Exception as exc:
             logger.warning("could not settle outbox row %s (%s); kept for later", ran.row.id, exc)
             self.backlog.append(ran)
             self.settle_error = exc
 
-    def _settled(self, ran: Ran, ack: bool) -> None:
+    def _settled(self, ran: Ran, ack: bool) -> None:  # ran: as recorded
         """Record what settling a row left to do: its acknowledgement (and
         its attempt's log entry, written with it), and the counts."""
         if self.delivery_log is not None:
@@ -413,13 +413,15 @@ class Dispatcher:
                     row.id,
                 )
             else:
-                self._settled(ran, self._settle_one(ran))
+                self._settled(*self._settle_one(ran))
             self.backlog.pop(0)
 
-    def _settle_one(self, ran: Ran) -> bool:
+    def _settle_one(self, ran: Ran) -> tuple[Ran, bool]:
         """_settle, and if that raises, once more with the outcome reduced to
         plain ASCII text: a row whose own data the database refuses must not
-        hold up the rows behind it. Raises when even that fails."""
+        hold up the rows behind it. Raises when even that fails. Returns
+        the outcome as recorded (what the log and the counts say) and
+        whether the row is acknowledged."""
         try:
             return self._settle(ran)
         except (DataError, ValueError) as exc:
@@ -501,28 +503,22 @@ class Dispatcher:
         limit = self.max_batch_seconds
         return limit is not None and self.monotonic() - claimed_at >= limit
 
-    def _settle(self, ran: Ran) -> bool:
-        """Record the outcome; True when the row is done and may be deleted
-        (its attempt is logged by the statement that deletes it). Any other
-        row has its attempt logged here, in the transaction that records
-        its outcome."""
+    def _settle(self, ran: Ran) -> tuple[Ran, bool]:
+        """Record the outcome: (the outcome as recorded, True when the row
+        is done and may be deleted — its attempt is then logged by the
+        statement that deletes it). Any other row has its attempt logged
+        here, in the transaction that records its outcome."""
         row, outcome = ran.row, ran.outcome
         if row.reply_to is not None:
             # No retry, no dead letter: the caller is told the outcome.
             self.replies.deliver(row, outcome)
-            return True
+            return ran, True
         if row.source_kind == SourceKind.QUEUE:
-            # Settled message by message; the row goes in the same transaction.
-            with self.atomic():
-                dead = self.queue_settler.settle(row, outcome)
-                self._log(ran, "done" if outcome.ok else "dead_letter" if dead else "retry")
-            if dead:
-                self.counters.inc("dead_lettered", dead)
-            return False
+            return self._settle_batch(ran), False
         if outcome.ok:
             if row.source_kind == SourceKind.DEAD_LETTER:
                 self._resolve_handled(row, Resolution.HANDLED_BY_SCRIPT, note="")
-            return True
+            return ran, True
         assert isinstance(outcome, Failure)
         policy = policy_for(self._trigger(row), self.config.retry)
         if outcome.retryable and row.attempts < policy.max_attempts:
@@ -536,9 +532,34 @@ class Dispatcher:
                 if self.outbox.reschedule(row.id, due_at, outcome.error):
                     self._log(ran, "retry")
             self.counters.inc("retried")
-            return False
+            return ran, False
         self._give_up(ran)
-        return False
+        return ran, False
+
+    def _settle_batch(self, ran: Ran) -> Ran:
+        """A queue batch, settled message by message; its attempt is logged
+        in the settle's own transaction, as what became of its messages: a
+        batch that succeeded but left messages to retry or dead letters (a
+        malformed or partial report) is logged as failed."""
+        recorded = ran
+
+        def log(dead: int, retried: int) -> None:
+            nonlocal recorded
+            if ran.outcome.ok and (dead or retried):
+                recorded = ran._replace(
+                    outcome=Failure(
+                        f"the batch ran, but {retried} message(s) are to be retried and "
+                        f"{dead} became dead letters (the handler reported them failed, "
+                        "or its report was not understood)",
+                        retryable=bool(retried),
+                    )
+                )
+            self._log(recorded, "dead_letter" if dead else "retry" if retried else "done")
+
+        dead = self.queue_settler.settle(ran.row, ran.outcome, log=log)
+        if dead:
+            self.counters.inc("dead_lettered", dead)
+        return recorded
 
     def _log(self, ran: Ran, disposition: str) -> None:
         """Log the attempt now (in the caller's transaction)."""

@@ -135,9 +135,17 @@ class QueueSettler:
         self.triggers, self.fan_out, self.store = triggers, fan_out, store
         self.config, self.atomic, self.rand, self.settled = config, atomic, rand, settled
 
-    def settle(self, row: OutboxRow, outcome: Outcome) -> int:
+    def settle(
+        self,
+        row: OutboxRow,
+        outcome: Outcome,
+        *,
+        log: Callable[[int, int], None] | None = None,
+    ) -> int:
         """Record the batch's outcome message by message and delete its row,
-        in one transaction; returns the dead letters written."""
+        in one transaction; returns the dead letters written. `log(dead,
+        retried)` is called in that transaction, once its fate is known
+        (the delivery log's entry goes with it)."""
         messages = batch_messages(row)
         trigger = None
         if not outcome.ok or (
@@ -159,6 +167,8 @@ class QueueSettler:
             for message, receives, error in decided.dead:
                 if message["id"] in gone:
                     written += self._dead_letter(row, message, receives, error)
+            if log is not None:
+                log(written, len(decided.retry))
         self.settled()
         return written
 

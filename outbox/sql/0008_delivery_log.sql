@@ -148,8 +148,8 @@ $$;
 -- Create the partitions of today (UTC) and p_ahead days after it, and of
 -- yesterday (an attempt started before midnight is logged after it). A new
 -- day's rows that waited in the default partition move into it. Returns the
--- partitions created. One caller at a time (an advisory lock): every
--- dispatcher host runs this.
+-- partitions created. One caller at a time (an advisory try-lock): every
+-- dispatcher host runs this, and one that finds another at it makes none.
 CREATE FUNCTION delivery_log_make_partitions(p_ahead INTEGER) RETURNS SETOF TEXT
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -159,7 +159,9 @@ DECLARE
     parent TEXT;
     part TEXT;
 BEGIN
-    PERFORM pg_advisory_xact_lock(1869968483, 1);
+    IF NOT pg_try_advisory_xact_lock(1869968483, 1) THEN
+        RETURN;  -- another host is making them
+    END IF;
     FOREACH f IN ARRAY ARRAY[FALSE, TRUE] LOOP
         parent := CASE WHEN f THEN 'delivery_log_failed' ELSE 'delivery_log_ok' END;
         FOR i IN -1..p_ahead LOOP

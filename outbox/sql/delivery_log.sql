@@ -55,27 +55,33 @@ WITH ok AS (
 SELECT (SELECT count(*) FROM ok) + (SELECT count(*) FROM failed) AS deleted;
 
 -- drop_rollups --
--- The rollups and samples older than anything the pages show (the longer
--- retention: a trigger's last failure is read from them).
+-- The rollups and samples older than anything the pages show: per trigger
+-- and hour, the longer retention (a trigger's last failure is read from
+-- them); per minute, the dashboard's day and a margin.
 WITH minutes AS (
-    DELETE FROM delivery_minutes WHERE minute < NOW() - make_interval(days => %(days)s)
+    DELETE FROM delivery_minutes WHERE minute < NOW() - make_interval(days => %(minute_days)s)
     RETURNING 1
 ), hours AS (
     DELETE FROM trigger_hours WHERE hour < NOW() - make_interval(days => %(days)s)
     RETURNING 1
 ), samples AS (
-    DELETE FROM outbox_samples WHERE minute < NOW() - make_interval(days => %(days)s)
+    DELETE FROM outbox_samples WHERE minute < NOW() - make_interval(days => %(minute_days)s)
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM minutes) + (SELECT count(*) FROM hours)
        + (SELECT count(*) FROM samples) AS deleted;
 
 -- sample_backlog --
--- Each app's rows due now and its oldest due row, for this minute (the
--- first host to sample a minute wins; the others change nothing). Apps are
--- found by a skip scan of outbox_app_due_idx, as the claim walks them.
-WITH RECURSIVE ring(app_id) AS (
-    (SELECT o.app_id FROM outbox o ORDER BY o.app_id LIMIT 1)
+-- Each app's rows due now and its oldest due row, for this minute: the
+-- first host to sample a minute does the counting (a transaction-scoped
+-- try-lock keeps two from counting at once); the others find the minute
+-- sampled and count nothing. Apps are found by a skip scan of
+-- outbox_app_due_idx, as the claim walks them.
+WITH RECURSIVE go AS (
+    SELECT 1 WHERE pg_try_advisory_xact_lock(1869968483, 2)
+      AND NOT EXISTS (SELECT 1 FROM outbox_samples WHERE minute = date_trunc('minute', NOW()))
+), ring(app_id) AS (
+    (SELECT o.app_id FROM outbox o WHERE EXISTS (SELECT 1 FROM go) ORDER BY o.app_id LIMIT 1)
     UNION ALL
     SELECT (SELECT o.app_id FROM outbox o WHERE o.app_id > r.app_id ORDER BY o.app_id LIMIT 1)
     FROM ring r

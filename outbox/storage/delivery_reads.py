@@ -100,7 +100,7 @@ def attempts(f: AttemptFilter, limit: int = PAGE) -> AttemptsPage:
     if direct:
         # One row's attempts, or one trigger's: their own indexes, then the scope.
         where.append("(%(apps)s::uuid[] IS NULL OR d.app_id = ANY (%(apps)s::uuid[]))")
-    elif f.event_key is not None:
+    if f.event_key is not None:
         where.append("d.event_key = %(event_key)s")
         params["event_key"] = f.event_key
     windowed = len(post) > 1 and f.outbox_id is None and f.event_key is None

@@ -19,6 +19,12 @@ logger = logging.getLogger("picloud.delivery_log")
 # exclusive lock, and inserts queue behind a waiting DROP. A day not
 # dropped now is dropped by the next round.
 DROP_LOCK_TIMEOUT = "200ms"
+# How long making a day waits for a lock (attaching it takes the default
+# partition's); the hosts' source thread (cron ticks, queue batches) waits with it.
+MAKE_LOCK_TIMEOUT = "1s"
+# The per-minute rollups and backlog samples feed the dashboard's last day;
+# kept a little longer, then deleted (small tables: one row per app and minute).
+MINUTES_KEPT_DAYS = 2
 
 
 def _at(epoch: float | None) -> datetime | None:
@@ -62,7 +68,12 @@ class PgDeliveryLog:
             )
 
     def make_partitions(self, ahead: int = PARTITIONS_AHEAD) -> list[str]:
-        with transaction.atomic():
+        """(Another host making them meanwhile: this one makes none. A lock
+        held past MAKE_LOCK_TIMEOUT — a long read of the default partition,
+        a dump — fails the round; the next one makes them: days are made a
+        week ahead.)"""
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(f"SET LOCAL lock_timeout = '{MAKE_LOCK_TIMEOUT}'")
             return [r["name"] for r in fetch_all(Q["make_partitions"], {"ahead": ahead})]
 
     def drop_expired(self, ok_days: int, failed_days: int) -> list[str]:
@@ -79,7 +90,10 @@ class PgDeliveryLog:
                 continue
             dropped.append(name)
         execute(Q["drop_default_expired"], days)
-        execute(Q["drop_rollups"], {"days": max(ok_days, failed_days)})
+        execute(
+            Q["drop_rollups"],
+            {"days": max(ok_days, failed_days), "minute_days": MINUTES_KEPT_DAYS},
+        )
         return dropped
 
     def sample_backlog(self) -> int:

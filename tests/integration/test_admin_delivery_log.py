@@ -259,3 +259,25 @@ def test_filters_no_index_serves_walk_back_a_bounded_window_at_a_time(tenants, m
         cursor = page.older
     assert seen == [a.outbox_id for a in rare], "each once, newest first"
     assert pages > 3, "the window bounded each page"
+
+
+def test_odd_cursors_and_object_pages_are_answers_not_errors(client, tenants):
+    client.force_login(tenants["admin"])
+    some = uuid.uuid4()
+    # Offsets Python reads and PostgreSQL would refuse are read in UTC.
+    for at in ("2024-01-01T00:00:00+20:00", "2024-01-01T00:00:00+05:30:15.5"):
+        assert client.get(LOG, {"before": f"{at}~{some}~1"}).status_code == 200
+    refused = client.get(LOG, {"before": f"0001-01-01T00:00:00+05:00~{some}~1"})
+    assert refused.status_code == 302
+    letter = tenants["mine"][1].outbox_id
+    for view in ("history", "delete"):
+        for model in ("deliveryattempt", "deliverydashboard"):
+            url = reverse(f"admin:outbox_{model}_{view}", args=[letter])
+            assert client.get(url).status_code == 404, url
+
+
+def test_a_search_within_a_triggers_attempts_searches(client, tenants):
+    client.force_login(tenants["admin"])
+    trigger = str(tenants["shop_trigger"].id)
+    assert _ids(client.get(LOG, {"trigger": trigger, "q": "orders/no-such-key"})) == set()
+    assert len(_ids(client.get(LOG, {"trigger": trigger, "q": "orders/o-1"}))) == 2

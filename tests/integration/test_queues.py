@@ -18,6 +18,7 @@ from outbox.dispatch.dispatcher import Dispatcher
 from outbox.dispatch.metrics import Counters
 from outbox.dispatch.replies import InboxReplySink
 from outbox.models import OutboxEntry
+from outbox.storage.pg_delivery_log import PgDeliveryLog
 from outbox.storage.pg_repository import PgOutboxRepo, PgReplyInbox
 from outbox.storage.repository import NewOutboxRow
 from picloud.config import RetryPolicy, SandboxCeiling, TriggerConfig
@@ -41,6 +42,9 @@ TRIGGER_Q = load_queries("triggers")
 
 @pytest.fixture
 def setup(transactional_db):
+    # The delivery log has no model, so the flush between tests leaves it.
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE delivery_log")
     app = AppFactory()
     admin = MembershipFactory(app=app, role=Role.AppAdmin.value).principal
     queue = queues.create_queue(app, "work", principal=admin)
@@ -219,7 +223,14 @@ def _dispatcher():
         replies=InboxReplySink(PgReplyInbox(), PgAbandonedRepo(), Counters()),
         atomic=transaction.atomic,
         batches=PgBatchStore(),
+        delivery_log=PgDeliveryLog(),
     )
+
+
+def _logged() -> list[tuple[str, str]]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT outcome, disposition FROM delivery_log WHERE source_kind = 'queue'")
+        return cursor.fetchall()
 
 
 def _run_batches(dispatcher):
@@ -243,6 +254,7 @@ class TestQueueTriggers:
         row = OutboxEntry.objects.get()
         assert row.source_kind == "queue" and len(row.payload["messages"]) == 100
         assert _dispatcher().run_once(limit=10).executed == 1
+        assert _logged() == [("error", "retry")], "a batch with failed messages is no success"
         assert sorted(QueueMessage.objects.values_list("id", flat=True)) == sorted(failed)
         assert not OutboxEntry.objects.exists(), "the batch's row went with its settle"
         REPORT["failed"] = []
@@ -285,6 +297,7 @@ class TestQueueTriggers:
         assert DeadLetter.objects.count() == 2
         assert "malformed report" in DeadLetter.objects.first().last_error
         assert not QueueMessage.objects.exists()
+        assert _logged() == [("error", "dead_letter")], "logged as what became of its messages"
 
     def test_max_concurrency_bounds_the_batches_in_the_outbox(self, setup, consumer):
         app, admin, _ = setup

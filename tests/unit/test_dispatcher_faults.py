@@ -12,6 +12,7 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
+from django.db import DataError
 
 from deadletters.memory_repository import MemoryDeadLetterRepo
 from outbox.dispatch.dispatcher import Dispatcher
@@ -301,3 +302,27 @@ def test_a_transient_error_keeps_the_outcome_instead_of_rewriting_it(world):
     assert calls == ["x\u00e9"], "no plain-text retry for a lost connection"
     dispatcher.settle_backlog()
     assert outbox.get(row.id).last_error == "x\u00e9", "settled later, unchanged"
+
+
+def test_a_reply_stored_as_plain_text_is_logged_as_what_the_caller_was_told(world):
+    """A result the database refuses reaches the caller as a 502; the
+    delivery log and the counts say the same, not the success that ran."""
+    _clock, outbox, dispatcher = world
+    log = outbox.delivery_log
+    dispatcher.delivery_log = log
+
+    class RefusingReplies(Replies):
+        def deliver(self, row, outcome):
+            if outcome.ok:
+                raise DataError("the database refused the result")
+            super().deliver(row, outcome)
+
+    dispatcher.replies = RefusingReplies()
+    row = outbox.insert(NewOutboxRow(APP, "invoke", SCRIPT, PRINCIPAL, {}, reply_to=uuid.uuid4()))
+    dispatcher.executor = executor_for(CountingScripts(lambda r: Success({"big": "\x00"})))
+    dispatcher.run_once(limit=10)
+    dispatcher.flush_acks()
+    [attempt] = log.attempts
+    assert (attempt.outbox_id, attempt.outcome, attempt.status_code) == (row.id, "error", 502)
+    assert "could not be stored" in attempt.detail
+    assert dispatcher.rollups.minutes[(APP, int(attempt.started_at.timestamp() // 60))] == [0, 1]

@@ -58,7 +58,7 @@ RELEASED_MIGRATION_SQL = {
     "outbox/sql/0005_circuit_breaker.sql": "b2d5d4040adbb3adce26dd2ef2aa5a9d69eeece2624afcc058cc2ed630153eff",
     "outbox/sql/0006_claim_waits.sql": "3fe0ff2454ef2011ad0eea004a698fe0021a4a109f75eb9a4f820fba05c9393b",
     "outbox/sql/0007_email_send.sql": "377a3b1058eb4556cce2d19e18f33a186f864775118161395a74df80b5d64380",
-    "outbox/sql/0008_delivery_log.sql": "2bdc9bb2ce643c2bbadf1c06721d772990ea65f4a9262f0747f1e6e8995a766c",
+    "outbox/sql/0008_delivery_log.sql": "695c34831289f42e371f7018bd87657fb25681c4f5ab03de0092678117bb13eb",
     "outbox/sql/0009_claim_due_at.sql": "116241dfa6a2be9fe7eca7bdf0d1d2b16e12c6975593cf598acd82f7a5b997e4",
     "outbox/sql/0010_admin_at_scale.sql": "eb5b8738945c49844c192217a697a6d70366016776cfde2bf226307697368aaa",
     "picloud/sql/0001_core.sql": "dbd30827f9eff6be097e26c580efd6c66d40a1c45860d65a669b12670d6837f3",
