@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from outbox.storage.delivery_log import DETAIL_CHARS, Acked, Attempt, event_key, storable_detail
+from outbox.storage.delivery_log import (
+    DETAIL_CHARS,
+    Acked,
+    Attempt,
+    attempt_of_row,
+    storable_detail,
+)
 from outbox.storage.repository import OutboxRow
 from picloud.runtime.execution import Failure, Outcome
 
@@ -50,23 +55,7 @@ def acked_of(ran: Ran) -> Acked:
 
 def attempt_of(ran: Ran, disposition: str) -> Attempt:
     """The whole log entry of an attempt whose row is not acknowledged."""
-    row = ran.row
-    acked = acked_of(ran)
-    return Attempt(
-        outbox_id=row.id,
-        app_id=row.app_id,
-        trigger_id=row.trigger_id,
-        script_id=row.script_id,
-        source_kind=row.source_kind,
-        attempt=row.attempts,
-        started_at=datetime.fromtimestamp(acked.started, UTC),
-        duration_ms=acked.ms,
-        outcome=acked.outcome,
-        disposition=disposition,
-        status_code=acked.status,
-        event_key=event_key(row.source_kind, row.payload),
-        detail=acked.detail,
-    )
+    return attempt_of_row(ran.row, acked_of(ran), disposition)
 
 
 def _status_and_detail(outcome: Outcome) -> tuple[int | None, str]:

@@ -14,7 +14,7 @@ import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
 
 from picloud.db.storable import storable_text
@@ -103,6 +103,26 @@ def _as_text(value: Any) -> str:
     if value is True or value is False:
         return "true" if value else "false"
     return json.dumps(value, separators=(", ", ": "))
+
+
+def attempt_of_row(row: Any, acked: Acked, disposition: str) -> Attempt:
+    """The whole log entry of an attempt of outbox row `row` (an OutboxRow):
+    what delivery_log_ack and delivery_log_write store of it."""
+    return Attempt(
+        outbox_id=row.id,
+        app_id=row.app_id,
+        trigger_id=row.trigger_id,
+        script_id=row.script_id,
+        source_kind=row.source_kind,
+        attempt=row.attempts,
+        started_at=datetime.fromtimestamp(acked.started, UTC),
+        duration_ms=acked.ms,
+        outcome=acked.outcome,
+        disposition=disposition,
+        status_code=acked.status,
+        event_key=event_key(row.source_kind, row.payload),
+        detail=acked.detail,
+    )
 
 
 def storable_detail(text: str) -> str:

@@ -7,11 +7,11 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from django.utils import timezone
 
-from outbox.storage.delivery_log import Acked, Attempt, MemoryDeliveryLog, event_key
+from outbox.storage.delivery_log import Acked, MemoryDeliveryLog, attempt_of_row
 from outbox.storage.memory_circuits import MemoryCircuitRepo
 from outbox.storage.repository import (
     CLAIM_QUANTUM,
@@ -154,7 +154,7 @@ class MemoryOutboxRepo:
         if log:
             self.delivery_log.write(
                 [
-                    _acked(self.rows[i], a)
+                    attempt_of_row(self.rows[i], a, "done")
                     for i, a in zip(row_ids, log, strict=True)
                     if i in self.rows
                 ]
@@ -275,22 +275,3 @@ class MemoryReplyInbox:
             for inbox_id in old:
                 del self.inboxes[inbox_id]
             return len(old)
-
-
-def _acked(row: OutboxRow, acked: Acked) -> Attempt:
-    """An acknowledged row's attempt, as delivery_log_ack writes it."""
-    return Attempt(
-        outbox_id=row.id,
-        app_id=row.app_id,
-        trigger_id=row.trigger_id,
-        script_id=row.script_id,
-        source_kind=row.source_kind,
-        attempt=row.attempts,
-        started_at=datetime.fromtimestamp(acked.started, UTC),
-        duration_ms=acked.ms,
-        outcome=acked.outcome,
-        disposition="done",
-        status_code=acked.status,
-        event_key=event_key(row.source_kind, row.payload),
-        detail=acked.detail,
-    )
