@@ -180,7 +180,18 @@ def _old_depth_letter(app, trigger_id, script, principal, cause, stopped, key="k
 
 
 def _in_order(letters):
-    return sorted(letters, key=lambda d: (str(d[5]), str(d[2]), str(d[0]), str(d[3])))
+    # The payload too: two letters of one trigger and cause differ only by
+    # their event's key, and the database returns them in any order.
+    return sorted(
+        letters,
+        key=lambda d: (
+            str(d[5]),
+            str(d[2]),
+            str(d[0]),
+            str(d[3]),
+            str(d[4].get("key")) if isinstance(d[4], dict) else "",
+        ),
+    )
 
 
 def _letters():
