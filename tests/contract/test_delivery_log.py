@@ -111,7 +111,7 @@ _SCALARS = st.one_of(
 
 
 @settings(
-    max_examples=150,
+    max_examples=60,
     deadline=None,
     # Long texts are slow to draw on a loaded machine; they are the point (the 512 cut).
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
