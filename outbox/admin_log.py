@@ -24,14 +24,15 @@ from django.utils.http import urlencode
 from deadletters.models import DeadLetter
 from outbox.models import DeliveryAttempt, DeliveryDashboard
 from outbox.storage import delivery_reads as reads
+from outbox.storage.delivery_log import DISPOSITIONS, OUTCOMES
 from outbox.storage.kinds import SourceKind
-from picloud.admin_access import AppScopedAdmin, WrittenBySystem, holds_in
+from picloud.admin_access import CANONICAL_ID, AppScopedAdmin, WrittenBySystem, holds_in
 from picloud.domain.authz import Capability
 from picloud.models import App
 from picloud.svgchart import Line, line_chart
 from picloud.text import truncate
 
-_ID = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+_ID = CANONICAL_ID  # an id as links write it (str(uuid))
 # The cursor of "older": started_at (ISO), outbox id, attempt.
 _CURSOR = re.compile(r"(?P<at>[0-9T:.+\- ]{19,40})~(?P<id>" + _ID.pattern + r")~(?P<n>[0-9]{1,9})")
 CHART_APPS = 6  # apps charted one by one on the dashboard (the busiest)
@@ -146,8 +147,8 @@ class DeliveryLogAdmin(_ReadOnlyPage):
             "filters": {k: params.get(k, "") for k in FILTER_PARAMS},
             "apps": list(apps.values_list("id", "slug")[:500]),
             "results": reads.RESULTS,
-            "outcomes": reads.OUTCOMES,
-            "dispositions": reads.DISPOSITIONS,
+            "outcomes": OUTCOMES,
+            "dispositions": DISPOSITIONS,
             "kinds": SourceKind.choices,
             "page_size": reads.PAGE,
             "paged": "before" in params,
@@ -172,8 +173,8 @@ class DeliveryLogAdmin(_ReadOnlyPage):
             outbox_id=outbox_id,
             event_key=key,
             result=_choice("result", params.get("result"), reads.RESULTS),
-            outcome=_choice("outcome", params.get("outcome"), reads.OUTCOMES),
-            disposition=_choice("disposition", params.get("disposition"), reads.DISPOSITIONS),
+            outcome=_choice("outcome", params.get("outcome"), OUTCOMES),
+            disposition=_choice("disposition", params.get("disposition"), DISPOSITIONS),
             source_kind=_choice("kind", params.get("kind"), tuple(SourceKind.values)),
             before=_cursor(params.get("before")),
         )

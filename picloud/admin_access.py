@@ -73,12 +73,12 @@ def scope(queryset: QuerySet, app_ids: frozenset[uuid.UUID] | None, app_path: st
 # An id as the filters' links write it (str(uuid)). Anything else — other
 # spellings uuid.UUID would take, such as non-ASCII digits, included — is
 # refused rather than guessed at.
-_CANONICAL_ID = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+CANONICAL_ID = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 
 
 def parse_id(title: str, value: str) -> uuid.UUID:
     """`value` as an id, or IncorrectLookupParameters naming the filter."""
-    if not _CANONICAL_ID.fullmatch(value):
+    if not CANONICAL_ID.fullmatch(value):
         raise IncorrectLookupParameters(
             f"The {title} filter takes an id from its list (like "
             f"01234567-89ab-cdef-0123-456789abcdef); {truncate(value, 40)!r} is not one."

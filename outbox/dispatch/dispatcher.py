@@ -251,13 +251,12 @@ class Dispatcher:
         self.counters.inc(CRON_OVERLAP_DROPPED, len(said.drop))
         return [r for r in rows if r.id not in said.drop and r.id not in said.wait]
 
-    def settle(self, ran: Sequence[Ran | tuple]) -> None:
+    def settle(self, ran: Sequence[Ran]) -> None:
         """Settle the outcomes of rows that ran (attempts.Ran: the row, its
         outcome, when its lease ends on the monotonic clock, when it started
         and for how long). Successes wait for the next claim (or
         flush_acks). Raises the first settling error after keeping every
         outcome it could not record in the backlog."""
-        ran = [r if isinstance(r, Ran) else Ran(*r) for r in ran]
         self.tally = {"dispatched": 0, "succeeded": 0}
         if self.circuits is not None:
             # The circuits first: a failed probe must reopen its circuit
@@ -366,9 +365,11 @@ class Dispatcher:
             self.backlog.append(ran)
             self.settle_error = exc
 
-    def _settled(self, ran: Ran, ack: bool) -> None:  # ran: as recorded
+    def _settled(self, ran: Ran, ack: bool) -> None:
         """Record what settling a row left to do: its acknowledgement (and
-        its attempt's log entry, written with it), and the counts."""
+        its attempt's log entry, written with it), and the counts. `ran` is
+        the outcome as recorded (_settle_one's), which the log and the
+        counts must agree with."""
         if self.delivery_log is not None:
             acked = acked_of(ran)
             if ack:

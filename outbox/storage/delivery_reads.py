@@ -25,9 +25,8 @@ Q = load_queries("outbox", "delivery_reads.sql")
 PAGE = 50  # attempts per page
 HEALTH_WINDOW = timedelta(hours=24)
 
-# The filters a page of attempts takes, and what each may be.
-OUTCOMES = ("success", "error", "timeout", "unauthorized", "lost")
-DISPOSITIONS = ("done", "retry", "dead_letter", "given_up")
+# What the result filter takes (outcome and disposition take
+# delivery_log.OUTCOMES and DISPOSITIONS).
 RESULTS = ("succeeded", "failed")
 
 

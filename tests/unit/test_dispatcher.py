@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from deadletters.memory_repository import MemoryDeadLetterRepo
+from outbox.dispatch.attempts import Ran
 from outbox.dispatch.dispatcher import Dispatcher, iter_batches
 from outbox.dispatch.metrics import Counters
 from outbox.storage.circuits import ScriptOutcomes
@@ -446,7 +447,7 @@ def test_a_failed_probe_reopens_the_circuit_before_its_row_leaves_its_lease(worl
         return reschedule(*args)
 
     world.outbox.reschedule = spy
-    world.dispatcher.settle([(probe, Failure("503", retryable=True), claim.lease_ends_at)])
+    world.dispatcher.settle([Ran(probe, Failure("503", retryable=True), claim.lease_ends_at)])
     # Once the reschedule ends the probe's lease, a claim must find the
     # circuit open again, not probing (it would take a second probe).
     assert seen_at_reschedule == ["open"]
