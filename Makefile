@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.requirements-installed
 
-.PHONY: run test browser screenshots lint format check-migrations bench bench-invoke bench-fairness bench-cron bench-queues bench-admin bench-log db-stop clean
+.PHONY: run test browser screenshots lint format check-migrations bench bench-invoke bench-fairness bench-cron bench-queues bench-admin bench-log upgrade-drill db-stop clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -78,6 +78,10 @@ bench-queues: $(STAMP)
 # The delivery log's disk use per million attempts.
 bench-log: $(STAMP)
 	$(PY) benchmarks/delivery_log.py $(BENCH_ARGS)
+
+# Rolling upgrade from the previous release: old node, migrate, new node beside it (minutes).
+upgrade-drill: $(STAMP)
+	$(PY) -m pytest topology/test_rolling_upgrade.py -s $(PYTEST_ARGS)
 
 # Admin pages (every list, change page and common filter) on 1,000,000 waiting
 # outbox rows, 1,000,000 dead letters and 10,000,000 delivery log rows, as a

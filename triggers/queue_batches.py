@@ -87,23 +87,28 @@ class BatchStore(Protocol):
     def settle(
         self,
         batch: uuid.UUID,
+        attempt: int,
         done: Sequence[int],
         retry: Sequence[Retry],
         dead: Sequence[int],
-    ) -> list[int]:
+    ) -> list[int] | None:
         """In the caller's transaction: delete `done`, make `retry` visible
         after their delays, delete `dead` and return those it deleted (the
         caller writes their dead letters), release anything else the batch
-        held, and delete the batch's outbox row. A batch already settled
-        changes nothing and returns []."""
+        held, and delete the batch's outbox row — only while that row is
+        still the claim that made `attempt`. None when it is not: a batch
+        already settled (or deleted with its trigger) changes nothing but
+        releasing what it still held; a batch claimed again elsewhere
+        changes nothing at all."""
 
 
 class PgBatchStore:
-    def settle(self, batch, done, retry, dead) -> list[int]:
+    def settle(self, batch, attempt, done, retry, dead) -> list[int] | None:
         row = fetch_one(
             Q["settle_queue_batch"],
             {
                 "batch": batch,
+                "attempt": attempt,
                 "done": list(done),
                 "retry": [r.id for r in retry],
                 "retry_delay_ms": [r.delay_ms for r in retry],
@@ -111,4 +116,5 @@ class PgBatchStore:
                 "dead": list(dead),
             },
         )
-        return list(row["dead"])  # type: ignore[index]
+        dead_ids = row["dead"]  # type: ignore[index]
+        return None if dead_ids is None else list(dead_ids)

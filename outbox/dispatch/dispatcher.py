@@ -530,7 +530,10 @@ class Dispatcher:
                 delay = max(delay, min(outcome.retry_after, policy.max_delay_ms / 1000))
             with self.atomic():
                 due_at = self.clock() + timedelta(seconds=delay)
-                if self.outbox.reschedule(row.id, due_at, outcome.error):
+                # Only our claim's attempt: settled again after its COMMIT's
+                # answer was lost, the row matches nothing and no second
+                # entry is logged.
+                if self.outbox.reschedule(row.id, due_at, outcome.error, attempt=row.attempts):
                     self._log(ran, "retry")
             self.counters.inc("retried")
             return ran, False

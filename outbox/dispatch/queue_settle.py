@@ -145,7 +145,9 @@ class QueueSettler:
         """Record the batch's outcome message by message and delete its row,
         in one transaction; returns the dead letters written. `log(dead,
         retried)` is called in that transaction, once its fate is known
-        (the delivery log's entry goes with it)."""
+        (the delivery log's entry goes with it), and not at all when the row
+        is no longer this claim's (settled already: a settle repeated after
+        its COMMIT's answer was lost is neither applied nor logged twice)."""
         messages = batch_messages(row)
         trigger = None
         if not outcome.ok or (
@@ -162,7 +164,10 @@ class QueueSettler:
         )
         dead_ids = [m["id"] for m, _, _ in decided.dead]
         with self.atomic():
-            gone = set(self.store.settle(row.id, decided.done, decided.retry, dead_ids))
+            settled = self.store.settle(row.id, row.attempts, decided.done, decided.retry, dead_ids)
+            if settled is None:
+                return 0
+            gone = set(settled)
             written = 0
             for message, receives, error in decided.dead:
                 if message["id"] in gone:

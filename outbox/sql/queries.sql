@@ -40,18 +40,12 @@ SELECT delivery_log_ack(%(ack)s::uuid[], %(started)s::float8[], %(ms)s::integer[
        AS deleted;
 
 -- reschedule --
--- Keeps the newest %(max_errors)s errors: slice the appended array from the end.
-UPDATE outbox
-SET due_at = %(due_at)s,
-    leased_until = NULL,
-    last_error = %(error)s,
-    errors = (
-        SELECT COALESCE(jsonb_agg(e ORDER BY n), '[]'::jsonb)
-        FROM jsonb_array_elements(errors || jsonb_build_array(%(error)s::text))
-             WITH ORDINALITY AS x(e, n)
-        WHERE n > jsonb_array_length(errors) + 1 - %(max_errors)s
-    )
-WHERE id = %(id)s;
+-- outbox_reschedule_claimed (0011_settle_claimed_attempt.sql): only while
+-- the row still holds %(attempt)s and its lease (NULL: any row), so a
+-- settle repeated after a lost COMMIT answer matches nothing and is not
+-- logged twice; keeps the newest %(max_errors)s errors.
+SELECT outbox_reschedule_claimed(%(id)s, %(attempt)s, %(due_at)s, %(error)s,
+                                 %(max_errors)s) AS rescheduled;
 
 -- release --
 -- Hand claimed rows back unexecuted (shutdown, a batch running late, a cron

@@ -164,12 +164,18 @@ class MemoryOutboxRepo:
                 self.leased_until.pop(row_id, None)
             return sum(self.rows.pop(i, None) is not None for i in set(row_ids))
 
-    def reschedule(self, row_id: uuid.UUID, due_at: datetime, error: str) -> bool:
+    def reschedule(
+        self, row_id: uuid.UUID, due_at: datetime, error: str, *, attempt: int | None = None
+    ) -> bool:
         error = bounded_error(error)
         with self._lock:
             current = self.rows.get(row_id)
             if current is None:
                 return False
+            if attempt is not None and (
+                current.attempts != attempt or row_id not in self.leased_until
+            ):
+                return False  # no longer the claim that made this attempt
             errors = (*current.errors, error)[-MAX_ERRORS_KEPT:]
             self.rows[row_id] = replace(current, due_at=due_at, last_error=error, errors=errors)
             self.leased_until.pop(row_id, None)

@@ -100,14 +100,17 @@ class PgOutboxRepo:
             return 0
         return execute(Q["delete"], {"ids": list(row_ids)})
 
-    def reschedule(self, row_id: uuid.UUID, due_at: datetime, error: str) -> bool:
+    def reschedule(
+        self, row_id: uuid.UUID, due_at: datetime, error: str, *, attempt: int | None = None
+    ) -> bool:
         params = {
             "id": row_id,
+            "attempt": attempt,
             "due_at": due_at,
             "error": bounded_error(error),
             "max_errors": MAX_ERRORS_KEPT,
         }
-        return execute(Q["reschedule"], params) > 0
+        return fetch_one(Q["reschedule"], params)["rescheduled"]  # type: ignore[index]
 
     def release(self, row_ids: Sequence[uuid.UUID], *, delay: float = 0.0) -> int:
         if not row_ids:

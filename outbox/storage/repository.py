@@ -127,10 +127,16 @@ class OutboxRepo(Protocol):
         """Acknowledge rows: delete them in one statement, which also logs
         their attempts when `log` holds them (as claim_due); returns how many existed."""
 
-    def reschedule(self, row_id: uuid.UUID, due_at: datetime, error: str) -> bool:
+    def reschedule(
+        self, row_id: uuid.UUID, due_at: datetime, error: str, *, attempt: int | None = None
+    ) -> bool:
         """Make the row due at `due_at` (no longer in flight), record `error` as last_error and append
         it (truncated to MAX_ERROR_CHARS) to errors, keeping the last
-        MAX_ERRORS_KEPT. False if the row is gone."""
+        MAX_ERRORS_KEPT. False if the row is gone. With `attempt`, only
+        while the row is still the claim that made that attempt (it holds
+        that many attempts and its lease): False once it was rescheduled,
+        released or claimed again, so a settle repeated after a lost COMMIT
+        answer changes (and logs) nothing."""
 
     def release(self, row_ids: Sequence[uuid.UUID], *, delay: float = 0.0) -> int:
         """Give claimed rows back unexecuted: due now (or `delay` seconds

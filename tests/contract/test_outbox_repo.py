@@ -107,6 +107,24 @@ def test_reschedule_records_each_error(outbox_repo, new_row):
     assert outbox_repo.reschedule(uuid.uuid4(), later, "x") is False
 
 
+def test_reschedule_of_an_attempt_matches_only_that_claim_and_once(outbox_repo, new_row):
+    row = outbox_repo.insert(new_row())
+    now = timezone.now()
+    assert outbox_repo.reschedule(row.id, now, "x", attempt=0) is False, "never claimed"
+    (claimed,) = outbox_repo.claim_due(limit=1, lease=LEASE)
+    assert outbox_repo.reschedule(row.id, now, "stale", attempt=claimed.attempts + 1) is False
+    assert outbox_repo.reschedule(row.id, now, "boom", attempt=claimed.attempts)
+    assert outbox_repo.reschedule(row.id, now, "boom", attempt=claimed.attempts) is False, (
+        "the same settle again (its COMMIT's answer lost) matches nothing"
+    )
+    (again,) = outbox_repo.claim_due(limit=1, lease=LEASE)
+    assert outbox_repo.reschedule(row.id, now, "late", attempt=claimed.attempts) is False, (
+        "claimed again elsewhere: the first claim's settle leaves it alone"
+    )
+    assert outbox_repo.get(row.id).errors == ("boom",)
+    assert outbox_repo.reschedule(row.id, now, "boom 2", attempt=again.attempts)
+
+
 def test_rescheduled_row_is_claimable_when_due(outbox_repo, new_row):
     row = outbox_repo.insert(new_row())
     outbox_repo.reschedule(row.id, timezone.now() - timedelta(seconds=1), "retry me")

@@ -442,9 +442,9 @@ def test_a_failed_probe_reopens_the_circuit_before_its_row_leaves_its_lease(worl
     seen_at_reschedule = []
     reschedule = world.outbox.reschedule
 
-    def spy(*args):
+    def spy(*args, **kwargs):
         seen_at_reschedule.append(circuits.get(SCRIPT).state(world.clock.now))
-        return reschedule(*args)
+        return reschedule(*args, **kwargs)
 
     world.outbox.reschedule = spy
     world.dispatcher.settle([Ran(probe, Failure("503", retryable=True), claim.lease_ends_at)])

@@ -59,11 +59,11 @@ class FaultyOutbox(MemoryOutboxRepo):
         self._check()
         return super().release(row_ids)
 
-    def reschedule(self, row_id, due_at, error):
+    def reschedule(self, row_id, due_at, error, *, attempt=None):
         self._check()
         if self.ascii_only and not (error.isascii() and error.isprintable()):
             raise ValueError("the database refused the error text")
-        return super().reschedule(row_id, due_at, error)
+        return super().reschedule(row_id, due_at, error, attempt=attempt)
 
 
 class CountingScripts:
@@ -290,11 +290,11 @@ def test_a_transient_error_keeps_the_outcome_instead_of_rewriting_it(world):
     calls = []
     original = outbox.reschedule
 
-    def reschedule(row_id, due_at, error):
+    def reschedule(row_id, due_at, error, *, attempt=None):
         calls.append(error)
         if len(calls) == 1:
             raise DatabaseGone("connection lost")
-        return original(row_id, due_at, error)
+        return original(row_id, due_at, error, attempt=attempt)
 
     outbox.reschedule = reschedule
     with pytest.raises(DatabaseGone):

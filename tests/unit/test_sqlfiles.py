@@ -61,6 +61,7 @@ RELEASED_MIGRATION_SQL = {
     "outbox/sql/0008_delivery_log.sql": "695c34831289f42e371f7018bd87657fb25681c4f5ab03de0092678117bb13eb",
     "outbox/sql/0009_claim_due_at.sql": "116241dfa6a2be9fe7eca7bdf0d1d2b16e12c6975593cf598acd82f7a5b997e4",
     "outbox/sql/0010_admin_at_scale.sql": "eb5b8738945c49844c192217a697a6d70366016776cfde2bf226307697368aaa",
+    "outbox/sql/0011_settle_claimed_attempt.sql": "355abae1c2872a59522673cdb4b740620d53b1b44f77d0136464130c9495f209",
     "picloud/sql/0001_core.sql": "dbd30827f9eff6be097e26c580efd6c66d40a1c45860d65a669b12670d6837f3",
     "picloud/sql/0002_kv_and_runtimes.sql": "b0f38c7b32c56779f5fc6ca45b180508191783f6699f49914f255d4b3f66d282",
     "picloud/sql/0003_api_tokens.sql": "d1dbec3c1227f5709f1ef39dde8861fe5cd7fe62fa6c4ef0ca0c011002657829",
@@ -74,6 +75,7 @@ RELEASED_MIGRATION_SQL = {
     "triggers/sql/0004_pubsub_and_queues.sql": "83b4d2fa2106c15b4303e56e9e9eb8fa52d7f132c04057b67f9b0a7fd97e5046",
     "triggers/sql/0005_email.sql": "99a138b97022f801f496c1a85edd3b5bb3ce8de8c2b21fd9434203527c147598",
     "triggers/sql/0006_log_failures_only.sql": "8d30b0fcd9323201d4ac8c2b43537c4b66db4faf47542b38015f0fec1ad4824e",
+    "triggers/sql/0007_queue_settle_claimed.sql": "9ee90dcf1d702066616898d2d03e8e8d57f5d611e32414ba21fbf727b9f1dbb5",
 }
 
 

@@ -299,6 +299,9 @@ FROM gone
 WHERE m.batch_id = gone.batch_id;
 
 -- settle_queue_batch --
-SELECT queue_settle_batch(%(batch)s, %(done)s::bigint[], %(retry)s::bigint[],
-                          %(retry_delay_ms)s::integer[], %(retry_count)s::integer[],
-                          %(dead)s::bigint[]) AS dead;
+-- Only while the batch's row holds the claim of %(attempt)s
+-- (outbox/sql/0011_settle_claimed_attempt.sql): NULL when it was settled
+-- already or claimed again elsewhere.
+SELECT queue_settle_claimed(%(batch)s, %(attempt)s, %(done)s::bigint[], %(retry)s::bigint[],
+                            %(retry_delay_ms)s::integer[], %(retry_count)s::integer[],
+                            %(dead)s::bigint[]) AS dead;

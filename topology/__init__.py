@@ -1,0 +1,1 @@
+"""Drills of production topology, run by make targets, not by plain pytest."""
