@@ -11,6 +11,7 @@ connections stay open and are reused.
 from __future__ import annotations
 
 import asyncio
+import select
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,10 @@ class DbThreads:
 
     def _call(self, fn: Callable[..., T], *args) -> T:
         try:
+            if connection.connection is not None and closed_by_server(connection.connection):
+                # The server went away since the last job (a restart, a
+                # failover): reconnect now rather than fail this job on it.
+                connection.close()
             if connection.connection is None:
                 connection.ensure_connection()
                 self.on_connect()
@@ -63,3 +68,15 @@ class DbThreads:
         for future in [self._pool.submit(close_own) for _ in range(self.size)]:
             future.result()
         self._pool.shutdown(wait=True)
+
+
+def closed_by_server(conn) -> bool:
+    """Whether an idle connection has something to read. Between jobs nothing
+    is owed to it (no query runs, it does not LISTEN), so that is the
+    server's goodbye: its FATAL message, or the end of the stream. One poll
+    of the socket, no round trip; a dead host that sent nothing is not seen."""
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):  # the socket is already gone
+        return True
+    return bool(readable)

@@ -31,7 +31,12 @@ from typing import Any
 
 from django.db import connections
 
-from picloud.runtime.sandbox import MAX_HUNG_HELPERS, SandboxTimeout, drop_broken_connections
+from picloud.runtime.sandbox import (
+    MAX_HUNG_HELPERS,
+    SandboxTimeout,
+    drop_broken_connections,
+    drop_closed_connections,
+)
 
 EXPIRE_EVERY = 0.05  # seconds: how late a time limit may be noticed, at most
 
@@ -80,6 +85,7 @@ class _Worker:
                     if job.state != _WAITING:
                         continue  # withdrawn meanwhile
                     job.state, job.started_at, job.worker = _RUNNING, time.monotonic(), self
+                drop_closed_connections()
                 try:
                     result, error = job.fn(), None
                 except BaseException as exc:  # handed to the loop, which decides

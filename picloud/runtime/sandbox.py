@@ -26,6 +26,8 @@ from typing import Any
 
 from django.db import connections
 
+from picloud.db.dbthreads import closed_by_server
+
 # Helpers still running a callable that overran its time. Each holds a
 # thread and its database connection (with any transaction it left open)
 # until the callable returns; past this many in one process, no further
@@ -56,6 +58,15 @@ class _Batch:
 _STOPPED = object()  # the helper's answer to a cancelled batch: nothing more comes
 
 
+def drop_closed_connections() -> None:
+    """Before a job: drop a connection the server closed while it sat idle
+    (a restart, a failover, a terminated session), so the job's first query
+    reconnects instead of failing, which would cost its row an attempt."""
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is not None and closed_by_server(conn.connection):
+            conn.close()
+
+
 def drop_broken_connections() -> None:
     """After a query failed, drop a connection that no longer works (say,
     PostgreSQL restarted) so the next callable reconnects instead of failing."""
@@ -81,6 +92,7 @@ class _Helper:
                     if batch.cancelled:
                         self.results.put((True, _STOPPED))
                         break
+                    drop_closed_connections()
                     try:
                         outcome = (True, fn())
                     except BaseException as exc:  # handed to the caller, which decides
