@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.requirements-installed
 
-.PHONY: run test browser screenshots lint format check-migrations bench bench-invoke bench-fairness bench-cron bench-queues bench-admin bench-log upgrade-drill chaos chaos-short db-stop clean
+.PHONY: run test test-pgbouncer pgbouncer browser screenshots lint format check-migrations bench bench-invoke bench-fairness bench-cron bench-queues bench-admin bench-log bench-scale upgrade-drill chaos chaos-short failover db-stop clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,21 @@ browser:
 	    echo "no Chromium at $(CHROMIUM): install the chromium package (the browser tests need it)"; \
 	  fi; }
 
+# The acceptance suite through Debian's PgBouncer in transaction mode, twice:
+# LISTEN on a direct connection, then polling (docs/operations.md, "Connection pooling").
+test-pgbouncer: $(STAMP) browser pgbouncer
+	$(PY) -m topology.pgbouncer $(PYTEST_ARGS)
+
+# Debian's PgBouncer, installed once as root with apt, like the browser above.
+pgbouncer:
+	@command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's pgbouncer for the pooling drill"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null; \
+	  else \
+	    echo "no pgbouncer: install the pgbouncer package (make test-pgbouncer needs it)"; \
+	  fi; }
+
 # Runs the browser tests and keeps their screenshots in docs/screenshots/.
 screenshots: $(STAMP) browser
 	PICLOUD_SCREENSHOTS_DIR=docs/screenshots $(PY) -m pytest tests/acceptance/test_admin_browser.py
@@ -61,6 +76,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/queues.py
 	$(PY) benchmarks/delivery_log.py
 	$(PY) benchmarks/admin_pages.py
+	$(PY) benchmarks/scaleout.py
 
 # Fairness across apps (B's latency while A is loaded; C's throughput while A hangs).
 bench-fairness: $(STAMP)
@@ -88,6 +104,10 @@ chaos: $(STAMP)
 chaos-short: $(STAMP)
 	$(PY) -m topology.chaos --seconds 60 --rate 100 --fault-every 7
 
+# Failover drill: primary + synchronous standby, the primary killed mid-drain and the standby promoted (minutes).
+failover: $(STAMP)
+	$(PY) -m pytest -p no:django -s topology/test_failover.py $(PYTEST_ARGS)
+
 # Rolling upgrade from the previous release: old node, migrate, new node beside it (minutes).
 upgrade-drill: $(STAMP)
 	$(PY) -m pytest topology/test_rolling_upgrade.py -s $(PYTEST_ARGS)
@@ -97,6 +117,10 @@ upgrade-drill: $(STAMP)
 # superuser and as an app admin.
 bench-admin: $(STAMP)
 	$(PY) benchmarks/admin_pages.py $(BENCH_ARGS)
+
+# 1, 2 and 3 qcluster nodes on one PostgreSQL: drains, steady-load start latency, CPU split.
+bench-scale: $(STAMP)
+	$(PY) benchmarks/scaleout.py $(BENCH_ARGS)
 
 # Synchronous invocation over HTTP under load; writes its section of docs/benchmarks.md.
 bench-invoke: $(STAMP)

@@ -24,6 +24,7 @@ from picloud.config import (
     EmailConfig,
     EnvConfig,
     MetricsConfig,
+    PoolerConfig,
     SandboxCeiling,
     StopConfig,
     SyncConfig,
@@ -44,6 +45,7 @@ CHECK_IDS: dict[type[EnvConfig], str] = {
     MetricsConfig: "picloud.E009",
     EmailConfig: "picloud.E011",  # E010 is the user model check (domain/user_model.py)
     DeliveryLogConfig: "picloud.E012",
+    PoolerConfig: "picloud.E013",
 }
 HINT = "Fix or unset the variable (unset means the default); see docs/configuration.md."
 # Variables that no longer do anything, and what replaced them: setting one

@@ -28,7 +28,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Self, TypeVar
 
+import psycopg
 from django.core.exceptions import ImproperlyConfigured
+from psycopg.conninfo import conninfo_to_dict
 
 MS_PER_DAY = 86_400_000
 MIB = 1024 * 1024
@@ -521,6 +523,69 @@ class DeliveryLogConfig(EnvConfig):
         )
 
 
+POOLERS = ("none", "transaction")
+LISTEN_URL_FORM = "postgres://user:pass@host:port/db"
+
+
+def env_listen_url(env: Mapping[str, str], name: str) -> str | None:
+    """A PostgreSQL URL naming a database, or None when unset."""
+    raw = _raw(env, name)
+    if raw is None:
+        return None
+    # Neither message shows the value: it may hold a password.
+    if not raw.startswith(("postgres://", "postgresql://")):
+        raise ConfigError(
+            f"{name} is not valid (not a postgres:// URL): allowed is {LISTEN_URL_FORM}"
+        )
+    try:
+        params = conninfo_to_dict(raw)
+    except psycopg.Error:
+        raise ConfigError(
+            f"{name} is not valid (malformed): allowed is {LISTEN_URL_FORM}"
+        ) from None
+    if not params.get("dbname"):
+        raise ConfigError(
+            f"{name} is not valid (it names no database): allowed is {LISTEN_URL_FORM}"
+        )
+    return raw
+
+
+@dataclass(frozen=True)
+class PoolerConfig(EnvConfig):
+    """What stands between PiCloud and PostgreSQL (docs/operations.md, "Connection pooling")."""
+
+    # "transaction": DATABASE_URL reaches a transaction-mode pooler (PgBouncer),
+    # which may run each transaction on another server connection, so nothing
+    # may outlive a transaction: no session SET, no prepared statement, no LISTEN.
+    pooler: str = "none"
+    # A direct (not pooled) connection for LISTEN; None: DATABASE_URL's, unless
+    # that goes through a transaction pooler, then nobody listens and waiters poll.
+    listen_url: str | None = None
+    # How often waiters look for themselves when nobody listens.
+    poll_ms: int = 200
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> PoolerConfig:
+        env = os.environ if env is None else env
+        d = cls()
+        return cls(
+            pooler=env_choice(env, "PICLOUD_DATABASE_POOLER", d.pooler, choices=POOLERS),
+            listen_url=env_listen_url(env, "PICLOUD_LISTEN_DATABASE_URL"),
+            poll_ms=env_int(env, "PICLOUD_LISTEN_POLL_MS", d.poll_ms, low=10, high=60_000),
+        )
+
+    @property
+    def session_state_kept(self) -> bool:
+        """Whether a session setting made on a connection stays with it (no
+        transaction pooler in between)."""
+        return self.pooler != "transaction"
+
+    @property
+    def listens(self) -> bool:
+        """Whether LISTEN/NOTIFY wakes waiters (else they poll every poll_ms)."""
+        return self.listen_url is not None or self.session_state_kept
+
+
 # Around the dispatcher's own stop, the cluster wakes its guard, stops the
 # pusher and the monitor, and each worker closes its connections: about a
 # second, more on a loaded machine. The floor keeps a stop grace from cutting
@@ -570,6 +635,7 @@ CONFIGS: tuple[type[EnvConfig], ...] = (
     MetricsConfig,
     EmailConfig,
     DeliveryLogConfig,
+    PoolerConfig,
 )
 
 # The configs this process built (or a test put in place), by class. Read

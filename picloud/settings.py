@@ -18,7 +18,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-from picloud.config import ConfigError, env_bool, env_choice, env_int
+from picloud.config import ConfigError, PoolerConfig, env_bool, env_choice, env_int
+from picloud.db import hostlist
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -30,6 +31,8 @@ DEBUG = env_bool(os.environ, "DJANGO_DEBUG", True)
 # loop), and the server's default max_connections is 100.
 QCLUSTER_WORKERS = env_int(os.environ, "PICLOUD_QCLUSTER_WORKERS", 2, low=1, high=64)
 LOG_LEVEL = env_choice(os.environ, "PICLOUD_LOG_LEVEL", "INFO", choices=LOG_LEVELS)
+# What stands between us and PostgreSQL (docs/operations.md, "Connection pooling").
+POOLER = PoolerConfig.from_env()
 
 SECRET_KEY = env.str(
     "DJANGO_SECRET_KEY",
@@ -99,7 +102,13 @@ WSGI_APPLICATION = "picloud.wsgi.application"
 ASGI_APPLICATION = "picloud.asgi.application"
 
 
-DATABASE_URL_FORM = "postgres://user:pass@host:port/db"
+DATABASE_URL_FORM = (
+    "postgres://user:pass@host:port/db, or for failover "
+    "postgres://user:pass@host1:port1,host2:port2/db?target_session_attrs=read-write"
+)
+# libpq waits for ever on a host that does not answer: a dead primary of a
+# failover list would hang every new connection (docs/operations.md, "Failover").
+DEFAULT_CONNECT_TIMEOUT = 5  # seconds per host tried
 
 
 def _database_url() -> dict:
@@ -108,7 +117,8 @@ def _database_url() -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Engine not recognized", with the password
             db = env.db_url("DATABASE_URL")
-    except ValueError as exc:  # a malformed or out-of-range port
+        hostlist.check(os.environ["DATABASE_URL"])
+    except ValueError as exc:  # a malformed or out-of-range port, a bad host list
         raise ConfigError(
             f"DATABASE_URL is not valid ({exc}): allowed is {DATABASE_URL_FORM}"
         ) from None
@@ -117,13 +127,15 @@ def _database_url() -> dict:
             "DATABASE_URL is not valid (not a PostgreSQL URL naming a database): "
             f"allowed is {DATABASE_URL_FORM}"
         )
+    db.setdefault("OPTIONS", {}).setdefault("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
     return db
 
 
 def _database() -> dict:
     if "DATABASE_URL" in os.environ:
         db = _database_url()
-        where = f"PostgreSQL at {db.get('HOST') or 'local socket'}:{db.get('PORT') or 5432}/{db['NAME']}"
+        hosts = ", ".join(hostlist.pairs(db)) if db.get("HOST") else "local socket"
+        where = f"PostgreSQL at {hosts}/{db['NAME']}"
     else:
         from picloud.db.embedded import DEFAULT_PGDATA, ensure_running
 
@@ -138,7 +150,18 @@ def _database() -> dict:
     return db
 
 
-DATABASES = {"default": _database()}
+def _for_pooler(db: dict) -> dict:
+    """Under a transaction-mode pooler (PICLOUD_DATABASE_POOLER=transaction)
+    each transaction may run on another server connection: a prepared
+    statement or a server-side cursor (a WITH HOLD cursor, in Django's
+    autocommit) made on one would be missing on the next."""
+    if not POOLER.session_state_kept:
+        db["DISABLE_SERVER_SIDE_CURSORS"] = True
+        db.setdefault("OPTIONS", {})["prepare_threshold"] = None
+    return db
+
+
+DATABASES = {"default": _for_pooler(_database())}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -27,7 +27,7 @@ from django.utils import timezone
 
 from outbox.dispatch.metrics import CRON_MISSED, Counters
 from outbox.storage.pg_delivery_log import PgDeliveryLog
-from picloud.config import DeliveryLogConfig
+from picloud.config import DeliveryLogConfig, PoolerConfig
 from triggers import queue_batches
 from triggers.cron import TICK_EVERY, CronTicker
 
@@ -47,7 +47,10 @@ def _prepare_connection() -> None:
     """This thread's writes commit without waiting for the WAL flush (once
     per connection): a commit PostgreSQL loses in a crash takes a batch's
     row and its messages' hold together (the messages stay visible), or a
-    tick with its key and watermark (the next pass writes it again)."""
+    tick with its key and watermark (the next pass writes it again). Not
+    through a transaction-mode pooler (see worker.prepare_connection)."""
+    if not PoolerConfig.current().session_state_kept:
+        return
     raw = connection.connection
     if raw is not None and getattr(connection, "picloud_prepared", None) is raw:
         return

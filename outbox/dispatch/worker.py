@@ -28,9 +28,9 @@ from outbox.dispatch.wakeup import CHANNEL
 from outbox.storage.pg_circuits import PgCircuitRepo
 from outbox.storage.pg_delivery_log import PgDeliveryLog
 from outbox.storage.pg_repository import PgCounterStore, PgOutboxRepo, PgReplyInbox
-from picloud.config import DispatcherConfig, SandboxCeiling
+from picloud.config import DispatcherConfig, PoolerConfig, SandboxCeiling
 from picloud.db.dbthreads import DbThreads
-from picloud.db.pgconn import connect
+from picloud.db.pgconn import listen_connector
 from picloud.db.pglisten import Listener
 from picloud.runtime.async_execution import AsyncRunner
 from picloud.runtime.handler_threads import HandlerThreads
@@ -56,7 +56,13 @@ def prepare_connection() -> None:
     crashes and loses the last few, those rows simply run again, which
     at-least-once delivery allows anyway. Event sources and scripts write
     on other connections, with the server's durable default.
+
+    Not through a transaction-mode pooler: the setting would stay on a
+    server connection that other clients' transactions (KV writes) use
+    next, and leave ours; the dispatcher's commits stay durable there.
     """
+    if not PoolerConfig.current().session_state_kept:
+        return
     with connection.cursor() as cursor:
         cursor.execute("SET synchronous_commit TO off")
 
@@ -66,7 +72,7 @@ class DispatcherHost:
         self,
         *,
         make_dispatcher: Callable[..., Dispatcher],
-        connect_listener: Callable,
+        connect_listener: Callable | None,  # None: no LISTEN, poll (picloud/db/pglisten.py)
         counter_store: CounterStore,
         webhooks: WebhookClient,
         config: DispatcherConfig | None = None,
@@ -188,7 +194,7 @@ def postgres_host(config: DispatcherConfig | None = None) -> DispatcherHost:
 
     return DispatcherHost(
         make_dispatcher=make_dispatcher,
-        connect_listener=connect,
+        connect_listener=listen_connector(),
         counter_store=PgCounterStore(),
         webhooks=WebhookClient(),
         config=config,

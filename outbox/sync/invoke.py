@@ -31,9 +31,9 @@ from outbox.storage.kinds import SourceKind
 from outbox.storage.pg_repository import PgOutboxRepo, PgReplyInbox
 from outbox.storage.repository import NewOutboxRow, OutboxRepo, Reply, ReplyInbox
 from outbox.sync.reply_hub import ReplyHub
-from picloud.config import SandboxCeiling, SyncConfig
+from picloud.config import PoolerConfig, SandboxCeiling, SyncConfig
 from picloud.db.dbthreads import DbThreads
-from picloud.db.pgconn import connect
+from picloud.db.pgconn import listen_connector
 from picloud.db.storable import Unstorable, check_json
 from picloud.domain.authz import Capability, require
 from picloud.models import Principal, Script
@@ -152,7 +152,7 @@ def default_invoker() -> SyncInvoker:
     global _default
     with _default_lock:
         if _default is None:
-            hub = ReplyHub(connect)
+            hub = ReplyHub(listen_connector())
             hub.start()
             db = DbThreads(SyncConfig.current().db_connections, on_connect=_commit_without_flush)
             _default = SyncInvoker(
@@ -169,7 +169,11 @@ def default_invoker() -> SyncInvoker:
 def _commit_without_flush() -> None:
     """An invocation's writes need not wait for the WAL flush: if PostgreSQL
     crashes and loses the last few, those callers get an error or a 504 and
-    no script ran for them; an inbox that comes back is swept by GC."""
+    no script ran for them; an inbox that comes back is swept by GC. Not
+    through a transaction-mode pooler: the setting would stay with a server
+    connection other clients use next (their commits must stay durable)."""
+    if not PoolerConfig.current().session_state_kept:
+        return
 
     with connection.cursor() as cursor:
         cursor.execute("SET synchronous_commit TO off")

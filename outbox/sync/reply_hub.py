@@ -22,7 +22,9 @@ CHANNEL = "picloud_reply"
 
 
 class ReplyHub:
-    def __init__(self, connect: Callable[[], psycopg.Connection]) -> None:
+    # `connect` None: nobody listens, every waiter looks for itself every
+    # PICLOUD_LISTEN_POLL_MS (picloud/db/pglisten.py).
+    def __init__(self, connect: Callable[[], psycopg.Connection] | None) -> None:
         self._waiters: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()

@@ -3,6 +3,11 @@
 The thread reconnects after any connection error, forever, until told to
 stop. Notifications sent while it was disconnected are lost, so ``on_connect``
 runs after every (re)connect: the owner re-checks whatever it may have missed.
+
+Without a connection to listen on (``connect`` is None: the database goes
+through a transaction-mode pooler and no direct URL is set) the thread
+polls instead: it runs ``on_connect`` every PICLOUD_LISTEN_POLL_MS, the same
+"look for yourself" the owner does after a reconnect.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import threading
 from collections.abc import Callable, Mapping
 
 import psycopg
+
+from picloud.config import PoolerConfig
 
 logger = logging.getLogger("picloud.listen")
 
@@ -24,7 +31,7 @@ class Listener(threading.Thread):
         channel: str,
         *,
         what: str,  # what the notifications announce, for the log
-        connect: Callable[[], psycopg.Connection],
+        connect: Callable[[], psycopg.Connection] | None,  # None: poll instead
         on_notify: Callable[[str], None],
         on_connect: Callable[[], None],
         stop: threading.Event,
@@ -39,6 +46,9 @@ class Listener(threading.Thread):
         self.connected = threading.Event()
 
     def run(self) -> None:
+        if self.connect is None:
+            self._poll()
+            return
         delay = RECONNECT_DELAY[0]
         while not self.stop.is_set():
             try:
@@ -64,3 +74,17 @@ class Listener(threading.Thread):
                 )
                 self.stop.wait(delay)
                 delay = min(delay * 2, RECONNECT_DELAY[1])
+
+    def _poll(self) -> None:
+        every_ms = PoolerConfig.current().poll_ms
+        # The same words as when listening (what start-up waits for), then why not.
+        logger.info(
+            "listening for %s by polling every %d ms (LISTEN is off: PICLOUD_DATABASE_POOLER="
+            "transaction and no PICLOUD_LISTEN_DATABASE_URL)",
+            self.what,
+            every_ms,
+        )
+        self.connected.set()
+        while not self.stop.is_set():
+            self.on_connect()
+            self.stop.wait(every_ms / 1000)

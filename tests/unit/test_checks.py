@@ -18,6 +18,7 @@ from picloud.config import (
     DispatcherConfig,
     EmailConfig,
     MetricsConfig,
+    PoolerConfig,
     SandboxCeiling,
     StopConfig,
     SyncConfig,
@@ -52,6 +53,7 @@ BAD = {
         "0",
         "an integer from 1 to 3650",
     ),
+    PoolerConfig: ("PICLOUD_DATABASE_POOLER", "session", "one of none, transaction"),
 }
 
 
@@ -61,6 +63,7 @@ def test_every_config_has_its_own_check_id():
         *(f"picloud.E00{n}" for n in range(1, 10)),
         "picloud.E011",  # E010 is the user model's check (test_user_model_check.py)
         "picloud.E012",
+        "picloud.E013",
     ]
 
 
@@ -93,6 +96,7 @@ def test_every_bad_config_is_reported_at_once():
         "picloud.E009",
         "picloud.E011",
         "picloud.E012",
+        "picloud.E013",
     ]
 
 
