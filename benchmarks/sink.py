@@ -106,8 +106,8 @@ def free_port() -> int:
 class Sink:
     """The sink's process, started and asked from the benchmark's."""
 
-    def __init__(self, delay: float = 0.1) -> None:
-        self.delay, self.port = delay, free_port()
+    def __init__(self, delay: float = 0.1, port: int | None = None) -> None:
+        self.delay, self.port = delay, port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/hook"
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE), "--port", str(self.port), "--delay", str(delay)],
