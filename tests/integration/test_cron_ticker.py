@@ -180,6 +180,25 @@ class TestChangesDropPendingTicks:
         left = OutboxEntry.objects.filter(trigger_id=ticking.id).values_list("id", flat=True)
         assert list(left) == [claimed.id]
 
+    def test_a_tick_owed_before_the_change_and_handed_back_is_kept(self, ticking):
+        # Due a minute ago, claimed, then handed back unstarted with a delay
+        # (as a tick waiting for the one before it is): its row is due in
+        # the future with no attempt counted, but its time has passed, so
+        # the edit owes it and must not drop it.
+        first = OutboxEntry.objects.filter(trigger_id=ticking.id).order_by("due_at").first()
+        CronTick.objects.filter(outbox_id=first.id).update(
+            scheduled_at=datetime.now(UTC) - timedelta(minutes=1)
+        )
+        OutboxEntry.objects.filter(id=first.id).update(
+            due_at=datetime.now(UTC) - timedelta(minutes=1)
+        )
+        (claimed,) = PgOutboxRepo().claim_due(limit=1, lease=60)
+        PgOutboxRepo().release([claimed.id], delay=30)
+        PgTriggerRepo().update(ticking.id, cron=CronSpec("* * * * * *", paused=True))
+        left = OutboxEntry.objects.filter(trigger_id=ticking.id).values_list("id", flat=True)
+        assert list(left) == [claimed.id]
+        assert CronTick.objects.filter(outbox_id=claimed.id).exists()
+
     def test_changing_only_the_policies_keeps_them(self, ticking):
         before = ticks_of(ticking)
         PgTriggerRepo().update(

@@ -77,6 +77,7 @@ RELEASED_MIGRATION_SQL = {
     "triggers/sql/0005_email.sql": "99a138b97022f801f496c1a85edd3b5bb3ce8de8c2b21fd9434203527c147598",
     "triggers/sql/0006_log_failures_only.sql": "8d30b0fcd9323201d4ac8c2b43537c4b66db4faf47542b38015f0fec1ad4824e",
     "triggers/sql/0007_queue_settle_claimed.sql": "9ee90dcf1d702066616898d2d03e8e8d57f5d611e32414ba21fbf727b9f1dbb5",
+    "triggers/sql/0008_cron_drop_ahead_only.sql": "f888f661d5091147c8b53e14e039485476b16569c4e6264b6f7593eedadfc741",
 }
 
 
