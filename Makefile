@@ -98,11 +98,11 @@ bench-log: $(STAMP)
 # Every event source under node kills, lost sessions and database restarts,
 # ending with a ledger (0 lost, 0 stuck, every duplicate explained) written to
 # docs/reliability.md (minutes). chaos-short is CI's one-minute version.
-CHAOS_ARGS ?= --seconds 300 --rate 400 --min-events 100000 --doc docs/reliability.md
+CHAOS_ARGS ?= --seconds 500 --rate 80 --min-events 100000 --doc docs/reliability.md
 chaos: $(STAMP)
 	$(PY) -m topology.chaos $(CHAOS_ARGS)
 chaos-short: $(STAMP)
-	$(PY) -m topology.chaos --seconds 60 --rate 100 --fault-every 7
+	$(PY) -m topology.chaos --seconds 60 --rate 40 --fault-every 7
 
 # Failover drill: primary + synchronous standby, the primary killed mid-drain and the standby promoted (minutes).
 failover: $(STAMP)

@@ -79,7 +79,7 @@ change and fails on a ledger that is not clean.
 - One app with a trigger of every kind: KV writes (`orders`), a KV
   collection whose script always fails (`doomed`) and the dead-letter
   trigger that handles what it leaves, two subscribers of one topic, a queue
-  trigger (batches of 10), an email trigger (mail through the SMTP
+  trigger (batches of up to 50, ten at once), an email trigger (mail through the SMTP
   receiver), a cron trigger every two seconds (catch-up `all`) and
   synchronous invocations over HTTP.
 - Producers write through the same doors tenants use (the Python API, SMTP,
@@ -149,7 +149,7 @@ def render(
         + (
             f"{drained:.1f} s."
             if drained is not None
-            else "longer than its limit (rows left: see stuck)."
+            else "no end: rows stopped moving (see stuck)."
         ),
         f"- Verdict: **{'clean' if ledger.ok else 'NOT clean'}** — {ledger.produced:,} events produced, "
         f"{len(ledger.lost)} lost, {ledger.stuck_rows + ledger.stuck_messages} stuck, "

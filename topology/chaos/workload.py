@@ -108,7 +108,7 @@ def set_up() -> Tenant:
     trigger(
         "queue",
         "queue_in",
-        queue=QueueSpec(queue.id, batch_size=10, max_concurrency=5, max_receives=20),
+        queue=QueueSpec(queue.id, batch_size=50, max_concurrency=10, max_receives=20),
     )
     created_at = time.time()
     cron = trigger(
@@ -258,7 +258,7 @@ class PubsubProducer(Producer):
 
 
 class QueueProducer(Producer):
-    BATCH = 10
+    BATCH = 25
 
     def __init__(self, tenant: Tenant, rate: float, stop: threading.Event) -> None:
         super().__init__("queue", rate / self.BATCH, stop)
