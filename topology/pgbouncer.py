@@ -27,7 +27,8 @@ import psycopg
 from psycopg import sql
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-DEFAULT_PORT = 55420
+# Below the kernel's ephemeral range (32768 on), where a client socket could hold it.
+DEFAULT_PORT = 26432
 DEFAULT_UPSTREAM = "postgres://postgres@127.0.0.1:5432/picloud_pgbouncer"
 RUN_AS = "postgres"  # the OS user pgbouncer runs as when we are root
 
