@@ -47,11 +47,9 @@ class FaultyOutbox(MemoryOutboxRepo):
         if self.down:
             raise DatabaseGone("connection lost")
 
-    def claim_due(self, limit, lease, *, ack=(), log=(), after_app=None, claim_token=None):
+    def claim_due(self, limit, lease, *, ack=(), log=(), after_app=None):
         self._check()
-        return super().claim_due(
-            limit, lease, ack=ack, log=log, after_app=after_app, claim_token=claim_token
-        )
+        return super().claim_due(limit, lease, ack=ack, log=log, after_app=after_app)
 
     def delete(self, row_ids, *, log=()):
         self._check()
