@@ -185,9 +185,8 @@ class Dispatcher:
             settled=on_batch_settled,
         )
 
-    def claim(self, limit: int, claim_token: uuid.UUID | None = None) -> Claim:
-        """Claim up to `limit` due rows to run (the engine's half of run_once),
-        stamped with `claim_token` (see give_back).
+    def claim(self, limit: int) -> Claim:
+        """Claim up to `limit` due rows to run (the engine's half of run_once).
 
         Settles the backlog first and acknowledges waiting successes with
         the claim. A synchronous invocation found claimed again (its worker
@@ -203,7 +202,6 @@ class Dispatcher:
             ack=self.pending_acks,
             log=self.pending_log,
             after_app=self.claim_cursor,
-            claim_token=claim_token,
         )
         self.counters.observe(CLAIM_SECONDS, self.monotonic() - started)
         # Only once the statement that deleted (and logged) them committed.
@@ -387,18 +385,6 @@ class Dispatcher:
     def hand_back(self, row_ids: Sequence[uuid.UUID]) -> int:
         """Give back claimed rows that did not start: due now, attempt uncounted."""
         return self.outbox.release(row_ids) if row_ids else 0
-
-    def hand_back_claimed(
-        self, row_ids: Sequence[uuid.UUID], claim_tokens: Sequence[uuid.UUID]
-    ) -> int:
-        """hand_back, each row only while still held by its claim (safe to repeat)."""
-        return len(self.outbox.release_claimed(row_ids, claim_tokens)) if row_ids else 0
-
-    def give_back(self, claim_tokens: Sequence[uuid.UUID]) -> int:
-        """Give back the rows of claims whose answer was lost (due now, attempt
-        uncounted), rather than leave them leased, counted against their
-        apps' caps, until their leases end."""
-        return len(self.outbox.give_back(claim_tokens)) if claim_tokens else 0
 
     def _hand_back(self, report: BatchReport, unsettled: dict) -> None:
         """Give back claimed rows that did not run rather than let their leases run out."""

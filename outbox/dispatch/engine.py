@@ -68,9 +68,6 @@ QUEUE_WAIT_MAX = 0.15  # seconds
 QUEUE_PAUSE = 1.0  # seconds without claiming ahead after that
 RATE_EVERY = 0.1  # seconds between updates of the recent finishing rate
 GATE_TTL = 1.0  # seconds a script's and principal's right to run is reused
-# Claims whose answer was lost, kept to give back (newest kept past this):
-# one a failed hop, so a few even through a long outage.
-LOST_CLAIMS_KEPT = 32
 
 
 def idle_timeout(next_due: datetime | None, now: datetime) -> float:
@@ -85,20 +82,10 @@ class Hop:
     """One trip to the database thread: what to settle, what to hand back, how many to claim."""
 
     ran: list[Ran] = field(default_factory=list)
-    # Rows that never started: (row id, token of the claim that took it).
-    hand_back: list[tuple[uuid.UUID, uuid.UUID]] = field(default_factory=list)
+    hand_back: list[uuid.UUID] = field(default_factory=list)
     claim: int = 0
     flush_acks: bool = False
     flush_counters: bool = False
-    # Claims of failed hops whose rows may be leased with nobody to run
-    # them: (claim token, monotonic time past which its lease surely ended).
-    give_back: list[tuple[uuid.UUID, float]] = field(default_factory=list)
-    # Stamped on the rows this hop claims.
-    claim_token: uuid.UUID = field(default_factory=uuid.uuid4)
-    # How far the hop got, for what a failed one leaves to the next.
-    given_back: bool = False
-    handed_back: bool = False
-    claiming: bool = False
 
 
 @dataclass
@@ -156,14 +143,11 @@ class Engine:
         self.in_flight = 0
         self.tasks: set[asyncio.Task] = set()
         self.ran: list[Ran] = []
-        # Claimed rows that never started, to hand back: (row id, claim token).
-        self.not_started: list[tuple[uuid.UUID, uuid.UUID]] = []
-        # Claims whose answer a failed hop lost (see Hop.give_back).
-        self.lost_claims: list[tuple[uuid.UUID, float]] = []
+        self.not_started: list[uuid.UUID] = []
         self.ran_since = 0.0  # when the oldest outcome in `ran` came in
         # Claimed, checked rows waiting for a free slot (at most `prefetch`).
-        # (row, its check, when its lease ends, when it was queued, claim token)
-        self.queued: collections.deque[tuple[OutboxRow, Prepared, float, float, uuid.UUID]] = (
+        # (row, its check, when its lease ends, when it was queued)
+        self.queued: collections.deque[tuple[OutboxRow, Prepared, float, float]] = (
             collections.deque()
         )
         self.ahead_paused_until = 0.0
@@ -235,24 +219,15 @@ class Engine:
             if self._gathering(now) and not hop.flush_counters:
                 await asyncio.sleep(min(GATHER, self.ran_since + GATHER - now))
                 continue
-            if (
-                self.ran
-                or self.not_started
-                or self.lost_claims
-                or hop.claim
-                or hop.flush_counters
-                or hop.flush_acks
-            ):
+            if self.ran or self.not_started or hop.claim or hop.flush_counters or hop.flush_acks:
                 hop.ran, self.ran = self.ran, []
                 hop.hand_back, self.not_started = self.not_started, []
-                hop.give_back = self._take_lost_claims()
                 self.woken = False
                 if hop.flush_counters:
                     flush_at = now + FLUSH_EVERY
                 try:
                     result = await self.db.arun(self._hop, hop)
                 except Exception as exc:
-                    self._keep_unfinished(hop)
                     self._database_error(exc, delay)
                     await self._sleep(delay)
                     delay = min(delay * 2, DB_RETRY_DELAY[1])
@@ -261,7 +236,7 @@ class Engine:
                 delay = DB_RETRY_DELAY[0]
                 if hop.claim:
                     try:
-                        self._start(result, hop.claim_token)
+                        self._start(result)
                     except Exception:
                         # A fault of ours, not a row's: the rows not started
                         # come back when their lease ends.
@@ -299,7 +274,7 @@ class Engine:
 
     def _return_queued(self) -> None:
         """Claimed rows that never started go back (their attempts uncounted)."""
-        self.not_started.extend((queued[0].id, queued[4]) for queued in self.queued)
+        self.not_started.extend(queued[0].id for queued in self.queued)
         self.queued.clear()
 
     def _follow_rate(self, elapsed: float) -> None:
@@ -316,43 +291,34 @@ class Engine:
             and len(self.ran) < GATHER_ROWS
             and self.running_limit() < GATHER_ROWS
             and now - self.ran_since < GATHER
-            and not (self.woken or self.not_started or self.lost_claims)
+            and not (self.woken or self.not_started)
         )
 
-    def _start(self, result: HopResult, claim_token: uuid.UUID) -> None:
+    def _start(self, result: HopResult) -> None:
         lease_ends_at = result.lease_ends_at
         for row, prepared in result.claimed:
             if isinstance(prepared, Failure):
                 self.ran.append(Ran(row, prepared, lease_ends_at))
             else:
-                self.queued.append((row, prepared, lease_ends_at, time.monotonic(), claim_token))
+                self.queued.append((row, prepared, lease_ends_at, time.monotonic()))
         self._fill()
 
     def _fill(self) -> None:
         """Start claimed rows while slots are free."""
         while self.queued and self.in_flight < self.config.max_in_flight:
-            row, prepared, lease_ends_at, _queued_at, claim_token = self.queued.popleft()
+            row, prepared, lease_ends_at, _queued_at = self.queued.popleft()
             self.in_flight += 1
             task = self.runner.start(
                 prepared,
                 # A run that starts later than this could outlive the lease.
                 start_by=lease_ends_at - self.timeout,
-                on_outcome=self._on_outcome(
-                    row, claim_token, lease_ends_at, time.time(), time.monotonic()
-                ),
+                on_outcome=self._on_outcome(row, lease_ends_at, time.time(), time.monotonic()),
             )
             if task is not None:
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
 
-    def _on_outcome(
-        self,
-        row: OutboxRow,
-        claim_token: uuid.UUID,
-        lease_ends_at: float,
-        started: float,
-        clock: float,
-    ):
+    def _on_outcome(self, row: OutboxRow, lease_ends_at: float, started: float, clock: float):
         """What to do when the row's execution ends; it started at `started`
         (epoch seconds), `clock` on the monotonic clock."""
 
@@ -363,7 +329,7 @@ class Engine:
                 return  # its lease keeps it from other processes until the handler is surely gone
             if outcome is None:
                 # Nothing finished: the row goes back with its attempt uncounted.
-                self.not_started.append((row.id, claim_token))
+                self.not_started.append(row.id)
             else:
                 if not self.ran:
                     self.ran_since = time.monotonic()
@@ -376,58 +342,23 @@ class Engine:
         return on_outcome
 
     def _hop(self, hop: Hop) -> HopResult:
-        """On the database thread: give back lost claims, settle, hand back,
-        claim and prepare."""
+        """On the database thread: settle, hand back, claim and prepare."""
         dispatcher = self.dispatcher
-        if hop.give_back:
-            # First: these rows count against their apps' caps until then.
-            given = dispatcher.give_back([token for token, _until in hop.give_back])
-            if given:
-                logger.info(
-                    "dispatch engine: gave back %d rows of a claim whose answer was lost", given
-                )
-        hop.given_back = True
         dispatcher.settle(hop.ran)
         if hop.hand_back:
-            ids, tokens = zip(*hop.hand_back, strict=True)
-            dispatcher.hand_back_claimed(ids, tokens)
-        hop.handed_back = True
+            dispatcher.hand_back(hop.hand_back)
         if hop.flush_counters:
             self._flush_counters()
         if hop.flush_acks or dispatcher.lease < DEFER_ACKS_MIN_LEASE:
             dispatcher.flush_acks()
         if not hop.claim:
             return HopResult([], 0, 0, 0.0, MAX_IDLE)
-        # From here a failure may come after the claim committed.
-        hop.claiming = True
-        claim = dispatcher.claim(hop.claim, hop.claim_token)
+        claim = dispatcher.claim(hop.claim)
         claimed = list(zip(claim.rows, self.prepare_rows(claim.rows, self.ceiling), strict=True))
         idle_for = 0.0
         if claim.claimed < hop.claim:
             idle_for = idle_timeout(dispatcher.outbox.next_due_at(), self.clock())
         return HopResult(claimed, hop.claim, claim.claimed, claim.lease_ends_at, idle_for)
-
-    def _keep_unfinished(self, hop: Hop) -> None:
-        """A hop failed: what it may have left undone goes on the next one.
-        Both are safe to repeat: a give-back and a hand-back touch only rows
-        still leased under the claim that took them."""
-        if not hop.given_back:
-            self.lost_claims.extend(hop.give_back)
-        if hop.claiming:
-            # Its claim may have committed with the answer lost: the rows
-            # would sit leased, held by nobody, until the lease ends.
-            self.lost_claims.append((hop.claim_token, time.monotonic() + self.dispatcher.lease))
-        del self.lost_claims[:-LOST_CLAIMS_KEPT]
-        if not hop.handed_back:
-            self.not_started.extend(hop.hand_back)
-
-    def _take_lost_claims(self) -> list[tuple[uuid.UUID, float]]:
-        """The lost claims to give back now; those whose lease surely ended
-        are dropped (their rows are due again anyway)."""
-        now = time.monotonic()
-        lost = [(token, until) for token, until in self.lost_claims if until > now]
-        self.lost_claims = []
-        return lost
 
     def _flush_counters(self) -> None:
         try:
@@ -439,8 +370,8 @@ class Engine:
     def _database_error(self, exc: Exception, delay: float) -> None:
         # PostgreSQL restarted or the network dropped: the database thread
         # reconnects on its next job. Outcomes that could not be recorded
-        # wait in the dispatcher's backlog; unstarted rows and claims whose
-        # answer may be lost are given back by the next hop.
+        # wait in the dispatcher's backlog; unstarted rows return after
+        # their lease.
         if isinstance(exc, DatabaseError | InterfaceError):
             logger.warning("dispatch engine: database error (%s); retrying in %.1fs", exc, delay)
         else:
@@ -452,13 +383,7 @@ class Engine:
         assert self.changed is not None
         self.changed.clear()  # anything set before this is seen by the check below
         free = self.running_limit() > 0
-        if (
-            self.ran
-            or self.not_started
-            or self.lost_claims
-            or (self.woken and free)
-            or self.stopping.is_set()
-        ):
+        if self.ran or self.not_started or (self.woken and free) or self.stopping.is_set():
             await asyncio.sleep(0)  # let the tasks run; the caller hops next
             return
         try:
@@ -514,22 +439,15 @@ class Engine:
     async def _settle_now(self) -> None:
         if not (self.ran or self.not_started):
             return
-        hop = Hop(ran=self.ran, hand_back=self.not_started, give_back=self._take_lost_claims())
+        hop = Hop(ran=self.ran, hand_back=self.not_started)
         self.ran, self.not_started = [], []
         try:
             await self.db.arun(self._hop, hop)
         except Exception as exc:
-            self._keep_unfinished(hop)
             self._database_error(exc, 0.0)
 
     async def _last_hop(self) -> None:
-        hop = Hop(
-            ran=self.ran,
-            hand_back=self.not_started,
-            give_back=self._take_lost_claims(),
-            flush_acks=True,
-            flush_counters=True,
-        )
+        hop = Hop(ran=self.ran, hand_back=self.not_started, flush_acks=True, flush_counters=True)
         self.ran, self.not_started = [], []
         try:
             await self.db.arun(self._hop, hop)

@@ -18,21 +18,17 @@ SELECT * FROM outbox WHERE id = %(id)s;
 -- rows. The caller executes after this commits; if it dies, the row is due
 -- again (and no longer in flight) when the lease runs out. Columns come in
 -- OutboxRow's field order: the dispatcher builds records from the tuples.
--- Each row claimed carries %(claim_token)s (0012_claim_token.sql), so a
--- claim whose answer was lost can be given back (give_back).
 SELECT * FROM outbox_claim(%(limit)s, %(lease)s, %(ack)s::uuid[], %(after_app)s::uuid,
-                           %(default_cap)s, %(quantum)s, %(claim_token)s::uuid);
+                           %(default_cap)s, %(quantum)s);
 
 -- claim_due_logged --
 -- The claim, acknowledging the last batch with its attempts written to the
 -- delivery log in the same statement (outbox_claim_logged,
--- 0009_claim_due_at.sql, with the claim token of 0012_claim_token.sql): a
--- row goes exactly when its attempt is logged.
+-- 0009_claim_due_at.sql): a row goes exactly when its attempt is logged.
 SELECT * FROM outbox_claim_logged(
     %(limit)s, %(lease)s, %(after_app)s::uuid, %(default_cap)s, %(quantum)s,
     %(ack)s::uuid[], %(started)s::float8[], %(ms)s::integer[],
-    %(outcomes)s::text[], %(statuses)s::integer[], %(details)s::text[],
-    %(claim_token)s::uuid);
+    %(outcomes)s::text[], %(statuses)s::integer[], %(details)s::text[]);
 
 -- delete --
 DELETE FROM outbox WHERE id = ANY (%(ids)s::uuid[]);
@@ -59,18 +55,6 @@ UPDATE outbox
 SET due_at = NOW() + make_interval(secs => %(delay)s), leased_until = NULL,
     attempts = GREATEST(attempts - 1, 0)
 WHERE id = ANY (%(ids)s::uuid[]);
-
--- give_back --
--- Rows of claims whose answer was lost, still leased under their token:
--- due now, no longer in flight, attempt uncounted (outbox_give_back,
--- 0012_claim_token.sql).
-SELECT id FROM outbox_give_back(%(claim_tokens)s::uuid[]) AS g(id);
-
--- release_claimed --
--- Hand back rows that never started, each only while still leased under
--- the claim that took it (outbox_release_claimed, 0012_claim_token.sql):
--- safe to repeat after a lost answer.
-SELECT id FROM outbox_release_claimed(%(ids)s::uuid[], %(claim_tokens)s::uuid[]) AS g(id);
 
 -- run_now --
 -- An operator's "run now": due immediately (the notify trigger wakes a

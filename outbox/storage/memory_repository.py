@@ -34,8 +34,6 @@ class MemoryOutboxRepo:
         self.rows: dict[uuid.UUID, OutboxRow] = {}
         # What PostgreSQL keeps in outbox.leased_until (absent: NULL).
         self.leased_until: dict[uuid.UUID, datetime] = {}
-        # What PostgreSQL keeps in outbox.claim_token (absent: NULL).
-        self.claim_tokens: dict[uuid.UUID, uuid.UUID] = {}
         # What apps.max_concurrency, scripts.max_concurrency and
         # platform_settings tell PostgreSQL (absent or None: NULL).
         self.app_caps: dict[uuid.UUID, int | None] = {}
@@ -52,7 +50,6 @@ class MemoryOutboxRepo:
         with self._lock:
             self.rows.clear()
             self.leased_until.clear()
-            self.claim_tokens.clear()
 
     def insert(self, row: NewOutboxRow) -> OutboxRow:
         check_new_row(row)
@@ -89,7 +86,6 @@ class MemoryOutboxRepo:
         ack: Sequence[uuid.UUID] = (),
         log: Sequence[Acked] = (),
         after_app: uuid.UUID | None = None,
-        claim_token: uuid.UUID | None = None,
     ) -> list[OutboxRow]:
         check_claim_args(limit, lease)
         self.delete(ack, log=log)
@@ -111,10 +107,6 @@ class MemoryOutboxRepo:
                         leased = replace(row, attempts=row.attempts + 1, due_at=lease_end)
                         self.rows[row.id] = leased
                         self.leased_until[row.id] = lease_end
-                        if claim_token is None:
-                            self.claim_tokens.pop(row.id, None)
-                        else:
-                            self.claim_tokens[row.id] = claim_token
                         # Returned with when it was due (see OutboxRepo.claim_due).
                         claimed.append(replace(leased, due_at=row.due_at))
                 if len(claimed) == before:
@@ -170,7 +162,6 @@ class MemoryOutboxRepo:
         with self._lock:
             for row_id in row_ids:
                 self.leased_until.pop(row_id, None)
-                self.claim_tokens.pop(row_id, None)
             return sum(self.rows.pop(i, None) is not None for i in set(row_ids))
 
     def reschedule(
@@ -200,37 +191,6 @@ class MemoryOutboxRepo:
                     self.leased_until.pop(row_id, None)
                     released += 1
             return released
-
-    def give_back(self, claim_tokens: Sequence[uuid.UUID]) -> list[uuid.UUID]:
-        tokens = set(claim_tokens)
-        with self._lock:
-            held = [i for i, token in self.claim_tokens.items() if token in tokens]
-            return self._give_back_held(held)
-
-    def release_claimed(
-        self, row_ids: Sequence[uuid.UUID], claim_tokens: Sequence[uuid.UUID]
-    ) -> list[uuid.UUID]:
-        if len(row_ids) != len(claim_tokens):
-            raise ValueError("release_claimed needs one claim token per row")
-        with self._lock:
-            held = [
-                i
-                for i, token in zip(row_ids, claim_tokens, strict=True)
-                if self.claim_tokens.get(i) == token
-            ]
-            return self._give_back_held(list(dict.fromkeys(held)))
-
-    def _give_back_held(self, row_ids: list[uuid.UUID]) -> list[uuid.UUID]:
-        """Release those of `row_ids` still leased (the caller holds the lock)."""
-        now, given = self.clock(), []
-        for row_id in row_ids:
-            if self.leased_until.get(row_id, now) > now:
-                row = self.rows[row_id]
-                self.rows[row_id] = replace(row, due_at=now, attempts=max(row.attempts - 1, 0))
-                del self.leased_until[row_id]
-                del self.claim_tokens[row_id]
-                given.append(row_id)
-        return given
 
     def run_now(self, row_ids: Sequence[uuid.UUID]) -> int:
         with self._lock:

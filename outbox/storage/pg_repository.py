@@ -32,9 +32,7 @@ Q = load_queries("outbox")
 
 def _record(row: dict[str, Any]) -> OutboxRow:
     raw = row["payload"]
-    # The claim's business, not the record's.
-    row.pop("leased_until", None)
-    row.pop("claim_token", None)
+    row.pop("leased_until", None)  # the claim's business, not the record's
     return OutboxRow(
         **{
             **row,
@@ -72,7 +70,6 @@ class PgOutboxRepo:
         ack: Sequence[uuid.UUID] = (),
         log: Sequence[Acked] = (),
         after_app: uuid.UUID | None = None,
-        claim_token: uuid.UUID | None = None,
     ) -> list[OutboxRow]:
         check_claim_args(limit, lease)
         # The hot path of the dispatcher: ids go as one array literal (not a
@@ -86,7 +83,6 @@ class PgOutboxRepo:
             "after_app": after_app,
             "default_cap": ConcurrencyConfig.current().app_max_concurrency,
             "quantum": CLAIM_QUANTUM,
-            "claim_token": claim_token,
         }
         query = Q["claim_due"]
         if log:
@@ -120,22 +116,6 @@ class PgOutboxRepo:
         if not row_ids:
             return 0
         return execute(Q["release"], {"ids": list(row_ids), "delay": delay})
-
-    def give_back(self, claim_tokens: Sequence[uuid.UUID]) -> list[uuid.UUID]:
-        if not claim_tokens:
-            return []
-        rows = fetch_all(Q["give_back"], {"claim_tokens": list(claim_tokens)})
-        return [r["id"] for r in rows]
-
-    def release_claimed(
-        self, row_ids: Sequence[uuid.UUID], claim_tokens: Sequence[uuid.UUID]
-    ) -> list[uuid.UUID]:
-        if len(row_ids) != len(claim_tokens):
-            raise ValueError("release_claimed needs one claim token per row")
-        if not row_ids:
-            return []
-        params = {"ids": list(row_ids), "claim_tokens": list(claim_tokens)}
-        return [r["id"] for r in fetch_all(Q["release_claimed"], params)]
 
     def run_now(self, row_ids: Sequence[uuid.UUID]) -> int:
         if not row_ids:

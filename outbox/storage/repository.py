@@ -92,7 +92,6 @@ class OutboxRepo(Protocol):
         ack: Sequence[uuid.UUID] = (),
         log: Sequence[Acked] = (),
         after_app: uuid.UUID | None = None,
-        claim_token: uuid.UUID | None = None,
     ) -> list[OutboxRow]:
         """Atomically take up to `limit` due rows, fairly across apps and
         under the concurrency caps: bump their attempts and push their
@@ -122,11 +121,6 @@ class OutboxRepo(Protocol):
         Concurrent callers never receive the same row while its lease runs; a
         row whose lease ran out (its worker died) is claimable again. Must be
         called outside a transaction so the claim commits before execution.
-
-        Every row claimed carries `claim_token` (None: no token) until it is
-        claimed again or given back: a caller that lost the answer (the
-        connection broke while the claim committed) gives the claim's rows
-        back with ``give_back`` instead of leaving them leased.
         """
 
     def delete(self, row_ids: Sequence[uuid.UUID], *, log: Sequence[Acked] = ()) -> int:
@@ -148,21 +142,6 @@ class OutboxRepo(Protocol):
         """Give claimed rows back unexecuted: due now (or `delay` seconds
         from now), no longer in flight, and the claim's attempt uncounted
         (attempts - 1, never below 0). Returns how many existed."""
-
-    def give_back(self, claim_tokens: Sequence[uuid.UUID]) -> list[uuid.UUID]:
-        """Give back the rows of claims whose answer was lost: each row still
-        leased under one of `claim_tokens` becomes due now, no longer in
-        flight, its claim's attempt uncounted (as ``release``), and loses its
-        token. Rows whose lease ran out, or that were settled, released or
-        claimed again since, are left alone. Returns the ids given back."""
-
-    def release_claimed(
-        self, row_ids: Sequence[uuid.UUID], claim_tokens: Sequence[uuid.UUID]
-    ) -> list[uuid.UUID]:
-        """``release`` of rows that never started, each only while it is still
-        leased under its claim (``row_ids[i]`` under ``claim_tokens[i]``):
-        repeated after a lost answer it changes nothing, and it never takes
-        a row another claimer holds. Returns the ids given back."""
 
     def run_now(self, row_ids: Sequence[uuid.UUID]) -> int:
         """Make waiting rows due now (an operator's "run now"). Rows being

@@ -152,53 +152,6 @@ def test_release_gives_rows_back_uncounted(outbox_repo, new_row):
     assert outbox_repo.release([]) == 0
 
 
-def test_give_back_returns_a_lost_claims_rows_uncounted(outbox_repo, new_row):
-    first, second = outbox_repo.insert(new_row()), outbox_repo.insert(new_row())
-    lost, other = uuid.uuid4(), uuid.uuid4()
-    (mine,) = outbox_repo.claim_due(limit=1, lease=LEASE, claim_token=lost)
-    (theirs,) = outbox_repo.claim_due(limit=1, lease=LEASE, claim_token=other)
-    assert {mine.id, theirs.id} == {first.id, second.id}
-    assert outbox_repo.give_back([lost, uuid.uuid4()]) == [mine.id]
-    assert outbox_repo.give_back([lost]) == [], "a claim is given back once"
-    assert outbox_repo.give_back([]) == []
-    again = outbox_repo.claim_due(limit=10, lease=LEASE)
-    assert [r.id for r in again] == [mine.id], "due now; the other claim's row still leased"
-    assert again[0].attempts == 1, "the lost claim's attempt is not counted"
-    assert outbox_repo.get(theirs.id).attempts == 1
-
-
-def test_give_back_leaves_rows_claimed_again_or_settled(outbox_repo, new_row):
-    row, settled = outbox_repo.insert(new_row()), outbox_repo.insert(new_row())
-    lost = uuid.uuid4()
-    assert len(outbox_repo.claim_due(limit=2, lease=0.05, claim_token=lost)) == 2
-    # The lease runs out; another claimer (a node that stamps no token too)
-    # takes one row, the other is rescheduled after a failed attempt.
-    wait_for(lambda: outbox_repo.stats()[0] == 2, timeout=5, what="the leases to expire")
-    (again,) = outbox_repo.claim_due(limit=1, lease=LEASE)
-    other = settled if again.id == row.id else row
-    (other_claim,) = outbox_repo.claim_due(limit=1, lease=LEASE, claim_token=lost)
-    assert other_claim.id == other.id
-    outbox_repo.reschedule(other.id, timezone.now() + timedelta(hours=1), "boom", attempt=2)
-    assert outbox_repo.give_back([lost]) == []
-    assert outbox_repo.get(again.id).attempts == 2
-    assert outbox_repo.load(again.app_id)[0] == 1, "the other claimer's row is still in flight"
-
-
-def test_release_claimed_only_while_the_claim_holds_the_row(outbox_repo, new_row):
-    row, kept = outbox_repo.insert(new_row()), outbox_repo.insert(new_row())
-    token = uuid.uuid4()
-    claimed = outbox_repo.claim_due(limit=2, lease=LEASE, claim_token=token)
-    assert {r.id for r in claimed} == {row.id, kept.id}
-    assert outbox_repo.release_claimed([row.id, kept.id], [token, uuid.uuid4()]) == [row.id]
-    assert outbox_repo.release_claimed([row.id], [token]) == [], "repeated: nothing changes"
-    (again,) = outbox_repo.claim_due(limit=10, lease=LEASE, claim_token=uuid.uuid4())
-    assert again.id == row.id and again.attempts == 1
-    assert outbox_repo.release_claimed([row.id], [token]) == [], "claimed again under another token"
-    assert outbox_repo.release_claimed([], []) == []
-    with pytest.raises(ValueError, match="one claim token per row"):
-        outbox_repo.release_claimed([row.id], [])
-
-
 def test_run_now_makes_waiting_rows_due_but_leaves_running_ones(outbox_repo, new_row):
     later = outbox_repo.insert(new_row(due_at=timezone.now() + timedelta(hours=1)))
     failed = outbox_repo.insert(new_row())

@@ -62,7 +62,6 @@ RELEASED_MIGRATION_SQL = {
     "outbox/sql/0009_claim_due_at.sql": "116241dfa6a2be9fe7eca7bdf0d1d2b16e12c6975593cf598acd82f7a5b997e4",
     "outbox/sql/0010_admin_at_scale.sql": "eb5b8738945c49844c192217a697a6d70366016776cfde2bf226307697368aaa",
     "outbox/sql/0011_settle_claimed_attempt.sql": "355abae1c2872a59522673cdb4b740620d53b1b44f77d0136464130c9495f209",
-    "outbox/sql/0012_claim_token.sql": "b1282335b79ca2dde1c62c9ea031bf02f500b8fce34093ed78247df3913eac4b",
     "picloud/sql/0001_core.sql": "dbd30827f9eff6be097e26c580efd6c66d40a1c45860d65a669b12670d6837f3",
     "picloud/sql/0002_kv_and_runtimes.sql": "b0f38c7b32c56779f5fc6ca45b180508191783f6699f49914f255d4b3f66d282",
     "picloud/sql/0003_api_tokens.sql": "d1dbec3c1227f5709f1ef39dde8861fe5cd7fe62fa6c4ef0ca0c011002657829",
