@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -30,12 +31,17 @@ from picloud.db.storable import bounded_error
 Q = load_queries("outbox")
 
 
+# The record's fields. Queries that return every column (INSERT ... RETURNING
+# *, SELECT *) may meet columns a later release adds while this one still
+# runs (a rolling upgrade): they are left out, not an error.
+_FIELDS = frozenset(f.name for f in dataclasses.fields(OutboxRow)) - {"payload_bytes"}
+
+
 def _record(row: dict[str, Any]) -> OutboxRow:
     raw = row["payload"]
-    row.pop("leased_until", None)  # the claim's business, not the record's
     return OutboxRow(
         **{
-            **row,
+            **{k: v for k, v in row.items() if k in _FIELDS},
             "payload": from_json(raw),
             "errors": tuple(from_json(row["errors"])),
             "payload_bytes": len(raw.encode()) if isinstance(raw, str) else payload_size(raw),
