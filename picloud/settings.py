@@ -117,8 +117,17 @@ def _database_url() -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Engine not recognized", with the password
             db = env.db_url("DATABASE_URL")
+    except ValueError:
+        # Not urllib's words: they can quote a piece of the password (one
+        # with an unencoded '/' is read as the port).
+        raise ConfigError(
+            "DATABASE_URL is not valid (a port that is not a number from 1 to 65535, or "
+            "a password with '/', '?', '#' or '@' not percent-encoded): "
+            f"allowed is {DATABASE_URL_FORM}"
+        ) from None
+    try:
         hostlist.check(os.environ["DATABASE_URL"])
-    except ValueError as exc:  # a malformed or out-of-range port, a bad host list
+    except ValueError as exc:  # our own words: they name no part of the URL
         raise ConfigError(
             f"DATABASE_URL is not valid ({exc}): allowed is {DATABASE_URL_FORM}"
         ) from None

@@ -74,9 +74,11 @@ def closed_by_server(conn) -> bool:
     """Whether an idle connection has something to read. Between jobs nothing
     is owed to it (no query runs, it does not LISTEN), so that is the
     server's goodbye: its FATAL message, or the end of the stream. One poll
-    of the socket, no round trip; a dead host that sent nothing is not seen."""
+    of the socket, no round trip; a dead host that sent nothing is not seen.
+    poll(), not select(): select() refuses descriptors past 1023."""
     try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    except (OSError, ValueError):  # the socket is already gone
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+        return bool(poller.poll(0))
+    except Exception:  # no socket left (psycopg: "the connection is lost")
         return True
-    return bool(readable)

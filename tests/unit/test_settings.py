@@ -66,6 +66,9 @@ def test_a_bad_setting_also_stops_project_commands():
     [
         "postgres://u:secret@db.example:abc/db",
         "postgres://u:secret@db.example:99999/db",
+        # An unencoded '/' in the password: urllib reads "secret" as the port
+        # and says so in its error.
+        "postgres://u:secret/pw@db.example:5432/db",
         "mysql://u:secret@h/db",
         "u:secret@h/db",
         "",
