@@ -49,6 +49,11 @@ NODE_ENV = {
     "PICLOUD_EXTRA_APPS": APP_PACKAGE,
     "PICLOUD_QCLUSTER_WORKERS": "1",  # one dispatcher per node: two nodes share 2 cores
     "PICLOUD_TRIGGER_RETRY_JITTER": "0",
+    # The flaky handler fails every first attempt: in a row, those failures
+    # open its script's circuit, which then holds its rows for a cool-down
+    # that doubles with each failed probe (the breaker's own tests cover
+    # that). The drill is about the upgrade, so the circuit stays closed.
+    "PICLOUD_CIRCUIT_FAILURE_THRESHOLD": "10000",
     "PICLOUD_SANDBOX_TIMEOUT_MS": "5000",
     "PICLOUD_DISPATCHER_LEASE_MARGIN_MS": "1000",
     "PICLOUD_LOG_LEVEL": "INFO",
